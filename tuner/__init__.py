@@ -1,0 +1,1 @@
+"""Batch-size scaling tuner: one Optuna study per batch size, objective = steps-to-target."""

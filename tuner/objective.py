@@ -1,0 +1,99 @@
+"""One trial: sample params -> ask the workload -> store value and attrs (DESIGN.md contract).
+
+Outcomes:
+  reached  -- COMPLETE, value = steps-to-target, constraint 0 (feasible).
+  missed   -- COMPLETE, value = the budget in steps, constraint 1 (so never ``best_trial``).
+  diverged -- COMPLETE like missed, with ``diverged = True``.
+  pruned   -- PRUNED, stopped by the pruner before reaching the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tuner.cadence import resolution
+from tuner.spec import Spec
+from tuner.workload import TrialRequest, TrialResult, Workload
+
+
+def trial_seed(spec_seed: int, batch_size: int, number: int) -> int:
+    """A seed for one trial, derived from the spec seed, batch size and trial number."""
+    return int(np.random.SeedSequence([spec_seed, batch_size, number]).generate_state(1)[0])
+
+
+def suggest(trial: optuna.Trial, spec: Spec) -> dict[str, Any]:
+    """Sample every searched metaparameter."""
+    out: dict[str, Any] = {}
+    for p in spec.space:
+        d = p.distribution()
+        if isinstance(d, CategoricalDistribution):
+            out[p.name] = trial.suggest_categorical(p.name, d.choices)
+        elif isinstance(d, IntDistribution):
+            out[p.name] = trial.suggest_int(p.name, d.low, d.high, log=d.log)
+        else:
+            assert isinstance(d, FloatDistribution)
+            out[p.name] = trial.suggest_float(p.name, d.low, d.high, log=d.log)
+    return out
+
+
+def outcome(result: TrialResult) -> str:
+    """``reached`` | ``diverged`` | ``pruned`` | ``missed``."""
+    if result.reached:
+        return "reached"
+    if result.diverged:
+        return "diverged"
+    return "pruned" if result.pruned else "missed"
+
+
+def make_objective(spec: Spec, batch_size: int, workload: Workload
+                   ) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective of one batch-size study."""
+    max_steps = spec.max_steps(batch_size)
+    evals = spec.eval_steps(batch_size)
+    target = spec.target
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {**spec.fixed, **suggest(trial, spec)}
+        seed = trial_seed(spec.seed, batch_size, trial.number)
+        trial.set_user_attr("seed", seed)
+        request = TrialRequest(
+            params=params, optimizer=spec.optimizer, schedule=spec.schedule,
+            batch_size=batch_size, max_steps=max_steps, eval_steps=evals, target=target,
+            seed=seed, divergence_factor=spec.budget.divergence_factor,
+            accelerator=spec.accelerator, precision=spec.precision,
+        )
+
+        def report(step: int, metrics: dict[str, float]) -> bool:
+            value = metrics[target.metric]
+            trial.report(value, step)  # at the global step: real learning curves
+            return not target.reached(value) and trial.should_prune()
+
+        r = workload.run(request, report)
+        kind = outcome(r)
+        attrs = {
+            "reached": r.reached,
+            "steps_to_target": r.steps_to_target,
+            "steps_to_target_after": resolution(evals, r.steps_to_target) if r.reached else None,
+            "diverged": r.diverged,
+            "stopped_at_step": r.stopped_at_step,
+            "examples_seen": r.examples_seen,
+            "wall_seconds": r.wall_seconds,
+            "eval_seconds": r.eval_seconds,
+            "best_metric": r.best_metric,
+            "final_metrics": r.curve[-1][1] if r.curve else None,
+            "max_steps": max_steps,
+            "outcome": kind,
+            "device": r.device,
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint("reached", 0.0 if r.reached else 1.0)
+        if kind == "pruned":
+            raise optuna.TrialPruned(f"pruned at step {r.stopped_at_step}")
+        return float(r.steps_to_target if r.reached else max_steps)
+
+    return objective

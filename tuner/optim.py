@@ -1,0 +1,90 @@
+"""Optimizers and learning-rate schedules: which metaparameters each takes, and building them.
+
+Momentum is tuned as ``one_minus_momentum`` on a log scale, Adam's betas as ``one_minus_beta1`` and
+``one_minus_beta2``, as in Google's batch_science code. The linear-decay schedule decays the
+learning rate from ``learning_rate`` to ``end_factor * learning_rate`` over
+``decay_fraction * max_steps`` steps (or an absolute ``decay_steps``), then holds it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import torch
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES = ("constant", "linear_decay")
+
+#: Metaparameters each optimizer takes; ``None`` means "no default: search it or fix it".
+OPTIMIZER_PARAMS: dict[str, dict[str, float | None]] = {
+    "sgd": {"learning_rate": None, "weight_decay": 0.0},
+    "momentum": {"learning_rate": None, "one_minus_momentum": None, "weight_decay": 0.0},
+    "nesterov": {"learning_rate": None, "one_minus_momentum": None, "weight_decay": 0.0},
+    "adam": {
+        "learning_rate": None,
+        "one_minus_beta1": 0.1,
+        "one_minus_beta2": 0.001,
+        "epsilon": 1e-8,
+        "weight_decay": 0.0,
+    },
+}
+
+SCHEDULE_PARAMS: dict[str, dict[str, float | None]] = {
+    "constant": {},
+    "linear_decay": {"end_factor": None, "decay_fraction": 1.0, "decay_steps": None},
+}
+
+#: Schedule params that may stay unset even without a default (one of them is derived).
+OPTIONAL_PARAMS = frozenset({"decay_steps"})
+
+
+def allowed_params(optimizer: str, schedule: str) -> dict[str, float | None]:
+    """Every metaparameter name the optimizer + schedule accept, with its default."""
+    return {**OPTIMIZER_PARAMS[optimizer], **SCHEDULE_PARAMS[schedule]}
+
+
+def build_optimizer(
+    name: str, parameters: Iterable[torch.nn.Parameter], hp: dict[str, Any]
+) -> torch.optim.Optimizer:
+    """A torch optimizer from resolved metaparameters ``hp``."""
+    import torch
+
+    lr, wd = float(hp["learning_rate"]), float(hp.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, weight_decay=wd)
+    if name in ("momentum", "nesterov"):
+        momentum = 1.0 - float(hp["one_minus_momentum"])
+        return torch.optim.SGD(
+            parameters, lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=wd
+        )
+    if name == "adam":
+        betas = (1.0 - float(hp["one_minus_beta1"]), 1.0 - float(hp["one_minus_beta2"]))
+        return torch.optim.Adam(parameters, lr=lr, betas=betas, eps=float(hp["epsilon"]),
+                                weight_decay=wd)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def decay_steps(hp: dict[str, Any], max_steps: int) -> int:
+    """Number of steps the linear decay lasts at this budget (at least 1)."""
+    if hp.get("decay_steps") is not None:
+        return max(1, int(hp["decay_steps"]))
+    return max(1, round(float(hp["decay_fraction"]) * max_steps))
+
+
+def build_schedule(
+    name: str, optimizer: torch.optim.Optimizer, hp: dict[str, Any], max_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step learning-rate scheduler (call ``.step()`` after each optimizer step)."""
+    import torch
+
+    if name == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if name == "linear_decay":
+        return torch.optim.lr_scheduler.LinearLR(
+            optimizer,
+            start_factor=1.0,
+            end_factor=float(hp["end_factor"]),
+            total_iters=decay_steps(hp, max_steps),
+        )
+    raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")

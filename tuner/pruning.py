@@ -1,0 +1,74 @@
+"""The lossless pruner: stop a trial only once it can no longer become the best.
+
+A trial still short of the target at step s will need more than s steps. If s already exceeds
+``slack x`` the fewest steps-to-target any finished trial of the study reached, it cannot beat that
+trial (for ``slack >= 1``), so stopping it never changes which trial is best. Optionally combined
+with one of Optuna's own pruners (then pruning is no longer lossless).
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+
+def best_steps(study: Study) -> int | None:
+    """Fewest steps-to-target among the study's COMPLETE trials that reached the target."""
+    steps = [
+        t.user_attrs["steps_to_target"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("reached")
+    ]
+    return min(steps) if steps else None
+
+
+class LosslessPruner(BasePruner):
+    """Prune once ``step > slack x best steps-to-target so far`` (see the module docstring).
+
+    The best is read from storage when a new trial starts and at most every ``refresh_seconds``
+    after, not at every evaluation: a stale best is never smaller than the true one, so it can
+    only prune later, never wrongly.
+    """
+
+    def __init__(self, slack: float = 1.0, inner: BasePruner | None = None,
+                 refresh_seconds: float = 5.0) -> None:
+        if slack < 1.0:
+            raise ValueError(f"slack must be >= 1 to be lossless, got {slack}")
+        self.slack = slack
+        self.inner = inner
+        self.refresh_seconds = refresh_seconds
+        self._cache: tuple[int, int, float, int | None] | None = None  # study, trial, time, best
+
+    def threshold(self, study: Study, trial: FrozenTrial) -> float | None:
+        """The step past which ``trial`` is pruned (None while no trial has reached)."""
+        now = time.monotonic()
+        c = self._cache
+        if c is None or c[:2] != (study._study_id, trial.number) or now - c[2] > self.refresh_seconds:
+            c = self._cache = (study._study_id, trial.number, now, best_steps(study))
+        return None if c[3] is None else self.slack * c[3]
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        """Whether to stop ``trial`` at its last reported step."""
+        step = trial.last_step
+        if step is None:
+            return False
+        limit = self.threshold(study, trial)
+        if limit is not None and step > limit:
+            return True
+        return self.inner is not None and self.inner.prune(study, trial)
+
+
+def build_pruner(name: str, slack: float, lossless: bool, options: dict) -> BasePruner:
+    """The study's pruner from the spec's ``[pruner]`` table."""
+    from tuner.spec import OPTUNA_PRUNERS
+
+    inner = None
+    if name in OPTUNA_PRUNERS:
+        inner = getattr(optuna.pruners, OPTUNA_PRUNERS[name])(**options)
+    if lossless:
+        return LosslessPruner(slack, inner)
+    return inner if inner is not None else optuna.pruners.NopPruner()

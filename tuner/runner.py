@@ -1,0 +1,81 @@
+"""``tuner run``: create or resume a spec's batch-size studies and top each up to N trials."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.analysis.curves import Point, outcome_of, point
+from tuner.objective import make_objective
+from tuner.pruning import build_pruner
+from tuner.sampling import build_sampler
+from tuner.space import distributions
+from tuner.spec import Spec
+from tuner.storage import check_studies, create_or_load, open_storage
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def select_batch_sizes(spec: Spec, requested: tuple[int, ...]) -> tuple[int, ...]:
+    """The spec's batch sizes, or the requested subset of them.
+
+    Raises:
+        UsageError: a requested batch size is not in the spec.
+    """
+    from tuner.errors import UsageError
+
+    for b in requested:
+        if b not in spec.batch_sizes:
+            raise UsageError(f"--batch-size {b}: not in {spec.path}'s batch_sizes; allowed: "
+                             f"{', '.join(map(str, spec.batch_sizes))}")
+    return tuple(sorted(set(requested))) if requested else spec.batch_sizes
+
+
+def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
+        echo: Callable[[str], None] = lambda s: None) -> list[Point]:
+    """Run the studies; returns one summary point per batch size."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    check_studies(storage, spec, batch_sizes)
+    space = distributions(spec.space)
+    points = []
+    for b in batch_sizes:
+        sampler = build_sampler(spec.sampler.name, spec.sampler.seed, spec.sampler.options, space)
+        p = spec.pruner
+        study = create_or_load(storage, spec, b, sampler,
+                               build_pruner(p.name, p.slack, p.lossless, p.options))
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        need = trials - done
+        if need > 0:
+            echo(f"{spec.name} B={b}: {done} trials stored, running {need} more "
+                 f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
+            study.optimize(make_objective(spec, b, spec.workload), n_trials=need,
+                           callbacks=[_progress(b, trials, echo)], gc_after_trial=False)
+        else:
+            echo(f"{spec.name} B={b}: {done} trials stored, nothing to run")
+        points.append(point(b, study.get_trials(deepcopy=False)))
+    return points
+
+
+def _progress(b: int, total: int, echo: Callable[[str], None]
+              ) -> Callable[[optuna.Study, FrozenTrial], None]:
+    best: list[int | None] = [None]
+    started = time.monotonic()
+
+    def callback(study: optuna.Study, t: FrozenTrial) -> None:
+        kind = outcome_of(t)
+        a = t.user_attrs
+        if kind == "reached" and (best[0] is None or a["steps_to_target"] < best[0]):
+            best[0] = a["steps_to_target"]
+        if best[0] is None:
+            best[0] = point(b, study.get_trials(deepcopy=False)).best_steps
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        what = (f"reached at step {a['steps_to_target']}" if kind == "reached"
+                else f"{kind} at step {a.get('stopped_at_step')}")
+        echo(f"  B={b} trial {done}/{total} (#{t.number}): {what:28s} best so far "
+             f"{best[0] if best[0] is not None else '-':>6}  [{time.monotonic() - started:.0f}s]")
+
+    return callback

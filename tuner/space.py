@@ -1,0 +1,63 @@
+"""Search space: spec parameters <-> Optuna distributions, and where a value sits in its range."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched metaparameter: a numeric range (``low``/``high``/``log``) or ``choices``."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def distribution(self) -> BaseDistribution:
+        """The Optuna distribution that samples this parameter."""
+        if self.choices is not None:
+            return CategoricalDistribution(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log)
+        return FloatDistribution(float(self.low), float(self.high), log=self.log)
+
+    def to_attr(self) -> dict[str, Any]:
+        """The JSON form stored in the study's ``search_space`` attr (DESIGN.md)."""
+        if self.choices is not None:
+            return {"choices": list(self.choices)}
+        out: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
+        if self.integer:
+            out["int"] = True
+        return out
+
+    def position(self, value: Any) -> float | None:
+        """Where ``value`` lies in the range: 0 at ``low``, 1 at ``high`` (log space if ``log``).
+
+        ``None`` for categorical parameters, which have no edges.
+        """
+        if self.choices is not None:
+            return None
+        assert self.low is not None and self.high is not None
+        if self.log:
+            lo, hi, v = math.log(self.low), math.log(self.high), math.log(value)
+        else:
+            lo, hi, v = float(self.low), float(self.high), float(value)
+        return (v - lo) / (hi - lo)
+
+
+def distributions(params: tuple[Param, ...]) -> dict[str, BaseDistribution]:
+    """Name -> Optuna distribution for every searched parameter."""
+    return {p.name: p.distribution() for p in params}

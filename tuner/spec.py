@@ -1,0 +1,514 @@
+"""Study specs: a TOML file -> a validated, typed :class:`Spec`.
+
+Every problem is a :class:`~tuner.errors.SpecError` naming the file, the key and what is allowed.
+Loading a spec touches no storage. See ``studies/README.md`` for the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.cadence import eval_steps
+from tuner.errors import SpecError
+from tuner.optim import OPTIONAL_PARAMS, OPTIMIZERS, SCHEDULES, allowed_params
+from tuner.space import Param
+from tuner.workload import Target, Workload
+
+SAMPLERS = ("qmc", "tpe", "random")
+OPTUNA_PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+}
+PRUNERS = ("lossless", "none", *OPTUNA_PRUNERS)
+PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+DIRECTIONS = ("minimize", "maximize")
+
+#: Where a fixed or searched metaparameter may lie: (low, high, low inclusive, high inclusive).
+PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "learning_rate": (0.0, math.inf, False, False),
+    "one_minus_momentum": (0.0, 1.0, False, True),
+    "one_minus_beta1": (0.0, 1.0, False, True),
+    "one_minus_beta2": (0.0, 1.0, False, True),
+    "epsilon": (0.0, math.inf, False, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "end_factor": (0.0, 1.0, True, True),
+    "decay_fraction": (0.0, 1.0, False, True),
+    "decay_steps": (1.0, math.inf, True, False),
+}
+
+TOP_KEYS = ("name", "description", "seed", "batch_sizes", "trials", "workload", "optimizer",
+            "search_space", "target", "budget", "eval", "sampler", "pruner", "trainer")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Max steps per trial: fixed, a rule in B, or epochs converted to steps for each B."""
+
+    max_steps: int | None = None
+    max_epochs: float | None = None
+    reference_batch_size: int | None = None  # rule: max_steps at this B ...
+    scaling_power: float = 1.0  # ... times (reference_batch_size / B) ** scaling_power
+    min_steps: int = 1
+    divergence_factor: float = 100.0  # diverged when loss > this x the first loss
+
+    def steps_for(self, batch_size: int, n_train: int) -> int:
+        """The budget in steps at ``batch_size`` (``n_train`` converts epochs)."""
+        if self.max_epochs is not None:
+            steps = math.ceil(self.max_epochs * n_train / batch_size)
+        elif self.reference_batch_size is not None:
+            assert self.max_steps is not None
+            ratio = (self.reference_batch_size / batch_size) ** self.scaling_power
+            steps = math.ceil(self.max_steps * ratio)
+        else:
+            assert self.max_steps is not None
+            steps = self.max_steps
+        return max(self.min_steps, steps)
+
+    def rule(self) -> str:
+        """How the budget is derived, in words (stored with each study)."""
+        if self.max_epochs is not None:
+            return f"ceil({self.max_epochs} epochs x n_train / B), at least {self.min_steps}"
+        if self.reference_batch_size is not None:
+            return (f"ceil({self.max_steps} x ({self.reference_batch_size} / B)^"
+                    f"{self.scaling_power}), at least {self.min_steps}")
+        return f"{self.max_steps} steps at every B"
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """Evaluation cadence; see :mod:`tuner.cadence`."""
+
+    first_step: int = 10
+    relative: float = 0.02
+    min_interval: int = 10
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Which Optuna sampler proposes metaparameters."""
+
+    name: str = "qmc"
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """Lossless pruning (``slack`` x best steps so far) and/or one of Optuna's pruners."""
+
+    name: str = "lossless"
+    slack: float = 1.0
+    lossless: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated study spec. One spec -> one Optuna study per batch size."""
+
+    path: str
+    text: str
+    name: str
+    description: str
+    seed: int
+    batch_sizes: tuple[int, ...]
+    trials: int
+    workload_name: str
+    workload: Workload = field(compare=False)
+    optimizer: str
+    schedule: str
+    fixed: dict[str, Any]
+    space: tuple[Param, ...]
+    target: Target
+    budget: Budget
+    cadence: Cadence
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    accelerator: str = "auto"
+    precision: str = "32-true"
+
+    def max_steps(self, batch_size: int) -> int:
+        """Budget in steps at this batch size."""
+        return self.budget.steps_for(batch_size, self.workload.num_train_examples())
+
+    def eval_steps(self, batch_size: int) -> tuple[int, ...]:
+        """The evaluation steps every trial at this batch size uses."""
+        c = self.cadence
+        return eval_steps(self.max_steps(batch_size), c.first_step, c.relative, c.min_interval)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that makes two runs' trials comparable (the study fingerprint's input).
+
+        Not included: the trial count, the batch-size list and the description, which may
+        change between runs of the same studies; the seed is part of the study name instead.
+        """
+        return {
+            "workload": self.workload_name,
+            "workload_options": self.workload.options_dict(),
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "fixed": self.fixed,
+            "search_space": {p.name: p.to_attr() for p in self.space},
+            "target": dataclasses.asdict(self.target),
+            "budget": dataclasses.asdict(self.budget),
+            "eval_cadence": dataclasses.asdict(self.cadence),
+            "sampler": dataclasses.asdict(self.sampler),
+            "pruner": dataclasses.asdict(self.pruner),
+            "precision": self.precision,
+        }
+
+    def fingerprint(self) -> str:
+        """A short hash of :meth:`identity`."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed access to TOML tables
+
+
+class _Table:
+    """A TOML table with its dotted location, for typed reads and unknown-key checks."""
+
+    def __init__(self, path: str, where: str, data: Any) -> None:
+        self.path, self.where = path, where
+        if not isinstance(data, dict):
+            raise SpecError(path, where, f"must be a table, got {_tname(data)}")
+        self.data = data
+
+    def key(self, k: str) -> str:
+        return f"{self.where}.{k}" if self.where else k
+
+    def error(self, k: str, message: str) -> SpecError:
+        return SpecError(self.path, self.key(k), message)
+
+    def only(self, allowed: typing.Iterable[str]) -> None:
+        allowed = list(allowed)
+        for k in self.data:
+            if k not in allowed:
+                raise self.error(k, f"unknown key; allowed: {', '.join(allowed)}")
+
+    def get(self, k: str, kind: str, default: Any = ..., choices: tuple[str, ...] = ()) -> Any:
+        if k not in self.data:
+            if default is ...:
+                raise self.error(k, f"required ({kind})")
+            return default
+        v = self.data[k]
+        if not _is(v, kind):
+            raise self.error(k, f"must be {kind}, got {_tname(v)} {v!r}")
+        if kind == "number":
+            v = float(v)
+            if not math.isfinite(v):
+                raise self.error(k, f"must be a finite number, got {v!r}")
+        if choices and v not in choices:
+            raise self.error(k, f"{v!r} is not allowed; allowed: {', '.join(choices)}")
+        return v
+
+    def positive_int(self, k: str, default: Any = ...) -> int:
+        v = self.get(k, "integer", default)
+        if v is not None and v <= 0:
+            raise self.error(k, f"must be a positive integer, got {v}")
+        return v
+
+    def table(self, k: str) -> _Table:
+        return _Table(self.path, self.key(k), self.data.get(k, {}))
+
+
+def _is(v: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "string":
+        return isinstance(v, str)
+    if kind == "boolean":
+        return isinstance(v, bool)
+    if kind == "list of integers":
+        return isinstance(v, list) and all(_is(x, "integer") for x in v)
+    if kind == "list of numbers":
+        return isinstance(v, list) and all(_is(x, "number") for x in v)
+    if kind == "list of strings":
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    if kind == "list":
+        return isinstance(v, list)
+    raise AssertionError(kind)
+
+
+def _tname(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "table"}.get(type(v), type(v).__name__)
+
+
+def _kind_of(tp: Any) -> str:
+    """Spec kind for a dataclass field type (workload options)."""
+    return {int: "integer", float: "number", str: "string", bool: "boolean",
+            list[int]: "list of integers", list[float]: "list of numbers",
+            list[str]: "list of strings"}[tp]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _workload(t: _Table) -> tuple[str, Workload]:
+    import workloads
+
+    name = t.get("name", "string")
+    try:
+        cls = workloads.get(name)
+    except KeyError as exc:
+        raise t.error("name", exc.args[0]) from None
+    hints = typing.get_type_hints(cls.Options)
+    fields = [f.name for f in dataclasses.fields(cls.Options)]
+    t.only(["name", *fields])
+    values = {}
+    for f in fields:
+        if f in t.data:
+            v = t.get(f, _kind_of(hints[f]))
+            values[f] = float(v) if hints[f] is float else v
+    workload = cls(cls.Options(**values))
+    for k, message in workload.check_options():
+        raise t.error(k, message)
+    return name, workload
+
+
+def _check_bounds(t: _Table, k: str, v: float) -> None:
+    lo, hi, lo_in, hi_in = PARAM_BOUNDS.get(k, (-math.inf, math.inf, True, True))
+    if v < lo or v > hi or (v == lo and not lo_in) or (v == hi and not hi_in):
+        allowed = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+        raise t.error(k, f"{v!r} is outside {allowed}")
+
+
+def _space(t: _Table, allowed: dict[str, Any]) -> tuple[Param, ...]:
+    t.only(allowed)
+    params = []
+    for name in t.data:
+        p = t.table(name)
+        if "choices" in p.data:
+            p.only(["choices"])
+            choices = p.get("choices", "list")
+            if not choices:
+                raise p.error("choices", "must be a non-empty list")
+            if len(set(map(repr, choices))) != len(choices):
+                raise p.error("choices", f"has duplicates: {choices}")
+            for c in choices:
+                if not _is(c, "number"):
+                    raise p.error("choices", f"{c!r}: choices of {name} must be numbers")
+                _check_bounds(t, name, float(c))
+            params.append(Param(name, choices=tuple(choices)))
+            continue
+        p.only(["low", "high", "log", "int"])
+        integer = p.get("int", "boolean", name == "decay_steps")
+        low = p.get("low", "integer" if integer else "number")
+        high = p.get("high", "integer" if integer else "number")
+        log = p.get("log", "boolean", False)
+        if low >= high:
+            raise p.error("high", f"range [{low}, {high}] is empty or inverted; need low < high")
+        if log and low <= 0:
+            raise p.error("low", f"{low} with log = true; a log range needs low > 0")
+        _check_bounds(t, name, float(low))
+        _check_bounds(t, name, float(high))
+        params.append(Param(name, low=low, high=high, log=log, integer=integer))
+    return tuple(params)
+
+
+def _optimizer(t: _Table, space_t: _Table) -> tuple[str, str, dict[str, Any], tuple[Param, ...]]:
+    name = t.get("name", "string", choices=OPTIMIZERS)
+    schedule = t.get("schedule", "string", "constant", choices=SCHEDULES)
+    allowed = allowed_params(name, schedule)
+    t.only(["name", "schedule", *allowed])
+    space = _space(space_t, allowed)
+    searched = {p.name for p in space}
+    fixed: dict[str, Any] = {}
+    for k, default in allowed.items():
+        if k in t.data:
+            if k in searched:
+                raise t.error(k, f"is also in [search_space]; {k} is either searched or fixed")
+            v = t.get(k, "number")
+            _check_bounds(t, k, v)
+            fixed[k] = int(v) if k == "decay_steps" else v
+        elif k not in searched:
+            if default is None and k not in OPTIONAL_PARAMS:
+                raise t.error(k, f"required by optimizer {name!r} with schedule {schedule!r}: "
+                              f"search it in [search_space] or fix it in [optimizer]")
+            if default is not None:
+                fixed[k] = default
+    if "decay_steps" in searched or "decay_steps" in fixed:
+        if "decay_fraction" in searched or "decay_fraction" in t.data:
+            raise t.error("decay_steps", "give decay_steps or decay_fraction, not both")
+        fixed.pop("decay_fraction", None)
+    return name, schedule, fixed, space
+
+
+def _target(t: _Table, workload: Workload) -> Target:
+    t.only(["metric", "value", "direction"])
+    metrics = workload.metrics
+    metric = t.get("metric", "string")
+    if metric not in metrics:
+        raise t.error("metric", f"{metric!r} is not produced by workload "
+                      f"{workload.name!r}; allowed: {', '.join(metrics)}")
+    value = t.get("value", "number")
+    direction = t.get("direction", "string", metrics[metric], choices=DIRECTIONS)
+    return Target(metric, value, direction)
+
+
+def _budget(t: _Table) -> Budget:
+    t.only(["max_steps", "max_epochs", "reference_batch_size", "scaling_power", "min_steps",
+            "divergence_factor"])
+    if ("max_steps" in t.data) == ("max_epochs" in t.data):
+        raise t.error("max_steps", "give exactly one of max_steps or max_epochs")
+    max_epochs = t.get("max_epochs", "number", None)
+    if max_epochs is not None and max_epochs <= 0:
+        raise t.error("max_epochs", f"must be > 0, got {max_epochs}")
+    ref = t.positive_int("reference_batch_size", None)
+    if ref is not None and max_epochs is not None:
+        raise t.error("reference_batch_size", "scales max_steps; it does not apply to max_epochs")
+    if "scaling_power" in t.data and ref is None:
+        raise t.error("scaling_power", "needs reference_batch_size")
+    factor = t.get("divergence_factor", "number", 100.0)
+    if factor <= 1:
+        raise t.error("divergence_factor", f"must be > 1, got {factor}")
+    return Budget(
+        max_steps=t.positive_int("max_steps", None),
+        max_epochs=max_epochs,
+        reference_batch_size=ref,
+        scaling_power=t.get("scaling_power", "number", 1.0),
+        min_steps=t.positive_int("min_steps", 1),
+        divergence_factor=factor,
+    )
+
+
+def _cadence(t: _Table) -> Cadence:
+    t.only(["first_step", "relative", "min_interval"])
+    relative = t.get("relative", "number", 0.02)
+    if relative < 0:
+        raise t.error("relative", f"must be >= 0, got {relative}")
+    return Cadence(t.positive_int("first_step", 10), relative, t.positive_int("min_interval", 10))
+
+
+def _sampler(t: _Table, seed: int) -> SamplerSpec:
+    name = t.get("name", "string", "qmc", choices=SAMPLERS)
+    options_by_name = {
+        "qmc": {"qmc_type": "string", "scramble": "boolean"},
+        "tpe": {"n_startup_trials": "integer", "multivariate": "boolean"},
+        "random": {},
+    }
+    kinds = options_by_name[name]
+    t.only(["name", "seed", *kinds])
+    options = {k: t.get(k, kind) for k, kind in kinds.items() if k in t.data}
+    if options.get("qmc_type", "halton") not in ("halton", "sobol"):
+        raise t.error("qmc_type", f"{options['qmc_type']!r}; allowed: halton, sobol")
+    return SamplerSpec(name, t.get("seed", "integer", seed), options)
+
+
+def _pruner(t: _Table, target: Target) -> PrunerSpec:
+    import optuna
+
+    name = t.get("name", "string", "lossless", choices=PRUNERS)
+    t.only(["name", "slack", "lossless", "options"])
+    slack = t.get("slack", "number", 1.0)
+    if slack < 1.0:
+        raise t.error("slack", f"{slack} < 1 could prune the best trial; allowed: >= 1")
+    lossless = t.get("lossless", "boolean", name != "none")
+    options = t.table("options")
+    if name in OPTUNA_PRUNERS:
+        cls = getattr(optuna.pruners, OPTUNA_PRUNERS[name])
+        accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
+        options.only(accepted)
+        if target.direction != "minimize":
+            raise t.error("name", f"Optuna's {name} pruner compares intermediate values as "
+                          "a minimised objective; use a minimised target metric (e.g. error) "
+                          "or pruner 'lossless'")
+    else:
+        options.only([])
+    if name == "none" and lossless:
+        raise t.error("lossless", "pruner 'none' with lossless = true; use name = 'lossless'")
+    return PrunerSpec(name, slack, lossless, dict(options.data))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load(path: str | Path) -> Spec:
+    """Read and validate a spec file.
+
+    Raises:
+        SpecError: the first problem found, naming file, key and what is allowed.
+    """
+    p = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpecError(p, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(p, "", f"not valid TOML: {exc}") from None
+    return parse(data, p, text)
+
+
+def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
+    """Validate an already-parsed TOML document (``path`` is used in messages)."""
+    top = _Table(path, "", data)
+    top.only(TOP_KEYS)
+    name = top.get("name", "string", Path(path).stem)
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise top.error("name", f"{name!r}; allowed: letters, digits, '_', '.', '-'")
+    seed = top.get("seed", "integer", 0)
+    batch_sizes = top.get("batch_sizes", "list of integers")
+    if not batch_sizes:
+        raise top.error("batch_sizes", "must list at least one batch size")
+    for b in batch_sizes:
+        if b <= 0:
+            raise top.error("batch_sizes", f"{b}: batch sizes must be positive integers")
+    if len(set(batch_sizes)) != len(batch_sizes):
+        raise top.error("batch_sizes", f"has duplicates: {batch_sizes}")
+    trials = top.positive_int("trials", 16)
+
+    wname, workload = _workload(top.table("workload"))
+    optimizer, schedule, fixed, space = _optimizer(top.table("optimizer"),
+                                                   top.table("search_space"))
+    target = _target(top.table("target"), workload)
+    budget = _budget(top.table("budget"))
+    cadence = _cadence(top.table("eval"))
+    trainer = top.table("trainer")
+    trainer.only(["accelerator", "precision"])
+
+    spec = Spec(
+        path=path, text=text, name=name, description=top.get("description", "string", ""),
+        seed=seed, batch_sizes=tuple(sorted(batch_sizes)), trials=trials,
+        workload_name=wname, workload=workload, optimizer=optimizer, schedule=schedule,
+        fixed=fixed, space=space, target=target, budget=budget, cadence=cadence,
+        sampler=_sampler(top.table("sampler"), seed),
+        pruner=_pruner(top.table("pruner"), target),
+        accelerator=trainer.get("accelerator", "string", "auto", choices=ACCELERATORS),
+        precision=trainer.get("precision", "string", "32-true", choices=PRECISIONS),
+    )
+    for b in spec.batch_sizes:
+        steps = spec.max_steps(b)
+        if steps < cadence.first_step:
+            raise SpecError(path, "budget", f"{steps} steps at batch size {b} ends before the "
+                            f"first evaluation (eval.first_step = {cadence.first_step}); allowed: "
+                            f"a budget of at least {cadence.first_step} steps at every batch size")
+    return spec
+
+
+def with_seed(spec: Spec, seed: int) -> Spec:
+    """The same spec with another seed (the sampler's too, unless the spec fixed it apart)."""
+    sampler = spec.sampler
+    if sampler.seed == spec.seed:
+        sampler = dataclasses.replace(sampler, seed=seed)
+    return dataclasses.replace(spec, seed=seed, sampler=sampler)

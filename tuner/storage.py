@@ -1,0 +1,144 @@
+"""Storage: the URL, study naming, and the study attrs of DESIGN.md's storage contract.
+
+One Optuna study per (spec, batch size, seed). The name contains all three for people; code reads
+the attrs (``spec_name``, ``batch_size``, ...), never the name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+
+from tuner.errors import UsageError
+from tuner.spec import Spec
+
+DEFAULT_URL = "sqlite:///results/tuner.db"
+ENV_VAR = "TUNER_STORAGE"
+
+
+def resolve_url(url: str | None) -> str:
+    """``url``, else ``$TUNER_STORAGE``, else a SQLite file ``results/tuner.db`` (git-ignored).
+
+    Raises:
+        UsageError: the URL is not a SQLAlchemy URL.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = url or os.environ.get(ENV_VAR) or DEFAULT_URL
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError(f"--storage: {url!r} is not a SQLAlchemy URL; allowed: e.g. "
+                         "sqlite:///results/tuner.db or postgresql+psycopg://user@host/db") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        parent = Path(parsed.database).parent
+        if not parent.exists():
+            if url == DEFAULT_URL:
+                parent.mkdir(parents=True, exist_ok=True)
+            else:
+                raise UsageError(f"--storage: folder {parent} of {url!r} does not exist")
+    return url
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait."""
+    from sqlalchemy.engine import make_url
+
+    kwargs: dict[str, Any] = {}
+    if make_url(url).get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 60}
+    return RDBStorage(url, engine_kwargs=kwargs)
+
+
+def study_name(spec: Spec, batch_size: int) -> str:
+    """Human-readable study name; never parse it, read the attrs."""
+    return f"{spec.name}.B{batch_size}.seed{spec.seed}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the project and the libraries that shape results."""
+    out = {"python": platform.python_version()}
+    for key, dist in (("project", "batch-scaling-tuner"), ("torch", "torch"),
+                      ("lightning", "lightning"), ("optuna", "optuna")):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = "not installed"
+    return out
+
+
+def study_attrs(spec: Spec, batch_size: int) -> dict[str, Any]:
+    """The study ``user_attrs`` of DESIGN.md's storage contract (plus a few extras)."""
+    c = spec.cadence
+    max_steps = spec.max_steps(batch_size)
+    n_evals = len(spec.eval_steps(batch_size))
+    return {
+        "spec_name": spec.name,
+        "batch_size": batch_size,
+        "seed": spec.seed,
+        "workload": spec.workload_name,
+        "workload_options": spec.workload.options_dict(),
+        "optimizer": spec.optimizer,
+        "schedule": spec.schedule,
+        "fixed_params": spec.fixed,
+        "target": dataclasses.asdict(spec.target),
+        "budget": {"max_steps": max_steps, "derived_from": spec.budget.rule(),
+                   "divergence_factor": spec.budget.divergence_factor},
+        "search_space": {p.name: p.to_attr() for p in spec.space},
+        "sampler": dataclasses.asdict(spec.sampler),
+        "pruner": dataclasses.asdict(spec.pruner),
+        "eval_cadence": {**dataclasses.asdict(c), "n_evals": n_evals,
+                         "resolution": (f"steps-to-target is the first evaluation step at or "
+                                        f"past the crossing: at most max({c.min_interval}, "
+                                        f"{c.relative:.0%}) steps late")},
+        "precision": spec.precision,
+        "versions": versions(),
+        "spec_file": spec.path,
+        "spec_text": spec.text,
+        "spec_fingerprint": spec.fingerprint(),
+        "spec_identity": json.loads(json.dumps(spec.identity(), default=str)),
+    }
+
+
+def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...]) -> None:
+    """Refuse to resume studies made from a different spec (before anything is written).
+
+    Raises:
+        UsageError: naming the study and the first part of the spec that changed.
+    """
+    existing = {s.study_name: s for s in storage.get_all_studies()}
+    mine = spec.fingerprint()
+    for b in batch_sizes:
+        s = existing.get(study_name(spec, b))
+        if s is None or s.user_attrs.get("spec_fingerprint") == mine:
+            continue
+        stored = s.user_attrs.get("spec_identity", {})
+        now = json.loads(json.dumps(spec.identity(), default=str))
+        changed = [k for k in now if stored.get(k) != now[k]] or ["spec"]
+        raise UsageError(
+            f"{spec.path}: {changed[0]}: differs from the stored study {s.study_name!r}, which "
+            f"was made from another version of this spec; restore it, rename the spec "
+            f"(name = ...), or use another --storage"
+        )
+
+
+def create_or_load(storage: RDBStorage, spec: Spec, batch_size: int,
+                   sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner
+                   ) -> optuna.Study:
+    """The batch-size study, created with its attrs if new."""
+    name = study_name(spec, batch_size)
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    if study.user_attrs.get("spec_fingerprint") is None:
+        for k, v in study_attrs(spec, batch_size).items():
+            study.set_user_attr(k, v)
+    return study

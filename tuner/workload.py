@@ -1,0 +1,207 @@
+"""The one question every workload answers, and the base class for trained workloads.
+
+A workload answers: "with these metaparameters at batch size B, when (if ever) is the target
+reached, and what did the curve look like?" It gets a :class:`TrialRequest` and a ``report``
+callback, and hands back a :class:`TrialResult`. Pruning and reporting to Optuna live in the
+objective, behind ``report``, so every kind of workload gets them.
+
+To plug in your own model, subclass :class:`TrainedWorkload` (see ``workloads/README.md``)::
+
+    @dataclass
+    class MyOptions:
+        width: int = 256
+
+    class MyWorkload(TrainedWorkload):
+        name = "my_model"
+        Options = MyOptions
+
+        def load_data(self) -> Data:            # CPU tensors; cached per process
+            ...
+        def build_model(self) -> torch.nn.Module:  # a LightningModule works too
+            ...
+
+and name it in a spec as ``[workload] name = "my_package.my_module:MyWorkload"`` or register it
+with :func:`workloads.register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Target:
+    """Reached at the first evaluation where ``metric`` is at least as good as ``value``."""
+
+    metric: str
+    value: float
+    direction: str  # "minimize" | "maximize"
+
+    def reached(self, metric_value: float) -> bool:
+        """Whether ``metric_value`` is at least as good as the target."""
+        if self.direction == "minimize":
+            return metric_value <= self.value
+        return metric_value >= self.value
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """Everything one trial needs to know, resolved for one batch size."""
+
+    params: dict[str, Any]  # every metaparameter, searched or fixed
+    optimizer: str
+    schedule: str
+    batch_size: int
+    max_steps: int
+    eval_steps: tuple[int, ...]  # increasing; the last is max_steps
+    target: Target
+    seed: int
+    divergence_factor: float = 100.0
+    accelerator: str = "auto"
+    precision: str = "32-true"
+
+
+@dataclass
+class TrialResult:
+    """What happened in one trial. ``curve`` holds (step, metrics) at every evaluation."""
+
+    reached: bool
+    steps_to_target: int | None
+    stopped_at_step: int
+    diverged: bool
+    pruned: bool
+    examples_seen: int
+    wall_seconds: float
+    best_metric: float | None
+    curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    eval_seconds: float = 0.0
+    device: str = "cpu"
+
+
+#: ``report(step, metrics)`` is called at every evaluation; it returns True to stop (prune).
+Reporter = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class NoOptions:
+    """A workload without options."""
+
+
+class Workload(ABC):
+    """A model + data + metric (or an analytic model) that answers steps-to-target questions."""
+
+    #: Registry name used in specs.
+    name: ClassVar[str] = ""
+    #: A dataclass of the options a spec's ``[workload]`` table may set.
+    Options: ClassVar[type] = NoOptions
+    #: Metric name -> the direction in which it improves.
+    metrics: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def options_dict(self) -> dict[str, Any]:
+        """The options as plain data (stored in the study attrs)."""
+        return dataclasses.asdict(self.options)
+
+    def check_options(self) -> list[tuple[str, str]]:
+        """Problems with the options as (option key, what is allowed); empty when fine.
+
+        Called while the spec is validated, before any storage is touched: keep it cheap.
+        """
+        return []
+
+    @abstractmethod
+    def num_train_examples(self) -> int:
+        """Size of the training split (to turn a budget in epochs into steps)."""
+
+    @abstractmethod
+    def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
+        """Train (or compute) until the target is reached, the budget is spent, the loss
+        diverges, or ``report`` says stop."""
+
+
+@dataclass
+class Data:
+    """Training and validation tensors. Inputs are float, labels int64 class indices."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+class TrainedWorkload(Workload):
+    """A workload trained by :func:`tuner.loop.train`: subclasses give data and a model.
+
+    Defaults suit classification: the loss is cross-entropy of ``model(x)`` (or the model's own
+    ``training_step`` when it is a LightningModule), and the metrics are ``error``, ``accuracy``
+    and ``loss`` on the validation split. Override :meth:`training_loss` / :meth:`evaluate` and
+    ``metrics`` for other tasks.
+    """
+
+    metrics: ClassVar[dict[str, str]] = {
+        "error": "minimize",
+        "accuracy": "maximize",
+        "loss": "minimize",
+    }
+    #: Validation examples per forward pass during evaluation.
+    eval_batch_size: ClassVar[int] = 4096
+
+    _data: Data | None = None
+
+    @abstractmethod
+    def load_data(self) -> Data:
+        """Load the training and validation split (CPU tensors). Called once per process."""
+
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module:
+        """A freshly initialised model (the caller has seeded the RNGs)."""
+
+    def data(self) -> Data:
+        """The data, loaded once and kept."""
+        if self._data is None:
+            self._data = self.load_data()
+        return self._data
+
+    def training_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      step: int) -> torch.Tensor:
+        """The scalar loss to minimise on one batch."""
+        import torch.nn.functional as F
+        from lightning import LightningModule
+
+        if isinstance(model, LightningModule) or isinstance(
+            getattr(model, "module", None), LightningModule
+        ):
+            out = model.training_step((x, y), step)
+            return out if not isinstance(out, dict) else out["loss"]
+        return F.cross_entropy(model(x), y)
+
+    def evaluate(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> dict[str, float]:
+        """Validation metrics of ``model`` (called in eval mode, under ``torch.no_grad``)."""
+        import torch
+        import torch.nn.functional as F
+
+        loss_sum = torch.zeros((), device=x.device)
+        wrong = torch.zeros((), device=x.device, dtype=torch.long)
+        for i in range(0, len(x), self.eval_batch_size):
+            logits = model(x[i:i + self.eval_batch_size]).float()
+            yy = y[i:i + self.eval_batch_size]
+            loss_sum += F.cross_entropy(logits, yy, reduction="sum")
+            wrong += (logits.argmax(dim=1) != yy).sum()
+        n = len(x)
+        error = wrong.item() / n
+        return {"error": error, "accuracy": 1.0 - error, "loss": loss_sum.item() / n}
+
+    def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
+        """Train with the shared Lightning loop."""
+        from tuner.loop import train
+
+        return train(self, request, report)

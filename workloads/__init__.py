@@ -1,0 +1,52 @@
+"""Workload registry: a spec's ``[workload] name`` -> a :class:`tuner.workload.Workload` class.
+
+Built-in workloads are imported only when asked for. A spec may also name any importable class as
+``"package.module:ClassName"``; :func:`register` adds a name for your own class.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from tuner.workload import Workload
+
+_BUILTIN = {
+    "digits": "workloads.digits:Digits",
+    "fashion_mnist": "workloads.fashion_mnist:FashionMNIST",
+}
+_REGISTERED: dict[str, type[Workload]] = {}
+
+
+def register(cls: type[Workload]) -> type[Workload]:
+    """Register a workload class under its ``name`` (usable as a class decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a class attribute `name`")
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    """Every registered workload name."""
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def get(name: str) -> type[Workload]:
+    """The workload class for a registry name or a ``module:Class`` path.
+
+    Raises:
+        KeyError: with a message that lists the allowed names.
+    """
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    path = _BUILTIN.get(name, name if ":" in name else None)
+    if path is None:
+        raise KeyError(f"unknown workload {name!r}; allowed: {', '.join(names())} "
+                       "or 'package.module:Class'")
+    module_name, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise KeyError(f"cannot import workload {name!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Workload)):
+        raise KeyError(f"{name!r} is not a tuner.workload.Workload subclass")
+    return cls
