@@ -43,7 +43,6 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     chosen = runner.select_batch_sizes(spec, batch_sizes)
     url = storage_mod.resolve_url(storage)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    echo(f"storage: {url}")
     points = runner.run(spec, url, chosen, trials or spec.trials, echo)
     click.echo(points_table(spec, points))
 

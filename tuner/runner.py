@@ -40,6 +40,7 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url)
     check_studies(storage, spec, batch_sizes)
+    echo(f"storage: {url}")
     space = distributions(spec.space)
     points = []
     for b in batch_sizes:

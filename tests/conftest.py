@@ -1,0 +1,68 @@
+"""Shared test helpers: small real specs on the digits data, and the CLI entry point in-process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# A small, fast digits study: real training, a loose target, a short budget.
+SMALL_DIGITS = """\
+seed = 0
+batch_sizes = [16, 128]
+trials = 4
+
+[workload]
+name = "digits"
+hidden = [32]
+
+[optimizer]
+name = "momentum"
+
+[search_space]
+learning_rate = { low = 0.01, high = 1.0, log = true }
+one_minus_momentum = { low = 0.01, high = 0.5, log = true }
+
+[target]
+metric = "error"
+value = 0.12
+
+[budget]
+max_steps = 400
+
+[eval]
+first_step = 5
+relative = 0.05
+min_interval = 5
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    """Write a spec file and return its path."""
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``tuner ARGS`` through the console-script entry point; (exit status, stdout, stderr)."""
+    from tuner.cli import main
+
+    old = sys.argv
+    sys.argv = ["tuner", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def small_spec(tmp_path: Path) -> Path:
+    """Path of a small digits spec in a temp folder."""
+    return write(tmp_path, SMALL_DIGITS, "small_digits.toml")

@@ -1,0 +1,157 @@
+"""Spec validation: every invalid spec is one line naming file and key, exit 2, no storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_DIGITS, run_cli, write
+from tuner import spec as spec_mod
+from tuner.errors import SpecError
+
+
+def test_shipped_specs_parse() -> None:
+    for path in sorted(Path("studies").glob("*.toml")):
+        s = spec_mod.load(path)
+        assert s.batch_sizes == tuple(sorted(s.batch_sizes))
+        for b in s.batch_sizes:
+            steps = s.eval_steps(b)
+            assert steps[-1] == s.max_steps(b)
+
+
+def test_small_spec_is_typed(small_spec: Path) -> None:
+    s = spec_mod.load(small_spec)
+    assert s.name == "small_digits"
+    assert s.optimizer == "momentum" and s.schedule == "constant"
+    assert [p.name for p in s.space] == ["learning_rate", "one_minus_momentum"]
+    assert s.fixed == {"weight_decay": 0.0}
+    assert s.target.direction == "minimize"  # the workload's natural direction for "error"
+    assert s.sampler.name == "qmc" and s.pruner.name == "lossless" and s.pruner.slack == 1.0
+
+
+def replace(old: str, new: str) -> str:
+    assert old in SMALL_DIGITS, old
+    return SMALL_DIGITS.replace(old, new)
+
+
+# (spec text, the key the message must name, a fragment of what is allowed)
+INVALID = {
+    "unknown_top_key": ("colour = 'red'\n" + SMALL_DIGITS, "colour", "allowed:"),
+    "unknown_nested_key": (replace("[target]\n", "[target]\nmetrik = 'x'\n"), "target.metrik",
+                           "allowed: metric, value, direction"),
+    "unknown_param": (replace("[search_space]\n", "[search_space]\nbeta = {low=1, high=2}\n"),
+                      "search_space.beta", "allowed: learning_rate, one_minus_momentum"),
+    "wrong_type": (replace("max_steps = 400", "max_steps = '400'"), "budget.max_steps",
+                   "must be integer"),
+    "wrong_type_bool_as_int": (replace("trials = 4", "trials = true"), "trials",
+                               "must be integer"),
+    "zero_batch_size": (replace("[16, 128]", "[0, 128]"), "batch_sizes", "positive"),
+    "negative_batch_size": (replace("[16, 128]", "[-16, 128]"), "batch_sizes", "positive"),
+    "empty_range": (replace("low = 0.01, high = 1.0", "low = 0.5, high = 0.5"),
+                    "search_space.learning_rate.high", "low < high"),
+    "inverted_range": (replace("low = 0.01, high = 1.0", "low = 1.0, high = 0.01"),
+                       "search_space.learning_rate.high", "low < high"),
+    "log_range_touching_zero": (
+        replace("[search_space]\n", "[search_space]\nweight_decay = {low=0.0, high=0.1, "
+                "log=true}\n"), "search_space.weight_decay.low", "log range needs low > 0"),
+    "unknown_metric": (replace('metric = "error"', 'metric = "bleu"'), "target.metric",
+                       "allowed: error, accuracy, loss"),
+    "budget_too_small": (replace("max_steps = 400", "max_steps = 3"), "budget",
+                         "first evaluation"),
+    "unknown_optimizer": (replace('name = "momentum"', 'name = "lion"'), "optimizer.name",
+                          "allowed: sgd, momentum, nesterov, adam"),
+    "missing_momentum": (replace("one_minus_momentum = { low = 0.01, high = 0.5, log = true }",
+                                 ""), "optimizer.one_minus_momentum", "search it"),
+    "unknown_workload": (replace('name = "digits"', 'name = "imagenet"'), "workload.name",
+                         "allowed: digits, fashion_mnist"),
+    "unknown_workload_option": (replace("hidden = [32]", "hidden = [32]\ndepth = 3"),
+                                "workload.depth", "allowed: name, hidden"),
+    "slack_below_one": (SMALL_DIGITS + "[pruner]\nslack = 0.5\n", "pruner.slack", ">= 1"),
+    "not_toml": ("seed = = 1\n", "", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_spec_is_one_line_exit_2_and_no_storage(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, key, allowed = INVALID[case]
+    path = write(tmp_path, text, "bad.toml")
+    db = tmp_path / "x.db"
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{db}"], capsys)
+    print(err)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(path) in lines[0]
+    assert f": {key}:" in lines[0] if key else True
+    assert allowed in lines[0]
+    assert not db.exists()
+    assert out == ""
+
+
+def test_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["run", str(tmp_path / "nope.toml")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot read" in err
+
+
+def test_epochs_budget_converts_per_batch_size(tmp_path: Path) -> None:
+    s = spec_mod.parse(
+        __import__("tomllib").loads(replace("max_steps = 400", "max_epochs = 2")), "x.toml")
+    n = s.workload.num_train_examples()
+    assert s.max_steps(16) == -(-2 * n // 16)
+    assert s.max_steps(128) == -(-2 * n // 128)
+
+
+def test_budget_rule_in_batch_size() -> None:
+    import tomllib
+
+    text = replace("max_steps = 400", "max_steps = 400\nreference_batch_size = 16\n"
+                   "scaling_power = 1.0\nmin_steps = 60")
+    s = spec_mod.parse(tomllib.loads(text), "x.toml")
+    assert s.max_steps(16) == 400
+    assert s.max_steps(128) == 60  # 400 * 16/128 = 50, raised to min_steps
+    assert "reference" not in s.budget.rule() and "16 / B" in s.budget.rule()
+
+
+def test_linear_decay_needs_end_factor() -> None:
+    import tomllib
+
+    text = replace('name = "momentum"', 'name = "momentum"\nschedule = "linear_decay"')
+    with pytest.raises(SpecError, match="optimizer.end_factor"):
+        spec_mod.parse(tomllib.loads(text), "x.toml")
+    ok = spec_mod.parse(tomllib.loads(text.replace(
+        "[search_space]\n", "[search_space]\nend_factor = {low = 0.001, high = 0.5, log = true}\n"
+    )), "x.toml")
+    assert ok.fixed["decay_fraction"] == 1.0
+
+
+def test_fixed_and_searched_is_an_error() -> None:
+    import tomllib
+
+    text = replace('name = "momentum"', 'name = "momentum"\nlearning_rate = 0.1')
+    with pytest.raises(SpecError, match="either searched or fixed"):
+        spec_mod.parse(tomllib.loads(text), "x.toml")
+
+
+def test_optuna_pruner_with_maximised_metric_is_refused() -> None:
+    import tomllib
+
+    text = replace('metric = "error"\nvalue = 0.12', 'metric = "accuracy"\nvalue = 0.88')
+    text += '[pruner]\nname = "median"\n'
+    with pytest.raises(SpecError, match="pruner.name"):
+        spec_mod.parse(tomllib.loads(text), "x.toml")
+    # Unknown options of an Optuna pruner are named too.
+    text2 = SMALL_DIGITS + '[pruner]\nname = "median"\noptions = { n_warmup = 3 }\n'
+    with pytest.raises(SpecError, match="pruner.options.n_warmup: unknown key"):
+        spec_mod.parse(tomllib.loads(text2), "x.toml")
+
+
+def test_fingerprint_ignores_trials_but_not_search_space() -> None:
+    import tomllib
+
+    a = spec_mod.parse(tomllib.loads(SMALL_DIGITS), "x.toml")
+    b = spec_mod.parse(tomllib.loads(replace("trials = 4", "trials = 9")), "x.toml")
+    c = spec_mod.parse(tomllib.loads(replace("high = 1.0", "high = 2.0")), "x.toml")
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
