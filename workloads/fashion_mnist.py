@@ -61,6 +61,14 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
+def idx_count(path: Path) -> int:
+    """The number of items an IDX file declares (reads only its header)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        header = f.read(8)
+    return struct.unpack(">I", header[4:8])[0]
+
+
 def find_idx(folder: Path, stem: str) -> Path | None:
     """``folder/stem`` or ``folder/stem.gz``, whichever exists."""
     for name in (stem, stem + ".gz"):
@@ -100,24 +108,32 @@ class FashionMNIST(TrainedWorkload):
             problems.append(("model", f"{o.model!r}; allowed: {', '.join(MODELS)}"))
         if o.depth < 1 or o.width < 1:
             problems.append(("depth", "depth and width must be positive integers"))
-        if not 0 < o.val_size < N_TRAIN_FILE:
-            problems.append(("val_size", f"{o.val_size}; allowed: 1 .. {N_TRAIN_FILE - 1}"))
-        if o.train_size < 0 or o.train_size > N_TRAIN_FILE - o.val_size:
-            problems.append(("train_size",
-                             f"{o.train_size}; allowed: 0 (all) .. {N_TRAIN_FILE - o.val_size}"))
         if not o.download:
             folder = Path(o.data_dir or DEBIAN_DIR)
             for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
                 if find_idx(folder, stem) is None:
-                    problems.append(("data_dir", f"no {stem}[.gz] in {folder}; install Debian's "
-                                     "dataset-fashion-mnist, set data_dir, or set download = true"))
-                    break
+                    return [("data_dir", f"no {stem}[.gz] in {folder}; install Debian's "
+                             "dataset-fashion-mnist, set data_dir, or set download = true")]
+        n = self._n_file()
+        if not 0 < o.val_size < n:
+            problems.append(("val_size", f"{o.val_size}; allowed: 1 .. {n - 1} "
+                             f"(the training file has {n} images)"))
+        elif o.train_size < 0 or o.train_size > n - o.val_size:
+            problems.append(("train_size",
+                             f"{o.train_size}; allowed: 0 (all) .. {n - o.val_size}"))
         return problems
+
+    def _n_file(self) -> int:
+        """Images in the training file (60,000 unless a local folder says otherwise)."""
+        o = self.options
+        labels = None if o.download else find_idx(Path(o.data_dir or DEBIAN_DIR),
+                                                   "train-labels-idx1-ubyte")
+        return idx_count(labels) if labels is not None else N_TRAIN_FILE
 
     def num_train_examples(self) -> int:
         """Training images after the hold-out (and the optional ``train_size`` cut)."""
         o = self.options
-        return o.train_size or (N_TRAIN_FILE - o.val_size)
+        return o.train_size or (self._n_file() - o.val_size)
 
     def _raw(self) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
