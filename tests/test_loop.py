@@ -78,3 +78,37 @@ def test_batch_larger_than_training_set_wraps_epochs(digits: Digits) -> None:
     r = digits.run(request(batch_size=big, max_steps=20, eval_steps=(10, 20),
                            target=Target("error", 0.0, "minimize")), never)
     assert r.stopped_at_step == 20 and r.examples_seen == 20 * big
+
+
+def test_matches_a_raw_pytorch_loop(digits: Digits) -> None:
+    """Our Fabric loop computes what a hand-written PyTorch loop computes, to float tolerance."""
+    import torch
+    import torch.nn.functional as F
+
+    req = request(target=Target("error", 0.0, "minimize"), max_steps=60,
+                  eval_steps=(20, 40, 60), batch_size=100)
+    ours = digits.run(req, never)
+
+    torch.manual_seed(req.seed)
+    model = digits.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = digits.data()
+    n = len(data.train_x)
+    gen = torch.Generator().manual_seed(req.seed)
+    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(10)])
+    curve = []
+    for step in range(1, 61):
+        idx = order[(step - 1) * 100:step * 100]
+        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step in req.eval_steps:
+            with torch.no_grad():
+                logits = model(data.val_x)
+                curve.append((step, F.cross_entropy(logits, data.val_y).item(),
+                              (logits.argmax(1) != data.val_y).float().mean().item()))
+    for (s, m), (rs, rloss, rerr) in zip(ours.curve, curve):
+        assert s == rs
+        assert m["loss"] == pytest.approx(rloss, rel=1e-5)
+        assert m["error"] == pytest.approx(rerr, abs=1e-6)

@@ -128,3 +128,48 @@ def test_help_is_accurate(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     for option in ("--batch-size", "--trials", "--storage", "--seed"):
         assert option in out
+
+
+def test_failed_trial_is_rerun_with_its_params_and_seed(
+    small_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    assert run_cli(["run", str(small_spec), "--storage", url, "-n", "1", "-q", "-b", "128"],
+                   capsys)[0] == 0
+    [summary] = optuna.get_all_study_summaries(url)
+    study = optuna.load_study(study_name=summary.study_name, storage=url)
+    # A trial that failed mid-run (as Ctrl-C or an exception leaves it).
+    failed = study.ask({"learning_rate": optuna.distributions.FloatDistribution(0.01, 1.0, log=True),
+                        "one_minus_momentum": optuna.distributions.FloatDistribution(0.01, 0.5,
+                                                                                     log=True)})
+    study.tell(failed, state=TrialState.FAIL)
+    code, _, err = run_cli(["run", str(small_spec), "--storage", url, "-n", "2", "-b", "128"],
+                           capsys)
+    assert code == 0 and "re-running 1 failed trial" in err
+    trials = study.get_trials()
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
+    assert retry.params == failed.params and retry.state != TrialState.FAIL
+    from tuner.objective import trial_seed
+    assert retry.user_attrs["seed"] == trial_seed(0, 128, failed.number)
+    assert counts(url) == {128: 3}  # 2 finished + the failed one, which does not count
+
+
+def test_diverged_trials_stay_visible_and_are_never_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import SMALL_DIGITS, write
+
+    spec = write(tmp_path, SMALL_DIGITS.replace("low = 0.01, high = 1.0", "low = 1e6, high = 1e8"),
+                 "hot.toml")
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    code, out, _ = run_cli(["run", str(spec), "--storage", url, "-n", "3", "-b", "16", "-q"],
+                           capsys)
+    assert code == 0
+    [s] = optuna.get_all_study_summaries(url)
+    trials = optuna.load_study(study_name=s.study_name, storage=url).get_trials()
+    for t in trials:
+        assert t.state == TrialState.COMPLETE and t.user_attrs["diverged"]
+        assert t.value == 400 and t.constraints == {"reached": 1.0}
+        assert t.user_attrs["stopped_at_step"] < 400
+    row = [line for line in out.splitlines() if line.strip().startswith("16 ")][0].split()
+    assert row[1] == "-" and row[7] == "3"  # no best steps; 3 diverged

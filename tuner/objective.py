@@ -58,7 +58,8 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
 
     def objective(trial: optuna.Trial) -> float:
         params = {**spec.fixed, **suggest(trial, spec)}
-        seed = trial_seed(spec.seed, batch_size, trial.number)
+        # a retry of a failed trial reuses that trial's seed
+        seed = trial_seed(spec.seed, batch_size, trial.user_attrs.get("retry_of", trial.number))
         trial.set_user_attr("seed", seed)
         request = TrialRequest(
             params=params, optimizer=spec.optimizer, schedule=spec.schedule,

@@ -50,6 +50,8 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
                                build_pruner(p.name, p.slack, p.lossless, p.options))
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         need = trials - done
+        if need > 0 and (requeued := requeue_failed(study)):
+            echo(f"{spec.name} B={b}: re-running {requeued} failed trial(s) with their params")
         if need > 0:
             echo(f"{spec.name} B={b}: {done} trials stored, running {need} more "
                  f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
@@ -59,6 +61,22 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
             echo(f"{spec.name} B={b}: {done} trials stored, nothing to run")
         points.append(point(b, study.get_trials(deepcopy=False)))
     return points
+
+
+def requeue_failed(study: optuna.Study) -> int:
+    """Enqueue the params of each FAILED trial (an exception, Ctrl-C) not yet retried.
+
+    The quasi-random sequence already moved past them; re-running their params keeps every
+    point of it in the study. The retry carries ``retry_of`` and reuses the failed trial's seed.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.params and t.number not in retried:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            n += 1
+    return n
 
 
 def _progress(b: int, total: int, echo: Callable[[str], None]
