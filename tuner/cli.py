@@ -52,18 +52,16 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 def dashboard(storage: str | None, port: int, host: str) -> None:
-    """Open optuna-dashboard on the same storage."""
-    import shutil
-    import subprocess
+    """Open optuna-dashboard on the same storage (Ctrl-C stops it)."""
+    from tuner.storage import open_storage, resolve_url
 
-    from tuner.storage import resolve_url
-
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise UsageError("optuna-dashboard is not installed; pip install optuna-dashboard") from None
     url = resolve_url(storage)
-    exe = shutil.which("optuna-dashboard")
-    if exe is None:
-        raise UsageError("optuna-dashboard is not installed; pip install optuna-dashboard")
     click.echo(f"optuna-dashboard on http://{host}:{port} for {url}", err=True)
-    raise SystemExit(subprocess.call([exe, url, "--port", str(port), "--host", host]))
+    optuna_dashboard.run_server(open_storage(url), host=host, port=port)
 
 
 def main() -> None:
