@@ -173,3 +173,25 @@ def test_diverged_trials_stay_visible_and_are_never_best(
         assert t.user_attrs["stopped_at_step"] < 400
     row = [line for line in out.splitlines() if line.strip().startswith("16 ")][0].split()
     assert row[1] == "-" and row[7] == "3"  # no best steps; 3 diverged
+
+
+def test_optuna_pruner_by_name_runs_and_records_stop_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import SMALL_DIGITS, write
+
+    text = SMALL_DIGITS.replace("value = 0.12", "value = 0.03") + (
+        '[pruner]\nname = "median"\nlossless = false\n'
+        'options = { n_startup_trials = 2, n_warmup_steps = 20 }\n')
+    spec = write(tmp_path, text, "median.toml")
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    code, _, err = run_cli(["run", str(spec), "--storage", url, "-n", "8", "-b", "16", "-q"],
+                           capsys)
+    assert code == 0, err
+    [s] = optuna.get_all_study_summaries(url)
+    assert s.user_attrs["pruner"]["name"] == "median"
+    trials = optuna.load_study(study_name=s.study_name, storage=url).get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.user_attrs["outcome"] for t in trials]
+    for t in pruned:
+        assert t.user_attrs["stopped_at_step"] == t.last_step < 400

@@ -38,10 +38,9 @@ def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> Tri
     fabric = make_fabric(req.accelerator, req.precision)
     fabric.seed_everything(req.seed, verbose=False)
 
-    data = workload.data()
     device = fabric.device
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+    data = workload.data_on(device)
+    train_x, train_y, val_x, val_y = data.train_x, data.train_y, data.val_x, data.val_y
     n = len(train_x)
 
     model = workload.build_model()

@@ -155,6 +155,7 @@ class TrainedWorkload(Workload):
     eval_batch_size: ClassVar[int] = 4096
 
     _data: Data | None = None
+    _on_device: tuple[str, Data] | None = None
 
     @abstractmethod
     def load_data(self) -> Data:
@@ -169,6 +170,15 @@ class TrainedWorkload(Workload):
         if self._data is None:
             self._data = self.load_data()
         return self._data
+
+    def data_on(self, device: torch.device) -> Data:
+        """The data as tensors on ``device``, moved there once and kept (the last device only)."""
+        key = str(device)
+        if self._on_device is None or self._on_device[0] != key:
+            d = self.data()
+            self._on_device = (key, Data(*(t.to(device) for t in (
+                d.train_x, d.train_y, d.val_x, d.val_y))))
+        return self._on_device[1]
 
     def training_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       step: int) -> torch.Tensor:
