@@ -8,7 +8,8 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.analysis.curves import Point, outcome_of, point
+from tuner.analysis.curves import Point, point
+from tuner.analysis.load import outcome_of, record
 from tuner.objective import make_objective
 from tuner.pruning import build_pruner
 from tuner.sampling import build_sampler
@@ -59,7 +60,7 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
                            callbacks=[_progress(b, trials, echo)], gc_after_trial=False)
         else:
             echo(f"{spec.name} B={b}: {done} trials stored, nothing to run")
-        points.append(point(b, study.get_trials(deepcopy=False)))
+        points.append(point(b, [record(t) for t in study.get_trials(deepcopy=False)]))
     return points
 
 
@@ -90,7 +91,7 @@ def _progress(b: int, total: int, echo: Callable[[str], None]
         if kind == "reached" and (best[0] is None or a["steps_to_target"] < best[0]):
             best[0] = a["steps_to_target"]
         if best[0] is None:
-            best[0] = point(b, study.get_trials(deepcopy=False)).best_steps
+            best[0] = point(b, [record(t) for t in study.get_trials(deepcopy=False)]).best_steps
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         what = (f"reached at step {a['steps_to_target']}" if kind == "reached"
                 else f"{kind} at step {a.get('stopped_at_step')}")

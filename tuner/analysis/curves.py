@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from optuna.trial import FrozenTrial, TrialState
+from tuner.analysis.load import TrialRecord
 
 
 @dataclass
@@ -23,36 +23,26 @@ class Point:
     n_diverged: int = 0
     n_failed: int = 0
     best_steps_after: int | None = None  # the target was crossed in (after, best_steps]
+    best_wall_seconds: float | None = None  # the best trial's wall time to the target
 
 
-def outcome_of(t: FrozenTrial) -> str:
-    """``reached`` | ``missed`` | ``pruned`` | ``diverged`` | ``failed`` | ``running``."""
-    if t.state == TrialState.PRUNED:
-        return "pruned"
-    if t.state == TrialState.COMPLETE:
-        if t.user_attrs.get("reached"):
-            return "reached"
-        return "diverged" if t.user_attrs.get("diverged") else "missed"
-    return "running" if t.state in (TrialState.RUNNING, TrialState.WAITING) else "failed"
+def best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The trial that reached the target in the fewest steps (the earliest on ties)."""
+    reached = [t for t in trials if t.outcome == "reached"]
+    return min(reached, key=lambda t: (t.steps_to_target, t.number)) if reached else None
 
 
-def point(batch_size: int, trials: Sequence[FrozenTrial]) -> Point:
+def point(batch_size: int, trials: Sequence[TrialRecord]) -> Point:
     """Summarise one batch-size study's trials. Reads ``reached``; never guesses from values."""
     p = Point(batch_size=batch_size, best_steps=None, best_trial=None)
-    best: FrozenTrial | None = None
     for t in trials:
-        kind = outcome_of(t)
-        if kind == "running":
+        if t.outcome == "running":
             continue
-        p.n_trials += kind != "failed"
-        setattr(p, f"n_{kind}", getattr(p, f"n_{kind}") + 1)
-        if kind == "reached" and (
-            best is None or t.user_attrs["steps_to_target"] < best.user_attrs["steps_to_target"]
-        ):
-            best = t
-    if best is not None:
-        p.best_steps = best.user_attrs["steps_to_target"]
-        p.best_steps_after = best.user_attrs.get("steps_to_target_after")
-        p.best_trial = best.number
-        p.best_params = dict(best.params)
+        p.n_trials += t.outcome != "failed"
+        setattr(p, f"n_{t.outcome}", getattr(p, f"n_{t.outcome}") + 1)
+    b = best(trials)
+    if b is not None:
+        p.best_steps, p.best_steps_after = b.steps_to_target, b.steps_after
+        p.best_trial, p.best_params = b.number, dict(b.params)
+        p.best_wall_seconds = b.wall_seconds
     return p
