@@ -1,0 +1,141 @@
+"""McCandlish et al.'s model of the scaling curve, fitted to best steps-to-target per batch size.
+
+S(B) = S_min (1 + B_noise / B), equivalently (S/S_min - 1)(E/E_min - 1) = 1 with E = S B.
+So E_min = S_min B_noise and the critical batch size B_crit = E_min / S_min = B_noise.
+The fit minimises squared error in log S (every batch size counts alike). The 95 % interval comes
+from a bootstrap: trials are resampled with replacement within each batch size, the best steps
+recomputed and the model refitted (basic bootstrap interval, see :func:`fit_with_bootstrap`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from tuner.analysis.load import TrialRecord
+
+#: Regime thresholds, in B / B_crit: below 1/4 the steps are within 25 % of perfect scaling
+#: (S ~ S_min B_noise / B); above 4, within 25 % of S_min (maximal data parallelism).
+PERFECT_BELOW = 0.25
+MAXIMAL_ABOVE = 4.0
+
+
+@dataclass
+class Fit:
+    """A fitted scaling curve."""
+
+    s_min: float
+    b_noise: float
+    residuals: dict[int, float] = field(default_factory=dict)  # B -> log2(S / S_fit)
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n_boot: int = 0
+
+    @property
+    def e_min(self) -> float:
+        """Fewest examples to target (as B -> 0)."""
+        return self.s_min * self.b_noise
+
+    @property
+    def b_crit(self) -> float:
+        """Critical batch size E_min / S_min."""
+        return self.b_noise
+
+    def steps(self, batch_size: float) -> float:
+        """Fitted steps-to-target at ``batch_size``."""
+        return self.s_min * (1.0 + self.b_noise / batch_size)
+
+    def to_json(self) -> dict:
+        """DESIGN.md's ``fit`` object."""
+        return {"s_min": self.s_min, "e_min": self.e_min, "b_crit": self.b_crit,
+                "b_noise": self.b_noise,
+                "residuals_log2": {str(b): r for b, r in self.residuals.items()},
+                "ci95": {k: list(v) for k, v in self.ci95.items()}, "n_boot": self.n_boot}
+
+
+def fit(batch_sizes: Sequence[int], steps: Sequence[float]) -> Fit | None:
+    """Least-squares fit in log space; None with fewer than 3 points."""
+    from scipy.optimize import least_squares
+
+    b = np.asarray(batch_sizes, dtype=float)
+    s = np.asarray(steps, dtype=float)
+    if len(b) < 3:
+        return None
+    # Start from the linear least-squares fit of S = c0 + c1 / B (c0 = S_min, c1 = S_min B_noise).
+    coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(b), 1.0 / b], axis=1), s, rcond=None)
+    s0 = coef[0] if coef[0] > 0 else s.min()
+    bn0 = coef[1] / s0 if coef[1] > 0 else b.min()
+    log_s = np.log(s)
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        return theta[0] + np.log1p(np.exp(theta[1]) / b) - log_s
+
+    res = least_squares(resid, x0=[math.log(s0), math.log(bn0)], method="lm")
+    s_min, b_noise = float(np.exp(res.x[0])), float(np.exp(res.x[1]))
+    out = Fit(s_min, b_noise)
+    out.residuals = {int(bb): float(r / math.log(2)) for bb, r in zip(b, -resid(res.x))}
+    return out
+
+
+def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[int, int]:
+    """Best steps-to-target per batch size (batch sizes without a reached trial left out)."""
+    out = {}
+    for b, trials in trials_by_b.items():
+        steps = [t.steps_to_target for t in trials if t.outcome == "reached"]
+        if steps:
+            out[b] = min(steps)
+    return out
+
+
+def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: int = 1000,
+                       seed: int = 0) -> Fit | None:
+    """Fit the best steps per batch size, with a 95 % percentile bootstrap interval.
+
+    Pruned trials count as "not reached" in a resample: their steps are only known to exceed
+    the pruning step, so a resample without the best trial sees the next reached one.
+    """
+    best = best_steps_per_batch(trials_by_b)
+    f = fit(list(best), list(best.values()))
+    if f is None:
+        return None
+    rng = np.random.default_rng(seed)
+    # per batch size: steps of reached trials, inf for the rest (resampling picks among all)
+    pools = {b: np.array([t.steps_to_target if t.outcome == "reached" else np.inf
+                          for t in trials if t.outcome != "running" and t.outcome != "failed"])
+             for b, trials in trials_by_b.items()}
+    samples = []
+    for _ in range(n_boot):
+        bs, ss = [], []
+        for b, pool in pools.items():
+            if len(pool) == 0:
+                continue
+            m = pool[rng.integers(0, len(pool), len(pool))].min()
+            if np.isfinite(m):
+                bs.append(b)
+                ss.append(m)
+        g = fit(bs, ss)
+        if g is not None:
+            samples.append((g.s_min, g.b_noise, g.e_min))
+    if samples:
+        # The basic (reverse-percentile) interval 2*est - q: a resample's best-of-n can only be
+        # worse than the sample's, so plain percentiles sit above the estimate; reflecting them
+        # carries that bias over to the other side, where the true curve lies.
+        q_lo, q_hi = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
+        est = np.array([f.s_min, f.b_noise, f.e_min])
+        lo, hi = 2 * est - q_hi, 2 * est - q_lo
+        f.ci95 = {k: (float(lo[i]), float(hi[i])) for k, i in
+                  (("s_min", 0), ("b_crit", 1), ("b_noise", 1), ("e_min", 2))}
+        f.n_boot = len(samples)
+    return f
+
+
+def regime(batch_size: int, f: Fit) -> str:
+    """``perfect scaling`` | ``diminishing returns`` | ``maximal data parallelism``."""
+    r = batch_size / f.b_crit
+    if r <= PERFECT_BELOW:
+        return "perfect scaling"
+    if r >= MAXIMAL_ABOVE:
+        return "maximal data parallelism"
+    return "diminishing returns"
