@@ -46,3 +46,43 @@ def point(batch_size: int, trials: Sequence[TrialRecord]) -> Point:
         p.best_trial, p.best_params = b.number, dict(b.params)
         p.best_wall_seconds = b.wall_seconds
     return p
+
+
+@dataclass
+class Curve:
+    """One spec's scaling curve: points per batch size and the fitted model."""
+
+    name: str
+    target: dict[str, Any]
+    optimizer: str
+    points: list[Point]
+    fit: Any = None  # tuner.analysis.fit.Fit | None
+    fixed_params: dict[str, Any] = field(default_factory=dict)
+
+    def reached(self) -> list[Point]:
+        """Points with a best trial."""
+        return [p for p in self.points if p.best_steps is not None]
+
+    def effective_lr(self, p: Point) -> float | None:
+        """The best trial's effective learning rate eta / (1 - gamma) (momentum optimizers)."""
+        lr = p.best_params.get("learning_rate", self.fixed_params.get("learning_rate"))
+        omm = p.best_params.get("one_minus_momentum",
+                                self.fixed_params.get("one_minus_momentum"))
+        if lr is None or omm is None or self.optimizer not in ("momentum", "nesterov"):
+            return None
+        return lr / omm
+
+    def learning_rate(self, p: Point) -> float | None:
+        """The best trial's learning rate."""
+        return p.best_params.get("learning_rate", self.fixed_params.get("learning_rate"))
+
+
+def curve(name: str, target: dict[str, Any], optimizer: str,
+          trials_by_b: dict[int, Sequence[TrialRecord]], fixed_params: dict[str, Any],
+          n_boot: int = 1000, seed: int = 0) -> Curve:
+    """Points and the bootstrapped McCandlish fit of one spec's studies."""
+    from tuner.analysis.fit import fit_with_bootstrap
+
+    points = [point(b, trials) for b, trials in sorted(trials_by_b.items())]
+    return Curve(name, target, optimizer, points,
+                 fit_with_bootstrap(trials_by_b, n_boot=n_boot, seed=seed), fixed_params)

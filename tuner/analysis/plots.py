@@ -1,0 +1,190 @@
+"""Figures as PNG bytes (matplotlib, no display): scaling curves, learning rates, wall time,
+sensitivity scatters and per-parameter axis plots."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from tuner.analysis.curves import Curve, best  # noqa: E402
+from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW  # noqa: E402
+from tuner.analysis.load import BatchStudy  # noqa: E402
+
+MARKERS = {"reached": ("o", "tab:blue"), "missed": ("s", "tab:gray"),
+           "diverged": ("x", "tab:red"), "pruned": (".", "tab:orange")}
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _log2_axis(axis: matplotlib.axis.Axis) -> None:
+    """Log base-2 scale with plain-number tick labels (8, 16, ..., 1024, 2048)."""
+    axis.set_major_locator(LogLocator(base=2, numticks=30))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def scaling(curves: Sequence[Curve]) -> bytes:
+    """Steps-to-target and examples-to-target vs batch size, log2-log2, several specs."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, c in enumerate(curves):
+        pts = c.reached()
+        if not pts:
+            continue
+        color = f"C{i}"
+        bs = [p.batch_size for p in pts]
+        steps = [p.best_steps for p in pts]
+        ax.plot(bs, steps, "o-", color=color, label=c.name)
+        ax2.plot(bs, [s * b for s, b in zip(steps, bs)], "o-", color=color, label=c.name)
+        b0, s0 = bs[0], steps[0]
+        ax.plot([b0, bs[-1]], [s0, s0 * b0 / bs[-1]], ":", color=color, alpha=0.7,
+                label=f"{c.name}: perfect scaling from B={b0}")
+        if c.fit is not None:
+            grid = [bs[0] * (bs[-1] / bs[0]) ** (k / 100) for k in range(101)]
+            ax.plot(grid, [c.fit.steps(b) for b in grid], "--", color=color, alpha=0.6,
+                    label=f"{c.name}: fit, B_crit = {c.fit.b_crit:.0f}")
+            ax2.plot(grid, [c.fit.steps(b) * b for b in grid], "--", color=color, alpha=0.6)
+            if i == 0:
+                lo, hi = PERFECT_BELOW * c.fit.b_crit, MAXIMAL_ABOVE * c.fit.b_crit
+                ax.axvspan(bs[0] / 1.2, max(min(lo, bs[-1] * 1.2), bs[0] / 1.2),
+                           color="green", alpha=0.06, label="perfect scaling")
+                if hi < bs[-1] * 1.2:
+                    ax.axvspan(max(hi, bs[0] / 1.2), bs[-1] * 1.2, color="red", alpha=0.06,
+                               label="maximal data parallelism")
+    t = curves[0].target if curves else {}
+    goal = f"{t.get('metric', '')} {'<=' if t.get('direction') == 'minimize' else '>='} " \
+           f"{t.get('value', '')}"
+    for a, ylabel in ((ax, "steps to target"), (ax2, "examples to target (steps x B)")):
+        a.set_xscale("log", base=2)
+        a.set_yscale("log", base=2)
+        _log2_axis(a.xaxis)
+        _log2_axis(a.yaxis)
+        a.set_xlabel("batch size B")
+        a.set_ylabel(ylabel)
+        a.grid(True, which="major", alpha=0.3)
+    ax.set_title(f"Steps to {goal}")
+    ax2.set_title("Examples to target")
+    ax.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    return _png(fig)
+
+
+def learning_rates(curves: Sequence[Curve]) -> bytes:
+    """Best learning rate and effective learning rate vs B, with linear and sqrt guides."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for i, c in enumerate(curves):
+        pts = [p for p in c.reached() if c.learning_rate(p) is not None]
+        if not pts:
+            continue
+        bs = [p.batch_size for p in pts]
+        lrs = [c.learning_rate(p) for p in pts]
+        ax.plot(bs, lrs, "o-", color=f"C{i}", label=f"{c.name}: learning rate")
+        eff = [c.effective_lr(p) for p in pts]
+        if all(e is not None for e in eff):
+            ax.plot(bs, eff, "s--", color=f"C{i}", alpha=0.7,
+                    label=f"{c.name}: effective rate lr/(1-momentum)")
+        b0, l0 = bs[0], lrs[0]
+        ax.plot(bs, [l0 * b / b0 for b in bs], ":", color="black", alpha=0.5,
+                label="linear scaling" if i == 0 else None)
+        ax.plot(bs, [l0 * math.sqrt(b / b0) for b in bs], "-.", color="gray", alpha=0.5,
+                label="square-root scaling" if i == 0 else None)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _log2_axis(ax.xaxis)
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("learning rate of the best trial")
+    ax.set_title("Optimal learning rate vs batch size")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def wall_time(curves: Sequence[Curve]) -> bytes:
+    """Wall-clock seconds of the best trial (time to target) vs B."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for i, c in enumerate(curves):
+        pts = [p for p in c.reached() if p.best_wall_seconds]
+        ax.plot([p.batch_size for p in pts], [p.best_wall_seconds for p in pts], "o-",
+                color=f"C{i}", label=c.name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _log2_axis(ax.xaxis)
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("wall seconds to target (best trial)")
+    ax.set_title("Wall-clock time to target")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _scatter_outcomes(ax: plt.Axes, study: BatchStudy, x: str, y: str | None) -> None:
+    for outcome, (marker, color) in MARKERS.items():
+        ts = [t for t in study.trials if t.outcome == outcome and x in t.params]
+        if not ts:
+            continue
+        ys = [t.params[y] for t in ts] if y else [
+            t.steps_to_target if outcome == "reached" else
+            (t.stopped_at_step if outcome == "pruned" else study.max_steps) for t in ts]
+        ax.scatter([t.params[x] for t in ts], ys, marker=marker, c=color, s=18, label=outcome,
+                   alpha=0.8)
+    b = best(study.trials)
+    if b is not None and x in b.params:
+        ax.scatter([b.params[x]], [b.params[y] if y else b.steps_to_target], marker="*",
+                   s=160, c="gold", edgecolors="black", label="best", zorder=5)
+    p = study.search_space.get(x)
+    if p is not None and p.choices is None:
+        ax.set_xlim(p.low, p.high)
+        if p.log:
+            ax.set_xscale("log")
+    ax.set_xlabel(x)
+
+
+def lr_momentum_scatter(studies: Sequence[BatchStudy]) -> bytes | None:
+    """learning_rate x one_minus_momentum, one panel per batch size (None if not searched)."""
+    studies = [s for s in studies if {"learning_rate", "one_minus_momentum"} <= set(s.search_space)]
+    if not studies:
+        return None
+    cols = min(4, len(studies))
+    rows = math.ceil(len(studies) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    for ax, s in zip(axes.flat, studies):
+        _scatter_outcomes(ax, s, "learning_rate", "one_minus_momentum")
+        p = s.search_space["one_minus_momentum"]
+        ax.set_ylim(p.low, p.high)
+        if p.log:
+            ax.set_yscale("log")
+        ax.set_ylabel("1 - momentum")
+        ax.set_title(f"B = {s.batch_size}", fontsize=9)
+    for ax in list(axes.flat)[len(studies):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle("Learning rate x (1 - momentum): reached / missed / diverged / pruned, best *")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def axis_plots(study: BatchStudy) -> bytes:
+    """Steps to target vs each searched parameter (missed/diverged at the budget)."""
+    names = list(study.search_space)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.3), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        _scatter_outcomes(ax, study, name, None)
+        ax.set_yscale("log", base=2)
+        _log2_axis(ax.yaxis)
+        ax.set_ylabel("steps (to target / at stop / budget)")
+        ax.grid(True, alpha=0.3)
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"B = {study.batch_size}: steps vs each parameter")
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,82 @@
+"""Sensitivity of steps-to-target to the metaparameters, per batch size.
+
+The "good region" of a parameter is its range among trials within ``factor`` (default 1.25) of the
+best steps; Shallue et al. saw it shrink as batch size grows. A trial pruned at step s is known to
+need more than s steps: if s >= factor x best it is outside the good region; otherwise it is
+"unknown". The lossless pruner with slack >= factor never leaves unknowns.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import optuna
+
+from tuner.analysis.curves import best
+from tuner.analysis.load import BatchStudy
+
+OUTCOMES = ("reached", "missed", "pruned", "diverged", "failed")
+
+
+@dataclass
+class Sensitivity:
+    """One batch size's sensitivity summary."""
+
+    batch_size: int
+    counts: dict[str, int]
+    best_steps: int | None
+    factor: float
+    n_good: int = 0
+    good_region: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n_unknown: int = 0
+    slack: float | None = None
+    importances: dict[str, float] | None = None
+
+
+def counts(study: BatchStudy) -> dict[str, int]:
+    """Trials per outcome."""
+    return {o: sum(t.outcome == o for t in study.trials) for o in OUTCOMES}
+
+
+def importances(study: BatchStudy, seed: int = 0) -> dict[str, float] | None:
+    """fANOVA importances of the params for log steps (missed trials at their budget).
+
+    None when fewer than 3 finished trials or Optuna cannot compute them.
+    """
+    frozen = [t.frozen for t in study.trials if t.frozen is not None
+              and t.frozen.state == optuna.trial.TrialState.COMPLETE and t.frozen.params]
+    if len(frozen) < 3 or not study.search_space:
+        return None
+    tmp = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    tmp.add_trials(frozen)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(
+                tmp, target=lambda t: math.log(t.value),
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed)))
+    except (RuntimeError, ValueError):
+        return None
+
+
+def sensitivity(study: BatchStudy, factor: float = 1.25) -> Sensitivity:
+    """Counts, good region, unknown pruned trials and importances of one batch-size study."""
+    b = best(study.trials)
+    slack = study.attrs.get("pruner", {}).get("slack")
+    s = Sensitivity(study.batch_size, counts(study), b.steps_to_target if b else None, factor,
+                    slack=slack)
+    if b is not None:
+        assert b.steps_to_target is not None
+        limit = factor * b.steps_to_target
+        good = [t for t in study.trials if t.outcome == "reached" and t.steps_to_target <= limit]
+        s.n_good = len(good)
+        for name, p in study.search_space.items():
+            if p.choices is None:
+                values = [t.params[name] for t in good if name in t.params]
+                s.good_region[name] = (min(values), max(values))
+        s.n_unknown = sum(1 for t in study.trials if t.outcome == "pruned"
+                          and (t.stopped_at_step or 0) < limit)
+    s.importances = importances(study)
+    return s
