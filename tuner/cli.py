@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -45,6 +46,178 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     points = runner.run(spec, url, chosen, trials or spec.trials, echo)
     click.echo(points_table(spec, points))
+
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+                      default="table", show_default=True, help="Output format.")
+SEED = click.option("--seed", type=int, help="Which seed's studies (default: the spec's, or the "
+                    "only one stored).")
+SPECS = click.argument("specs", metavar="SPEC...", nargs=-1, required=True)
+
+
+def _load(specs: tuple[str, ...], storage: str | None, seed: int | None):  # noqa: ANN202
+    """Open the storage (never creating it) and load each spec's studies."""
+    from tuner.analysis.load import check_storage_exists, load
+    from tuner.storage import open_storage, resolve_url
+
+    url = resolve_url(storage)
+    check_storage_exists(url)
+    st = open_storage(url)
+    return st, [load(st, s, seed) for s in specs]
+
+
+def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: object) -> None:
+    """Print (title, header, rows) blocks as tables or CSV, or ``json_obj`` as JSON."""
+    import csv
+    import json
+
+    from tuner.tables import render, to_csv
+
+    if fmt == "json":
+        click.echo(json.dumps(json_obj, indent=2, default=str))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(["spec", *blocks[0][1]])
+        for title, header, rows in blocks:
+            w.writerows(to_csv(header, rows, [title]))
+    else:
+        click.echo("\n\n".join(f"{title}\n{render(header, rows)}" for title, header, rows in blocks))
+
+
+@cli.command()
+@SPECS
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@FORMAT
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the scaling figure (PNG).")
+@click.option("--lr-plot", type=click.Path(dir_okay=False),
+              help="Write the optimal-learning-rate figure (PNG).")
+@click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples for the 95 % interval of the fit.")
+def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
+          plot: str | None, lr_plot: str | None, n_boot: int) -> None:
+    """Scaling curve(s): best steps-to-target per batch size and the critical batch size.
+
+    SPEC is a spec file or a spec name already in storage; give several to compare them.
+    Fits S(B) = S_min (1 + B_noise/B) (McCandlish et al.) and reports S_min, E_min,
+    B_crit = E_min/S_min with a 95 % bootstrap interval.
+    """
+    from tuner.analysis import plots
+    from tuner.analysis.summary import curve_json, spec_curve
+    from tuner.tables import curve_rows, fit_line
+
+    _, loaded = _load(specs, storage, seed)
+    curves = [spec_curve(s, n_boot) for s in loaded]
+    objs = [curve_json(c) for c in curves]
+    blocks = [(c.name if fmt == "csv" else fit_line(c), *curve_rows(c)) for c in curves]
+    _emit(fmt, blocks, objs[0] if len(objs) == 1 else objs)
+    for path, fig in ((plot, plots.scaling), (lr_plot, plots.learning_rates)):
+        if path:
+            Path(path).write_bytes(fig(curves))
+            click.echo(f"wrote {path}", err=True)
+
+
+@cli.command()
+@SPECS
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@FORMAT
+@click.option("--margin", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
+              help="Share of a range (log space for log params) that counts as its edge.")
+@click.option("--top-frac", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="Near-best trials: within this fraction of the best steps.")
+def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
+          margin: float, top_frac: float) -> None:
+    """Is any batch size's best trial at a search-space edge? Exit 1 if so, 0 if clean.
+
+    "unstable beyond edge" (every trial past the best toward that edge diverged) does not fail.
+    """
+    from dataclasses import asdict
+
+    from tuner.analysis.summary import edge_findings
+    from tuner.tables import edge_rows
+
+    _, loaded = _load(specs, storage, seed)
+    found = {s.name: edge_findings(s, margin, top_frac) for s in loaded}
+    blocks = [(name, *edge_rows(f)) for name, f in found.items()]
+    _emit(fmt, blocks, {name: [asdict(x) | {"failing": x.failing} for x in f]
+                        for name, f in found.items()})
+    failing = [x for f in found.values() for x in f if x.failing]
+    if fmt == "table":
+        click.echo("\n" + (f"{len(failing)} best trial(s) at an edge" if failing else
+                            "edges clean: no best trial at an edge"))
+    if failing:
+        raise SystemExit(1)
+
+
+@cli.command()
+@SPECS
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@FORMAT
+@click.option("--factor", type=click.FloatRange(min=1), default=1.25, show_default=True,
+              help="Good region: trials within this factor of the best steps.")
+@click.option("--plots", "plot_dir", type=click.Path(file_okay=False),
+              help="Write the learning-rate x momentum scatter and per-parameter plots here.")
+def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
+                factor: float, plot_dir: str | None) -> None:
+    """Per batch size: outcomes, the good region of each parameter, importances.
+
+    "unknown" counts trials pruned before FACTOR x the best steps: they cannot be classified;
+    a lossless-pruner slack >= FACTOR would have run them long enough to settle it.
+    """
+    from dataclasses import asdict
+
+    from tuner.analysis import plots
+    from tuner.analysis.sensitivity import sensitivity as sens
+    from tuner.tables import sensitivity_rows
+
+    _, loaded = _load(specs, storage, seed)
+    results = {s.name: [sens(st, factor) for st in s.studies] for s in loaded}
+    blocks = [(name, *sensitivity_rows(r)) for name, r in results.items()]
+    _emit(fmt, blocks, {n: [asdict(x) for x in r] for n, r in results.items()})
+    if fmt == "table":
+        for name, r in results.items():
+            unknown = sum(x.n_unknown for x in r)
+            if unknown:
+                slack = r[0].slack
+                click.echo(f"\n{name}: {unknown} pruned trial(s) are unknown: stopped before "
+                           f"{factor}x the best steps (pruner slack {slack}); a slack >= {factor} "
+                           "would run them long enough to classify them")
+    if plot_dir:
+        d = Path(plot_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        for s in loaded:
+            png = plots.lr_momentum_scatter(s.studies)
+            if png:
+                (d / f"{s.name}_lr_momentum.png").write_bytes(png)
+            for st in s.studies:
+                (d / f"{s.name}_B{st.batch_size}_axes.png").write_bytes(plots.axis_plots(st))
+        click.echo(f"wrote plots to {d}", err=True)
+
+
+@cli.command()
+@SPECS
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for index.html.")
+@click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
+              help="Also attach the scaling figure and a note to each study for optuna-dashboard.")
+def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: str, n_boot: int,
+           dashboard: bool) -> None:
+    """One self-contained HTML page with every table and figure, and a verdict box."""
+    from tuner.analysis import report as report_mod
+    from tuner.analysis.summary import spec_curve
+
+    st, loaded = _load(specs, storage, seed)
+    curves = [spec_curve(s, n_boot) for s in loaded]
+    page = report_mod.write(Path(out), loaded, curves)
+    click.echo(f"wrote {page}")
+    if dashboard:
+        n = report_mod.attach_to_dashboard(st, loaded, curves)
+        click.echo(f"attached the scaling figure to {n} studies (optuna-dashboard)", err=True)
 
 
 @cli.command()

@@ -41,3 +41,72 @@ def points_table(spec: Spec, points: Sequence[Point]) -> str:
              f"{t.value:g} ({spec.workload_name}, {spec.optimizer}, seed {spec.seed}); "
              f"crossed_in = the evaluation interval in which the target was first met")
     return title + "\n" + render(header, rows)
+
+
+Rows = tuple[list[str], list[list[Any]]]
+
+
+def curve_rows(c: Any) -> Rows:
+    """Header and rows of one spec's scaling curve (c: tuner.analysis.curves.Curve)."""
+    from tuner.analysis.fit import regime
+
+    header = ["batch_size", "best_steps", "crossed_in", "examples", "regime", "learning_rate",
+              "effective_lr", "wall_s", "trials", "reached", "missed", "pruned", "diverged"]
+    rows = []
+    for p in c.points:
+        ok = p.best_steps is not None
+        rows.append([
+            p.batch_size, p.best_steps, f"({p.best_steps_after}, {p.best_steps}]" if ok else None,
+            p.best_steps * p.batch_size if ok else None,
+            regime(p.batch_size, c.fit) if ok and c.fit else None,
+            c.learning_rate(p) if ok else None, c.effective_lr(p) if ok else None,
+            p.best_wall_seconds, p.n_trials, p.n_reached, p.n_missed, p.n_pruned, p.n_diverged])
+    return header, rows
+
+
+def fit_line(c: Any) -> str:
+    """The fitted model in one line."""
+    f = c.fit
+    if f is None:
+        return f"{c.name}: no fit (needs >= 3 batch sizes that reached the target)"
+    ci = f.ci95
+    worst = max((abs(r) for r in f.residuals.values()), default=0.0)
+
+    def iv(k: str) -> str:
+        return f" [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""
+
+    return (f"{c.name}: S(B) = S_min (1 + B_noise/B): S_min = {f.s_min:.4g}{iv('s_min')}, "
+            f"E_min = {f.e_min:.4g}{iv('e_min')}, B_crit = {f.b_crit:.4g}{iv('b_crit')} "
+            f"(95 % bootstrap, {f.n_boot} resamples); max |log2 residual| = {worst:.3f}")
+
+
+def edge_rows(findings: Sequence[Any]) -> Rows:
+    """Header and rows of edge findings."""
+    header = ["batch_size", "param", "best_value", "position", "edge", "verdict", "top_k",
+              "top_k_at_edge", "suggestion"]
+    return header, [[f.batch_size, f.param, f.value,
+                     None if f.position is None else f"{f.position:.3f}", f.edge, f.verdict,
+                     f.top_k, f.top_k_at_edge, f.suggestion] for f in findings]
+
+
+def sensitivity_rows(items: Sequence[Any]) -> Rows:
+    """Header and rows of sensitivity summaries (one row per batch size)."""
+    params = sorted({k for s in items for k in s.good_region} |
+                    {k for s in items for k in (s.importances or {})})
+    header = ["batch_size", "best_steps", "reached", "missed", "pruned", "diverged", "good",
+              "unknown", *(f"good_{p}" for p in params), *(f"importance_{p}" for p in params)]
+    rows = []
+    for s in items:
+        c = s.counts
+        region = [f"[{s.good_region[p][0]:.3g}, {s.good_region[p][1]:.3g}]"
+                  if p in s.good_region else None for p in params]
+        imp = [(s.importances or {}).get(p) for p in params]
+        rows.append([s.batch_size, s.best_steps, c["reached"], c["missed"], c["pruned"],
+                     c["diverged"], s.n_good, s.n_unknown, *region, *imp])
+    return header, rows
+
+
+def to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]], prefix: Sequence[Any] = ()
+           ) -> list[list[Any]]:
+    """Rows for csv.writer, each led by ``prefix`` (e.g. the spec name)."""
+    return [[*prefix, *("" if v is None else v for v in r)] for r in rows]

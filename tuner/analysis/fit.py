@@ -119,12 +119,13 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
         if g is not None:
             samples.append((g.s_min, g.b_noise, g.e_min))
     if samples:
-        # The basic (reverse-percentile) interval 2*est - q: a resample's best-of-n can only be
+        # The basic (reverse-percentile) interval est^2 / q: a resample's best-of-n can only be
         # worse than the sample's, so plain percentiles sit above the estimate; reflecting them
         # carries that bias over to the other side, where the true curve lies.
-        q_lo, q_hi = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
-        est = np.array([f.s_min, f.b_noise, f.e_min])
-        lo, hi = 2 * est - q_hi, 2 * est - q_lo
+        # Reflected in log space, so the interval of a positive quantity stays positive.
+        q_lo, q_hi = np.percentile(np.log(np.array(samples)), [2.5, 97.5], axis=0)
+        est = np.log([f.s_min, f.b_noise, f.e_min])
+        lo, hi = np.exp(2 * est - q_hi), np.exp(2 * est - q_lo)
         f.ci95 = {k: (float(lo[i]), float(hi[i])) for k, i in
                   (("s_min", 0), ("b_crit", 1), ("b_noise", 1), ("e_min", 2))}
         f.n_boot = len(samples)

@@ -1,0 +1,126 @@
+"""``tuner report``: one self-contained HTML page (figures embedded) with every table and figure,
+and the scaling figure attached to the studies for optuna-dashboard."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any, Sequence
+
+from tuner.analysis import plots
+from tuner.analysis.curves import Curve
+from tuner.analysis.load import SpecStudies
+from tuner.analysis.sensitivity import sensitivity
+from tuner.analysis.summary import Verdict, edge_findings, verdict
+from tuner.tables import curve_rows, edge_rows, fit_line, sensitivity_rows
+
+CSS = """
+body { font-family: sans-serif; margin: 2em; max-width: 1300px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f0f0f0; }
+.verdict { border: 2px solid #888; padding: 0.6em 1em; margin: 1em 0; border-radius: 6px; }
+.ok { border-color: #2a2; background: #f3fff3; } .bad { border-color: #c33; background: #fff4f4; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.3em 0; }
+"""
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if png is None:
+        return ""
+    data = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _verdict_box(name: str, v: Verdict, n_batch: int) -> str:
+    good = v.edges_clean and not v.budget_tight and not v.missing
+    items = [
+        "edges clean" if v.edges_clean else "best trials at an edge: " + "; ".join(
+            html.escape(p) for p in v.edge_problems),
+        (f"budget adequate (no best trial used > 90 % of its budget)" if not v.budget_tight else
+         f"budget tight at B = {v.budget_tight} ({v.budget_share:.0%} of {n_batch} batch sizes"
+         f" used > 90 % of the budget)"),
+        "no batch size missing" if not v.missing else f"missing (no trial reached the target): "
+        f"B = {v.missing}",
+    ]
+    lis = "".join(f"<li>{i}</li>" for i in items)
+    return (f'<div class="verdict {"ok" if good else "bad"}"><b>Verdict for '
+            f'{html.escape(name)}: {"sound" if good else "needs attention"}</b><ul>{lis}</ul></div>')
+
+
+def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
+    """The report page as HTML text."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Batch-size scaling report"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Batch-size scaling: {html.escape(', '.join(s.name for s in specs))}</h1>"]
+    findings = {s.name: edge_findings(s) for s in specs}
+    for s in specs:
+        parts.append(_verdict_box(s.name, verdict(s, findings[s.name]), len(s.studies)))
+    parts += ["<h2>Scaling curve</h2>", _img(plots.scaling(curves), "scaling curve")]
+    for c in curves:
+        parts += [f"<h3>{html.escape(c.name)}</h3>", f"<p>{html.escape(fit_line(c))}</p>",
+                  _table(*curve_rows(c))]
+    parts += ["<h2>Learning rate vs batch size</h2>",
+              _img(plots.learning_rates(curves), "learning rates"),
+              "<h2>Wall-clock time to target</h2>", _img(plots.wall_time(curves), "wall time")]
+    for s in specs:
+        sens = [sensitivity(st) for st in s.studies]
+        parts += [f"<h2>Edges: {html.escape(s.name)}</h2>", _table(*edge_rows(findings[s.name])),
+                  f"<h2>Sensitivity: {html.escape(s.name)}</h2>",
+                  "<p>good = trials within 1.25x of the best steps; unknown = pruned before "
+                  "1.25x the best, so not classifiable (a pruner slack >= 1.25 settles them)."
+                  "</p>", _table(*sensitivity_rows(sens)),
+                  _img(plots.lr_momentum_scatter(s.studies), "learning rate x momentum")]
+        for st in s.studies:
+            parts.append(_img(plots.axis_plots(st), f"axis plots B={st.batch_size}"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write(out: Path, specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> Path:
+    """Write ``out/index.html`` (whole file written to a temp name, then renamed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    page = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(render(specs, curves))
+    tmp.replace(page)
+    return page
+
+
+def attach_to_dashboard(storage: Any, specs: Sequence[SpecStudies], curves: Sequence[Curve]
+                        ) -> int:
+    """Save the scaling curve as a plotly figure and a note on every study; returns the count."""
+    import optuna
+    import plotly.graph_objects as go
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
+    fig = go.Figure()
+    for c in curves:
+        pts = c.reached()
+        fig.add_trace(go.Scatter(x=[p.batch_size for p in pts], y=[p.best_steps for p in pts],
+                                 mode="lines+markers", name=c.name))
+    fig.update_xaxes(type="log", title="batch size")
+    fig.update_yaxes(type="log", title="steps to target")
+    fig.update_layout(title="Scaling curve")
+    n = 0
+    for s, c in zip(specs, curves):
+        note = f"## Scaling curve of {c.name}\n\n{fit_line(c)}\n\n" + "\n".join(
+            f"- B = {p.batch_size}: best steps {p.best_steps}" for p in c.points)
+        for st in s.studies:
+            study = optuna.load_study(study_name=st.study_name, storage=storage)
+            save_plotly_graph_object(study, fig, graph_object_id="scaling-curve")
+            save_note(study, note)
+            n += 1
+    return n

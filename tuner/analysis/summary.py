@@ -1,0 +1,74 @@
+"""Whole-spec summaries as plain data: curve JSON (DESIGN.md's contract) and the verdict."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from tuner.analysis.curves import Curve, best, curve
+from tuner.analysis.edges import EdgeFinding, check_study
+from tuner.analysis.fit import regime
+from tuner.analysis.load import SpecStudies
+
+#: A best trial that used more than this share of its budget suggests the budget is too small.
+BUDGET_SHARE = 0.9
+
+
+def spec_curve(s: SpecStudies, n_boot: int = 1000) -> Curve:
+    """The scaling curve of one spec's stored studies."""
+    return curve(s.name, s.target, s.attrs.get("optimizer", ""),
+                 {st.batch_size: st.trials for st in s.studies},
+                 s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed)
+
+
+def curve_json(c: Curve) -> dict[str, Any]:
+    """One spec's object of ``tuner curve --format json``."""
+    points = []
+    for p in c.points:
+        d = {k: v for k, v in asdict(p).items()}
+        d["examples_to_target"] = p.best_steps * p.batch_size if p.best_steps else None
+        d["learning_rate"] = c.learning_rate(p) if p.best_steps else None
+        d["effective_learning_rate"] = c.effective_lr(p) if p.best_steps else None
+        d["regime"] = regime(p.batch_size, c.fit) if c.fit and p.best_steps else None
+        points.append(d)
+    return {"spec": c.name, "target": c.target, "points": points,
+            "fit": c.fit.to_json() if c.fit else None}
+
+
+def edge_findings(s: SpecStudies, margin: float = 0.05, top_frac: float = 0.10
+                  ) -> list[EdgeFinding]:
+    """Edge findings for every batch size of a spec."""
+    return [f for st in s.studies for f in check_study(st, margin, top_frac)]
+
+
+@dataclass
+class Verdict:
+    """The report's verdict box for one spec."""
+
+    edges_clean: bool
+    edge_problems: list[str] = field(default_factory=list)
+    budget_tight: list[int] = field(default_factory=list)  # B whose best used > 90 % of budget
+    budget_share: float = 0.0
+    missing: list[int] = field(default_factory=list)  # spec batch sizes without a reached trial
+    notes: list[str] = field(default_factory=list)
+
+
+def verdict(s: SpecStudies, findings: Sequence[EdgeFinding]) -> Verdict:
+    """Edges clean? Budget adequate? Batch sizes missing?"""
+    v = Verdict(edges_clean=not any(f.failing for f in findings))
+    v.edge_problems = [f"B={f.batch_size}: {f.param} at the {f.edge} edge ({f.suggestion})"
+                       for f in findings if f.failing]
+    for st in s.studies:
+        b = best(st.trials)
+        if b is not None and st.max_steps and b.steps_to_target > BUDGET_SHARE * st.max_steps:
+            v.budget_tight.append(st.batch_size)
+    v.budget_share = len(v.budget_tight) / max(1, len(s.studies))
+    try:
+        wanted = tomllib.loads(s.attrs.get("spec_text", "")).get("batch_sizes", [])
+    except tomllib.TOMLDecodeError:
+        wanted = []
+    have = {st.batch_size for st in s.studies if best(st.trials) is not None}
+    v.missing = sorted(set(wanted) - have) or sorted(
+        st.batch_size for st in s.studies if best(st.trials) is None)
+    return v
