@@ -8,7 +8,7 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 STORAGE  ?= sqlite:///results/tuner.db
 TUNER    := $(BIN)/tuner
-DEBIAN_PACKAGES := dataset-fashion-mnist
+DEBIAN_PACKAGES := dataset-fashion-mnist chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install debian demo test test-fast digits-mlp fashion-mnist-cnn fashion-mnist-mlp \
@@ -28,11 +28,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,dashboard]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/python -c "import torch, torchvision, lightning, optuna; print('installed torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightning', lightning.__version__, 'optuna', optuna.__version__)"
 	touch $@
 
-# Debian packages: Fashion-MNIST's IDX files (/usr/share/datasets/fashion-mnist).
+# Debian packages: Fashion-MNIST's IDX files (/usr/share/datasets/fashion-mnist); Chromium, which
+# the tests use to open `tuner report` pages headless.
 debian:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -239,6 +239,9 @@ def dashboard(storage: str | None, port: int, host: str) -> None:
 
 def main() -> None:
     """Console-script entry: bad input is one line on stderr and exit status 2."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         cli.main(standalone_mode=False)
     except UsageError as exc:

@@ -16,6 +16,10 @@ from tuner.space import Param
 from tuner.spec import PARAM_BOUNDS
 
 
+#: Near-best trials "cluster" at an edge when at least this share of them (and >= 3) sit there.
+CLUSTER_SHARE = 2 / 3
+
+
 @dataclass
 class EdgeFinding:
     """One (batch size, parameter) verdict."""
@@ -27,7 +31,7 @@ class EdgeFinding:
     edge: str | None  # "low" | "high" | None
     verdict: str  # "ok" | "at edge" | "unstable beyond edge" | "no reached trial"
     top_k: int = 0  # trials within top_frac of the best steps
-    top_k_at_edge: str | None = None  # "low"/"high" when all of the top-k sit at that edge
+    top_k_at_edge: str | None = None  # "low"/"high" when most near-best trials sit at that edge
     suggestion: str = ""
 
     @property
@@ -84,9 +88,10 @@ def check_study(study: BatchStudy, margin: float = 0.05, top_frac: float = 0.10
         assert pos is not None
         edge = edge_of(pos, margin)
         f = EdgeFinding(study.batch_size, name, value, pos, edge, "ok", top_k=len(top))
-        top_edges = {edge_of(p.position(t.params[name]), margin) for t in top}  # type: ignore
-        if len(top) >= 2 and len(top_edges) == 1 and None not in top_edges:
-            f.top_k_at_edge = top_edges.pop()
+        top_edges = [edge_of(p.position(t.params[name]), margin) for t in top]  # type: ignore
+        for side in ("low", "high"):
+            if len(top) >= 3 and top_edges.count(side) >= CLUSTER_SHARE * len(top):
+                f.top_k_at_edge = side
         if edge is not None:
             beyond = [t for t in finished if name in t.params and (
                 p.position(t.params[name]) > pos if edge == "high"  # type: ignore[operator]
@@ -99,7 +104,7 @@ def check_study(study: BatchStudy, margin: float = 0.05, top_frac: float = 0.10
                 f.verdict = "at edge"
                 f.suggestion = suggest_bounds(p, edge)
         elif f.top_k_at_edge:
-            f.suggestion = (f"the {len(top)} trials within {top_frac:.0%} of the best all sit at "
+            f.suggestion = (f"most of the {len(top)} trials within {top_frac:.0%} of the best sit at "
                             f"the {f.top_k_at_edge} edge; consider {suggest_bounds(p, f.top_k_at_edge)}")
         out.append(f)
     return out
