@@ -226,12 +226,10 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
 @click.option("--host", default="127.0.0.1", show_default=True)
 def dashboard(storage: str | None, port: int, host: str) -> None:
     """Open optuna-dashboard on the same storage (Ctrl-C stops it)."""
+    import optuna_dashboard
+
     from tuner.storage import open_storage, resolve_url
 
-    try:
-        import optuna_dashboard
-    except ImportError:
-        raise UsageError("optuna-dashboard is not installed; pip install optuna-dashboard") from None
     url = resolve_url(storage)
     click.echo(f"optuna-dashboard on http://{host}:{port} for {url}", err=True)
     optuna_dashboard.run_server(open_storage(url), host=host, port=port)
