@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tuner.cadence import resolution
 from tuner.optim import build_optimizer, build_schedule
 from tuner.workload import Reporter, TrialRequest, TrialResult
 
@@ -125,6 +126,7 @@ def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> Tri
         wall_seconds=time.perf_counter() - started,
         best_metric=best_metric,
         curve=curve,
+        steps_after=resolution(req.eval_steps, steps_to_target) if reached else None,
         eval_seconds=eval_seconds,
         device=str(device),
     )

@@ -15,7 +15,6 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tuner.cadence import resolution
 from tuner.spec import Spec
 from tuner.workload import TrialRequest, TrialResult, Workload
 
@@ -78,7 +77,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
         attrs = {
             "reached": r.reached,
             "steps_to_target": r.steps_to_target,
-            "steps_to_target_after": resolution(evals, r.steps_to_target) if r.reached else None,
+            "steps_to_target_after": r.steps_after,
             "diverged": r.diverged,
             "stopped_at_step": r.stopped_at_step,
             "examples_seen": r.examples_seen,

@@ -481,8 +481,14 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
     wname, workload = _workload(top.table("workload"))
     optimizer, schedule, fixed, space = _optimizer(top.table("optimizer"),
                                                    top.table("search_space"))
+    for key, message in workload.check_metaparameters(optimizer, schedule, fixed,
+                                                      {p.name for p in space}):
+        raise SpecError(path, key, message)
     target = _target(top.table("target"), workload)
     budget = _budget(top.table("budget"))
+    if budget.max_epochs is not None and workload.num_train_examples() == 0:
+        raise SpecError(path, "budget.max_epochs", f"workload {wname!r} has no data set; "
+                        "allowed: max_steps")
     cadence = _cadence(top.table("eval"))
     trainer = top.table("trainer")
     trainer.only(["accelerator", "precision"])

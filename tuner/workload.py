@@ -80,6 +80,7 @@ class TrialResult:
     wall_seconds: float
     best_metric: float | None
     curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    steps_after: int | None = None  # the target was crossed in (steps_after, steps_to_target]
     eval_seconds: float = 0.0
     device: str = "cpu"
 
@@ -115,6 +116,12 @@ class Workload(ABC):
 
         Called while the spec is validated, before any storage is touched: keep it cheap.
         """
+        return []
+
+    def check_metaparameters(self, optimizer: str, schedule: str, fixed: dict[str, Any],
+                             searched: set[str]) -> list[tuple[str, str]]:
+        """Problems with the optimizer/schedule/metaparameters for this workload, as
+        (spec key, message); empty when fine (trained workloads take them all)."""
         return []
 
     @abstractmethod

@@ -13,6 +13,7 @@ from tuner.workload import Workload
 _BUILTIN = {
     "digits": "workloads.digits:Digits",
     "fashion_mnist": "workloads.fashion_mnist:FashionMNIST",
+    "nqm": "workloads.nqm:NQM",
 }
 _REGISTERED: dict[str, type[Workload]] = {}
 
