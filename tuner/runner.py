@@ -51,17 +51,54 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
                                build_pruner(p.name, p.slack, p.lossless, p.options))
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         need = trials - done
-        if need > 0 and (requeued := requeue_failed(study)):
-            echo(f"{spec.name} B={b}: re-running {requeued} failed trial(s) with their params")
         if need > 0:
+            # Fast workloads run each trial in memory and store it whole in one transaction.
+            target = _buffer(study) if spec.workload.buffered else study
+            if requeued := requeue_failed(target):
+                echo(f"{spec.name} B={b}: re-running {requeued} failed trial(s) with their params")
             echo(f"{spec.name} B={b}: {done} trials stored, running {need} more "
                  f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
-            study.optimize(make_objective(spec, b, spec.workload), n_trials=need,
-                           callbacks=[_progress(b, trials, echo)], gc_after_trial=False)
+            callbacks = [_progress(b, trials, echo)]
+            if target is not study:
+                callbacks.insert(0, _persist(target, study))
+            target.optimize(make_objective(spec, b, spec.workload), n_trials=need,
+                            callbacks=callbacks, gc_after_trial=False)
         else:
             echo(f"{spec.name} B={b}: {done} trials stored, nothing to run")
         points.append(point(b, [record(t) for t in study.get_trials(deepcopy=False)]))
     return points
+
+
+def _buffer(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of ``study`` (trials and system attrs, e.g. the QMC position).
+
+    Trials run there and :func:`_persist` stores each finished one in ``study`` with a single
+    transaction (``create_new_trial`` from a template), instead of one per reported value.
+    A killed run loses only the trial in flight. One writer per study: this is not the path for
+    several workers on one storage.
+    """
+    mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",
+                              sampler=study.sampler, pruner=study.pruner)
+    for k, v in study._storage.get_study_system_attrs(study._study_id).items():
+        mem._storage.set_study_system_attr(mem._study_id, k, v)
+    mem.add_trials(study.get_trials(deepcopy=False,
+                                     states=(*FINISHED, TrialState.FAIL, TrialState.WAITING)))
+    return mem
+
+
+def _persist(mem: optuna.Study, study: optuna.Study
+             ) -> Callable[[optuna.Study, FrozenTrial], None]:
+    storage, sid = study._storage, study._study_id
+    synced = dict(storage.get_study_system_attrs(sid))
+
+    def callback(_: optuna.Study, t: FrozenTrial) -> None:
+        storage.create_new_trial(sid, template_trial=t)
+        for k, v in mem._storage.get_study_system_attrs(mem._study_id).items():
+            if synced.get(k) != v:
+                storage.set_study_system_attr(sid, k, v)
+                synced[k] = v
+
+    return callback
 
 
 def requeue_failed(study: optuna.Study) -> int:

@@ -103,6 +103,8 @@ class Workload(ABC):
     Options: ClassVar[type] = NoOptions
     #: Metric name -> the direction in which it improves.
     metrics: ClassVar[dict[str, str]] = {}
+    #: Trials so fast that storage writes dominate: run each in memory and store it whole.
+    buffered: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

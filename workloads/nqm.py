@@ -301,6 +301,7 @@ class NQM(Workload):
     name = "nqm"
     Options = NQMOptions
     metrics: ClassVar[dict[str, str]] = {"loss": "minimize"}
+    buffered: ClassVar[bool] = True
 
     def __init__(self, options: NQMOptions | None = None) -> None:
         super().__init__(options)
