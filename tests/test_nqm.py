@@ -1,0 +1,184 @@
+"""The NQM's closed form: against step-by-step iteration, against Monte Carlo SGD, exactness of
+steps-to-target (also for oscillating and critically damped momentum), and through `tuner run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from conftest import run_cli, write
+from workloads.nqm import Dynamics, iterate, spectrum
+
+CASES = [  # (lr, one_minus_momentum or None for SGD, B, p)
+    (0.5, None, 16, 0.0), (1.9, None, 4096, 0.0), (0.3, None, 64, 0.5), (0.05, None, 4, 0.75),
+    (1.0, 0.1, 64, 0.0), (0.3, 0.01, 8, 0.5), (2.5, 0.5, 1024, 0.25), (0.05, 0.001, 4, 0.0),
+    (0.5, 0.19, 256, 0.0),  # a_50 = (1 - sqrt(m))^2: a critically damped direction
+]
+
+
+@pytest.mark.parametrize("lr, omm, b, p", CASES)
+def test_closed_form_equals_iterating_the_recursion(lr: float, omm: float | None, b: int,
+                                                    p: float) -> None:
+    h = spectrum(2000)
+    d = Dynamics(h, lr, omm, b, p)
+    steps = 2000
+    brute = iterate(h, lr, omm, b, p, steps)
+    closed = d.loss(np.arange(steps + 1))
+    assert np.max(np.abs(closed - brute) / brute) < 1e-9
+
+
+def test_unstable_step_sizes_diverge() -> None:
+    h = spectrum(100)
+    assert Dynamics(h, 2.0, None, 8).diverged and not Dynamics(h, 1.99, None, 8).diverged
+    # heavy ball is stable up to a < 2 (1 + m)
+    assert not Dynamics(h, 3.5, 0.1, 8).diverged and Dynamics(h, 3.9, 0.05, 8).diverged
+
+
+def random_cases(n: int, seed: int) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        omm = None if rng.random() < 0.4 else float(10 ** rng.uniform(-3, 0))
+        p = float(rng.choice([0.0, 0.25, 0.5, 0.75]))
+        out.append((float(10 ** rng.uniform(-2, 0.4)), omm, int(2 ** rng.integers(0, 14)), p,
+                    float(10 ** rng.uniform(-3, -0.5))))
+    # critically damped directions on purpose: a_i = (1 - sqrt(m))^2 for i = 7 and 50
+    out += [(1.75, 0.75, 8192, 0.0, 0.004), (0.5, 0.19, 4096, 0.0, 0.005)]
+    return out
+
+
+def test_steps_to_target_is_exact_against_brute_force() -> None:
+    h = spectrum(300)
+    steps = 3000
+    n_hits = n_nonmonotone = 0
+    for lr, omm, b, p, target in random_cases(150, seed=1):
+        d = Dynamics(h, lr, omm, b, p)
+        if d.diverged:
+            continue
+        brute = iterate(h, lr, omm, b, p, steps)
+        expected = next((t for t, v in enumerate(brute) if v <= target), None)
+        assert d.first_hit(target, steps) == expected, (lr, omm, b, p, target)
+        n_hits += expected is not None
+        n_nonmonotone += bool(np.any(np.diff(brute) > 0))
+    print(f"\n{n_hits} hits, {n_nonmonotone} non-monotone curves, all exact")
+    assert n_hits > 20 and n_nonmonotone > 5
+
+
+def test_oscillating_momentum_first_dip_is_found() -> None:
+    """Underdamped momentum dips below the target, comes back above, then settles below."""
+    h = np.array([1.0])
+    d = Dynamics(h, 1.0, 0.05, 10**6)  # a = 1, m = 0.95: strongly underdamped
+    brute = iterate(h, 1.0, 0.05, 10**6, 0.0, 400)
+    target = float(np.sort(brute[:60])[3])  # a level the curve crosses several times early on
+    first = next(t for t, v in enumerate(brute) if v <= target)
+    assert np.any(brute[first:] > target)  # it goes back above
+    assert d.first_hit(target, 400) == first
+
+
+def monte_carlo(h: np.ndarray, lr: float, omm: float | None, b: int, p: float,
+                checkpoints: list[int], replicas: int, seed: int) -> dict[int, tuple[float, float]]:
+    """Real noisy (momentum) SGD on the quadratic: mean and standard error of the loss."""
+    g = torch.Generator().manual_seed(seed)
+    ht = torch.tensor(h, dtype=torch.float64)
+    x = torch.randn(replicas, len(h), generator=g, dtype=torch.float64)
+    u = torch.zeros_like(x)
+    m = 0.0 if omm is None else 1.0 - omm
+    pre = ht ** (-p)
+    out = {}
+    for t in range(1, max(checkpoints) + 1):
+        noise = torch.randn(x.shape, generator=g, dtype=torch.float64) * torch.sqrt(ht / b)
+        u = m * u - lr * pre * (ht * x + noise)
+        x = x + u
+        if t in checkpoints:
+            loss = 0.5 * (ht * x * x).sum(dim=1)
+            out[t] = (loss.mean().item(), loss.std().item() / replicas ** 0.5)
+    return out
+
+
+@pytest.mark.parametrize("lr, omm, b, p", [(0.8, None, 4, 0.0), (0.3, 0.1, 2, 0.5)])
+def test_closed_form_matches_monte_carlo_sgd(lr: float, omm: float | None, b: int,
+                                             p: float) -> None:
+    h = spectrum(100)
+    checkpoints = [1, 5, 20, 60, 200]
+    mc = monte_carlo(h, lr, omm, b, p, checkpoints, replicas=10000, seed=0)
+    closed = Dynamics(h, lr, omm, b, p).loss(np.array(checkpoints))
+    for t, expected in zip(checkpoints, closed):
+        mean, se = mc[t]
+        print(f"t={t}: closed {expected:.5f}  Monte Carlo {mean:.5f} +- {se:.5f}")
+        assert abs(mean - expected) < 4 * se, (t, mean, se, expected)
+
+
+NQM_SPEC = """\
+batch_sizes = [16, 1024]
+trials = 12
+
+[workload]
+name = "nqm"
+dimensions = 1000
+
+[optimizer]
+name = "momentum"
+
+[search_space]
+learning_rate = { low = 1e-4, high = 10.0, log = true }
+one_minus_momentum = { low = 1e-3, high = 1.0, log = true }
+
+[target]
+metric = "loss"
+value = 0.01
+
+[budget]
+max_steps = 100_000_000
+
+[eval]
+first_step = 1
+relative = 1.0
+min_interval = 1
+
+[pruner]
+name = "none"
+lossless = false
+"""
+
+
+def test_runs_through_tuner_run_with_exact_values(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(tmp_path, NQM_SPEC, "nqm_small.toml")
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    code, out, err = run_cli(["run", str(spec), "--storage", url], capsys)
+    assert code == 0, err
+    h = spectrum(1000)
+    seen = set()
+    for s in optuna.get_all_study_summaries(url):
+        b = s.user_attrs["batch_size"]
+        trials = optuna.load_study(study_name=s.study_name, storage=url).get_trials()
+        assert len(trials) == 12
+        for t in trials:
+            a = t.user_attrs
+            seen.add(a["outcome"])
+            d = Dynamics(h, t.params["learning_rate"], t.params["one_minus_momentum"], b)
+            if a["reached"]:
+                assert t.value == a["steps_to_target"] == d.first_hit(0.01, 10**8)
+                assert a["steps_to_target_after"] == a["steps_to_target"] - 1  # exact
+                steps = sorted(t.intermediate_values)
+                assert steps[-1] == a["steps_to_target"]
+                assert t.intermediate_values[steps[-1]] <= 0.01 < t.intermediate_values[steps[-2]]
+            elif a["diverged"]:
+                assert d.diverged and t.value == 10**8
+    assert {"reached", "diverged"} <= seen
+
+
+def test_spec_refuses_what_the_closed_form_does_not_cover(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    for old, new, key in [('name = "momentum"', 'name = "nesterov"', "optimizer.name"),
+                          ("max_steps = 100_000_000", "max_epochs = 3", "budget.max_epochs"),
+                          ('name = "momentum"', 'name = "momentum"\nweight_decay = 0.1',
+                           "optimizer.weight_decay")]:
+        spec = write(tmp_path, NQM_SPEC.replace(old, new), "bad.toml")
+        code, _, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{tmp_path}/b.db"],
+                               capsys)
+        assert code == 2 and f": {key}:" in err, err
