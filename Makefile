@@ -11,8 +11,10 @@ TUNER    := $(BIN)/tuner
 DEBIAN_PACKAGES := dataset-fashion-mnist chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install debian demo test test-fast digits-mlp fashion-mnist-cnn fashion-mnist-mlp \
-        studies dashboard clean
+NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075
+
+.PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
+        $(NQM_SPECS) bench-nqm dashboard clean
 
 help:
 	@echo "make demo               a real small scaling study on digits (CPU, < 10 min)"
@@ -20,6 +22,8 @@ help:
 	@echo "make digits-mlp         reproduce studies/digits_mlp.toml"
 	@echo "make fashion-mnist-cnn  reproduce studies/fashion_mnist_cnn.toml (hours on CPU)"
 	@echo "make fashion-mnist-mlp  reproduce studies/fashion_mnist_mlp.toml"
+	@echo "make nqm                the five NQM studies + the two headline figures in results/"
+	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
 	@echo "STORAGE=<SQLAlchemy URL> selects the storage (default $(STORAGE))"
 
@@ -56,6 +60,18 @@ fashion-mnist-cnn: $(STAMP) debian
 
 fashion-mnist-mlp: $(STAMP) debian
 	$(TUNER) run studies/fashion_mnist_mlp.toml --storage $(STORAGE)
+
+# The noisy quadratic model (Zhang et al. 2019): five algorithms, then the paper's two figures.
+$(NQM_SPECS): $(STAMP)
+	$(TUNER) run studies/$@.toml --storage $(STORAGE) --quiet
+
+nqm: $(NQM_SPECS)
+	@mkdir -p results
+	$(TUNER) curve $(addprefix studies/,$(addsuffix .toml,$(NQM_SPECS))) --storage $(STORAGE) \
+	  --n-boot 200 --plot results/nqm_steps_vs_batch.png --lr-plot results/nqm_lr_vs_batch.png
+
+bench-nqm: $(STAMP)
+	$(BIN)/python benchmarks/nqm_speed.py
 
 dashboard: $(STAMP)
 	$(TUNER) dashboard --storage $(STORAGE)

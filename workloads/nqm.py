@@ -39,10 +39,11 @@ import numpy as np
 
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
 
-#: Directions with |l1 - l2| < DEGENERATE x |(l1 + l2) / 2| use the stable, bounded-by-envelope path.
-DEGENERATE = 1e-4
-#: Bound evaluations allowed before the search gives up (it never has in our tests).
-MAX_BOUND_EVALS = 200_000
+#: Bound evaluations before the search stops bisecting and evaluates the remaining candidate
+#: intervals exactly, left to right, in blocks (slower, equally exact). Needed only where many
+#: slowly decaying oscillations keep the bounds below the target for a long stretch.
+MAX_BOUND_EVALS = 2_000
+EXACT_BLOCK = 256
 
 
 @dataclass
@@ -58,45 +59,63 @@ def spectrum(k: int) -> np.ndarray:
     return 1.0 / np.arange(1, k + 1, dtype=np.float64)
 
 
-class Dynamics:
-    """Closed-form expected loss of SGD / heavy-ball momentum on the NQM.
+def _sinhc(x: np.ndarray) -> np.ndarray:
+    """sinh(x)/x, 1 at 0."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(np.abs(x) < 1e-6, 1.0 + x * x / 6.0, np.sinh(x) / np.where(x == 0, 1, x))
 
-    Args:
-        h: curvatures per direction.
-        lr: learning rate.
-        one_minus_momentum: 1 - m, or None (and 1.0) for plain SGD.
-        batch_size: B.
-        p: preconditioning power.
+
+def _sinc(x: np.ndarray) -> np.ndarray:
+    """sin(x)/x, 1 at 0."""
+    return np.where(np.abs(x) < 1e-6, 1.0 - x * x / 6.0, np.sin(x) / np.where(x == 0, 1, x))
+
+
+class Dynamics:
+    """Closed-form expected loss of SGD / heavy-ball momentum on the NQM, with certified bounds.
+
+    Every direction's transient q_i(t) = E x_i^2(t) - S_xx,i falls in one of these forms:
+
+    * plain SGD: c (1 - a)^(2t), one monotone term;
+    * momentum, eigenvalues far apart (|log(l1/l2)| >= 1): c1 l1^(2t) + c2 l2^(2t) + c3 m^t, three
+      monotone terms if real, or c3 m^t + 2 Re(c1 l1^(2t)) >= (c3 - 2|c1|) m^t if complex;
+    * momentum, eigenvalues close (|log(l1/l2)| = |ell| < 1, critical damping included), where the
+      form above cancels catastrophically: m^t (P + b1 S(t) + b2 C(t)) with S = sinh(t ell)/ell,
+      C = 2 (cosh(t ell) - 1)/ell^2 (-> t and t^2 as ell -> 0; sin/cos for complex ell). P, b1, b2
+      are solved from the exact q(0), q(1), q(2). For real ell, m^t S and m^t C are unimodal with
+      closed-form peaks, so each term's extremes on an interval are exact; for complex ell,
+      |S| <= min(t, 1/theta) and 0 <= C <= min(t^2, 4/theta^2).
     """
 
     def __init__(self, h: np.ndarray, lr: float, one_minus_momentum: float | None,
                  batch_size: int, p: float = 0.0) -> None:
         omm = 1.0 if one_minus_momentum is None else float(one_minus_momentum)
         m = 1.0 - omm
-        self.h, self.m, self.omm = h, m, omm
+        self.m = m
         a = lr * h ** (1.0 - p)
         n = lr * lr * h ** (-2.0 * p) * h / batch_size
         self.loss0 = 0.5 * float(h.sum())  # E x0^2 = 1
         # Stable iff both eigenvalues of A lie inside the unit circle: 0 < a < 2 (1 + m).
         self.diverged = bool(np.any(a >= 2.0 * (1.0 + m)))
         self.bound_evals = 0
+        empty = np.empty(0)
+        self._cplx = (empty,) * 4
+        self._close_real = self._close_cplx = None
         if self.diverged:
             return
-        half_h = 0.5 * h
+        hh = 0.5 * h
         if m == 0.0:
             sxx = n / (a * (2.0 - a))
-            self.loss_star = float(half_h @ sxx)
-            # q(t) = (1 - sxx) (1 - a)^(2t): one monotone term per direction
-            base_log = 2.0 * np.log(np.abs(1.0 - a))  # -inf where a == 1: the term is 0 for t >= 1
-            self._set_terms(half_h * (1.0 - sxx), base_log, np.empty(0), np.empty(0),
-                            np.empty(0), np.empty(0))
-            self._deg = None
+            self.loss_star = float(hh @ sxx)
+            with np.errstate(divide="ignore"):  # a == 1: the term is 0 for t >= 1
+                self._mono = (hh * (1.0 - sxx), 2.0 * np.log(np.abs(1.0 - a)))
+            self._finish_bounds([])
             return
+        self.log_m = lm = math.log(m)
         k = 2.0 * (1.0 + m) - a
         sxx = n * (1.0 + m) / (a * omm * k)
         suu = 2.0 * n / (omm * k)
         sxu = n / (omm * k)
-        self.loss_star = float(half_h @ sxx)
+        self.loss_star = float(hh @ sxx)
         dxx, duu, dxu = 1.0 - sxx, -suu, -sxu
         g11 = (1 - a) ** 2 * dxx + 2 * (1 - a) * m * dxu + m * m * duu
         g12 = -m * ((1 - a) * dxx + m * dxu)
@@ -104,110 +123,166 @@ class Dynamics:
         tr = 1.0 - a + m
         # tr^2 - 4m, written to avoid cancelling O(1) terms when a and 1 - m are small
         disc = omm * omm - 2.0 * a * (1.0 + m) + a * a
-        deg = np.abs(disc) < (DEGENERATE * tr) ** 2
-        real = (disc > 0) & ~deg
-        cplx = (disc <= 0) & ~deg
+        ratio = np.sqrt(np.abs(disc)) / np.maximum(np.abs(tr), 1e-300)
+        ell = np.where(disc > 0, 2.0 * np.arctanh(np.minimum(ratio, 1 - 1e-16)),
+                       2.0 * np.arctan(ratio))  # |log(l1/l2)|; theta = arg(l1/l2) if complex
+        # Real pairs with |ell| < 1 use the (P, S, C) form: its unimodal terms bound tightly.
+        # Complex pairs use it only when the rotation theta is tiny (cancellation in c1, c3);
+        # otherwise the exact sinusoid's trough-aware bound is the tighter one.
+        close = np.where(disc > 0, ell < 1.0, ell < 1e-3)
+        real, cplx = (disc > 0) & ~close, (disc <= 0) & ~close
 
-        # Real, distinct eigenvalues: l1 (larger magnitude, no cancellation) and l2 = m / l1.
+        # Far apart, real: l1 (larger magnitude, no cancellation) and l2 = m / l1.
         sq = np.sqrt(np.where(real, disc, 1.0))
         l1 = np.where(real, 0.5 * (tr + np.copysign(sq, tr)), 1.0)
         l2 = m / l1
-        delta2 = np.where(real, disc, 1.0)  # (l1 - l2)^2
-        c1 = (g11 + 2 * g12 / l1 + g22 / l1 ** 2) / delta2
-        c2 = (g11 + 2 * g12 / l2 + g22 / l2 ** 2) / delta2
-        c3 = (-2 * g11 - 2 * g12 * tr / m - 2 * g22 / m) / delta2
-        # log |l1|, accurately when l1 is close to 1: 1 - l1 = 2a / (a + (1 - m) + sqrt(disc))
-        one_minus_l1 = 2.0 * a / (a + omm + sq)
-        with np.errstate(divide="ignore"):
+        d2 = np.where(real, disc, 1.0)  # (l1 - l2)^2
+        c1 = (g11 + 2 * g12 / l1 + g22 / l1 ** 2) / d2
+        c2 = (g11 + 2 * g12 / l2 + g22 / l2 ** 2) / d2
+        c3 = (-2 * g11 - 2 * g12 * tr / m - 2 * g22 / m) / d2
+        one_minus_l1 = 2.0 * a / (a + omm + sq)  # 1 - l1 without cancellation (tr > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
             log_l1 = np.where(tr > 0, np.log1p(-np.minimum(one_minus_l1, 1.0)),
                               np.log(np.abs(l1)))
             log_l2 = np.log(np.abs(l2))
-        log_m = math.log(m)
         r = real
-        coef = np.concatenate([half_h[r] * c1[r], half_h[r] * c2[r], half_h[r] * c3[r]])
-        logs = np.concatenate([2 * log_l1[r], 2 * log_l2[r], np.full(int(r.sum()), log_m)])
+        mono_c = [hh[r] * c1[r], hh[r] * c2[r], hh[r] * c3[r]]
+        mono_l = [2 * log_l1[r], 2 * log_l2[r], np.full(int(r.sum()), lm)]
 
-        # Complex pair l, conj(l) with |l|^2 = m: q = c3 m^t + 2 Re(c1 l^(2t)).
+        # Far apart, complex pair l, conj(l), |l|^2 = m: q = c3 m^t + 2 Re(c1 l^(2t)).
         x = cplx
         s_im = np.sqrt(np.where(x, -disc, 1.0))
         lc = 0.5 * (tr[x] + 1j * s_im[x])
-        dc2 = -(s_im[x] ** 2)  # (l1 - l2)^2 = (i sqrt(-disc))^2
+        dc2 = -(s_im[x] ** 2)
         cc1 = (g11[x] + 2 * g12[x] / lc + g22[x] / lc ** 2) / dc2
         cc3 = ((-2 * g11[x] - 2 * g12[x] * tr[x] / m - 2 * g22[x] / m) / dc2).real
-        self._set_terms(coef, logs, half_h[x] * cc3, half_h[x] * 2 * np.abs(cc1),
-                        2 * np.angle(lc), np.angle(cc1))
-        self._deg = None
-        if deg.any():
-            g = np.stack([g11[deg], g12[deg], g22[deg]])
-            dd = disc[deg]
-            rho = np.where(dd > 0, 0.5 * (np.abs(tr[deg]) + np.sqrt(np.maximum(dd, 0.0))),
-                           math.sqrt(m))  # spectral radius of A
-            dmat = np.stack([dxx[deg], dxu[deg], duu[deg]])
-            self._deg = (half_h[deg], g, tr[deg], dd, rho, dmat)
+        self._cplx = (hh[x] * cc3, hh[x] * 2 * np.abs(cc1), 2 * np.angle(lc), np.angle(cc1))
+        extra = [(hh[x] * cc3, np.full(int(x.sum()), lm))]
 
-    def _set_terms(self, coef: np.ndarray, logs: np.ndarray, ccoef: np.ndarray,
-                   camp: np.ndarray, cphase: np.ndarray, cshift: np.ndarray) -> None:
-        # Exact evaluation: real terms coef * exp(t logs); complex directions
-        # ccoef m^t + camp m^t cos(t cphase + cshift).
-        self._coef, self._logs = coef, logs
-        self._ccoef, self._camp, self._cphase, self._cshift = ccoef, camp, cphase, cshift
-        # Lower bounds: every term as (coefficient, log base), split by sign.
-        bc = np.concatenate([coef, ccoef - camp])
-        bl = np.concatenate([logs, np.full(len(ccoef), math.log(self.m) if self.m > 0 else 0.0)])
-        self._pos_c, self._pos_l = bc[bc >= 0], bl[bc >= 0]
-        self._neg_c, self._neg_l = bc[bc < 0], bl[bc < 0]
+        # Close: m^t (P + b1 S + b2 C), from q(0) = Dxx, q(1) = g11, q(2) = g11 tr^2 + 2 g12 tr + g22.
+        for is_real in (True, False):
+            sel = close & ((disc > 0) if is_real else (disc <= 0))
+            if not sel.any():
+                continue
+            e = ell[sel]
+            (s_1, s_2), (c_1, c_2) = self._sc(np.array([[1.0], [2.0]]), e, is_real)
+            q0 = dxx[sel]
+            q1 = g11[sel]
+            q2 = g11[sel] * tr[sel] ** 2 + 2 * g12[sel] * tr[sel] + g22[sel]
+            r1, r2 = q1 / m - q0, q2 / (m * m) - q0
+            det = s_1 * c_2 - s_2 * c_1
+            b1 = (r1 * c_2 - r2 * c_1) / det
+            b2 = (s_1 * r2 - s_2 * r1) / det
+            part = (hh[sel] * q0, hh[sel] * b1, hh[sel] * b2, e)
+            if is_real:
+                self._close_real = part
+            else:
+                self._close_cplx = part
+            extra.append((hh[sel] * q0, np.full(int(sel.sum()), lm)))
+        self._mono = (np.concatenate(mono_c), np.concatenate(mono_l))
+        self._finish_bounds(extra)
 
-    # -- near-degenerate directions --------------------------------------------------------
+    @staticmethod
+    def _sc(t: np.ndarray, ell: np.ndarray, is_real: bool) -> tuple[np.ndarray, np.ndarray]:
+        """S(t) and C(t) (without the m^t factor) at t (a column vector)."""
+        x = t * ell
+        if is_real:
+            return t * _sinhc(x), t * t * _sinhc(x / 2) ** 2
+        return t * _sinc(x), t * t * _sinc(x / 2) ** 2
 
-    def _u(self, t: np.ndarray, tr: np.ndarray, disc: np.ndarray) -> np.ndarray:
-        """U_t (t >= 0), stably near l1 = l2.
+    def _finish_bounds(self, extra: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        bc = np.concatenate([self._mono[0], *(c for c, _ in extra)])
+        bl = np.concatenate([self._mono[1], *(l for _, l in extra)])
+        self._pos = (bc[bc >= 0], bl[bc >= 0])
+        self._neg = (bc[bc < 0], bl[bc < 0])
 
-        With l1,2 = L (1 +- e), L = tr/2: U_t = sign(L)^t t (atanh(e) / (e |L|)) m^(t/2)
-        sinhc(t w), w = atanh(e), sinhc(x) = sinh(x)/x -- no 0/0 at e = 0 (U_t = t L^(t-1)).
-        """
-        half = 0.5 * tr
-        e = np.sqrt(disc.astype(complex)) / 2 / half
-        small_e = np.abs(e) < 1e-8
-        w = np.arctanh(e)
-        atanhc = np.where(small_e, 1 + e * e / 3, w / np.where(small_e, 1, e))
-        tw = t * w
-        c = 0.5 * math.log(self.m) * t
-        small = np.abs(tw) < 1.0
-        with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
-            sinhc = np.where(np.abs(tw) < 1e-8, 1 + tw * tw / 6, np.sinh(tw) / tw)
-            direct = np.exp(c) * sinhc
-            split = 0.5 * (np.exp(c + tw) - np.exp(c - tw)) / tw
-            val = t * atanhc / np.abs(half) * np.where(small, direct, split)
-        sign = np.where(half < 0, (-1.0) ** (t % 2), 1.0)
-        return (sign * val).real
+    # -- close eigenvalues: m^t S(t), m^t C(t) -------------------------------------------------
 
-    def _deg_q(self, t: np.ndarray) -> np.ndarray:
-        """Sum over near-degenerate directions of 1/2 h q(t), for each t (t >= 1)."""
-        hh, g, tr, disc, _, _ = self._deg  # type: ignore[misc]
-        t = np.asarray(t, dtype=np.float64)[:, None]
-        ut, ut1 = self._u(t, tr, disc), self._u(t - 1, tr, disc)
-        q = g[0] * ut ** 2 + 2 * g[1] * ut * ut1 + g[2] * ut1 ** 2
-        return q @ hh
+    def _ms_mc_real(self, t: np.ndarray, ell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """m^t sinh(t ell)/ell and m^t 2 (cosh(t ell) - 1)/ell^2 for real ell, overflow-free."""
+        x = t * ell
+        lm = self.log_m
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            big = x > 20.0
+            xs = np.where(big, 0.0, x)
+            mt = np.exp(t * lm)
+            ms = np.where(big, 0.5 * (np.exp(t * (lm + ell)) - np.exp(t * (lm - ell))) / ell,
+                          mt * t * _sinhc(xs))
+            mc = np.where(big, (np.exp(t * (lm + ell) / 1.0) + np.exp(t * (lm - ell))
+                                - 2 * mt) / (ell * ell), mt * t * t * _sinhc(xs / 2) ** 2)
+        return ms, mc
 
-    def _deg_bound(self, t0: int, t1: int) -> float:
-        """A lower bound of the near-degenerate directions' part of L on [t0, t1] (t0 >= 1).
+    def _close_eval(self, t: np.ndarray) -> np.ndarray:
+        """Sum of 1/2 h q over close-eigenvalue directions at each t (column vector)."""
+        total = np.zeros(len(t))
+        if self._close_real is not None:
+            p, b1, b2, ell = self._close_real
+            ms, mc = self._ms_mc_real(t, ell)
+            total += (np.exp(t * self.log_m) * p + ms * b1 + mc * b2).sum(axis=1)
+        if self._close_cplx is not None:
+            p, b1, b2, th = self._close_cplx
+            with np.errstate(under="ignore"):
+                mt = np.exp(t * self.log_m)
+            x = t * th
+            total += (mt * (p + b1 * t * _sinc(x) + b2 * t * t * _sinc(x / 2) ** 2)).sum(axis=1)
+        return total
 
-        q = Dxx r1^2 + 2 Dxu r1 r2 + Duu r2^2 with r1 = U_{t+1} - m U_t, r2 = m U_t (the row
-        e_x' A^t). Dropping the term Dxx r1^2 when it is >= 0 and bounding the rest through
-        |U_t| <= t rho^(t-1) (t rho^t is unimodal) gives the bound.
-        """
-        hh, _, _, _, rho, dmat = self._deg  # type: ignore[misc]
-        peak = -1.0 / np.log(rho)
+    def _close_bound(self, t0: int, t1: int) -> float:
+        """Lower bound on [t0, t1] of the oscillating and close-eigenvalue terms (the monotone
+        ones are in the pool)."""
+        lb = 0.0
+        lm = self.log_m
+        if self._close_real is not None:
+            _, b1, b2, ell = self._close_real
+            ends = np.array([[float(t0)], [float(t1)]])
+            ms, mc = self._ms_mc_real(ends, ell)
+            # m^t S and m^t C are unimodal: peaks at atanh(ell/|lm|)/ell and twice that
+            peak = np.where(ell > 1e-12, np.arctanh(np.minimum(ell / -lm, 1 - 1e-16)) /
+                            np.maximum(ell, 1e-300), 1.0 / -lm)
+            for coef, f_ends, pk in ((b1, ms, peak), (b2, mc, 2 * peak)):
+                tp = np.clip(pk, t0, t1)[None, :]
+                f_peak = self._ms_mc_real(tp, ell)[0 if coef is b1 else 1][0]
+                lo = np.minimum(f_ends[0], f_ends[1])
+                lb += float(np.where(coef >= 0, coef * lo, coef * np.maximum(
+                    f_peak, np.maximum(f_ends[0], f_ends[1]))).sum())
+        if self._close_cplx is not None:
+            _, b1, b2, th = self._close_cplx
+            mt0, mt1 = math.exp(t0 * lm), math.exp(t1 * lm)
+            # While t theta <= pi, S = sin(t theta)/theta >= 0 is concave (min at an end, max at
+            # pi/(2 theta)) and C = 2 (1 - cos t theta)/theta^2 increases; past that, envelopes
+            # |S| <= min(t, 1/theta), 0 <= C <= min(t^2, 4/theta^2) times max m^t t^k.
+            inside = t1 * th <= math.pi
+            (s0, s1), (c0, c1) = self._sc(np.array([[float(t0)], [float(t1)]]), th, False)
+            s_top = self._sc(np.clip(math.pi / 2 / th, t0, t1)[None, :], th, False)[0][0]
 
-        def umax(lo: float, hi: float) -> np.ndarray:  # max of t rho^(t-1) on [lo, hi]
-            s = np.clip(peak, lo, hi)
-            return s * rho ** (s - 1)
+            def env(power: int, cap: np.ndarray) -> np.ndarray:
+                tp = min(max(power / -lm, t0), t1)
+                with np.errstate(under="ignore"):
+                    return np.minimum(math.exp(tp * lm) * tp ** power, mt0 * cap)
 
-        r2 = self.m * umax(t0, t1)
-        r1 = umax(t0 + 1, t1 + 1) + r2
-        dxx, dxu, duu = dmat
-        worst = np.minimum(dxx, 0.0) * r1 * r1 - 2 * np.abs(dxu) * r1 * r2 - np.abs(duu) * r2 * r2
-        return float(hh @ worst)
+            s_lo = np.where(inside, np.minimum(s0, s1), -np.minimum(t1, 1 / th))
+            s_hi = np.where(inside, s_top, np.minimum(t1, 1 / th))
+            c_lo = np.where(inside, c0, 0.0)
+            c_hi = np.where(inside, c1, np.minimum(t1 * t1, 4 / th ** 2))
+            with np.errstate(under="ignore"):
+                lb += float(np.where(b1 >= 0, b1 * np.where(s_lo >= 0, mt1, mt0) * s_lo,
+                                     b1 * np.where(inside, mt0 * s_hi, env(1, 1 / th))).sum())
+                lb += float(np.where(b2 >= 0, b2 * mt1 * c_lo,
+                                     b2 * np.where(inside, mt0 * c_hi,
+                                                   env(2, 4 / th ** 2))).sum())
+        ccoef, camp, cphase, cshift = self._cplx
+        if len(camp):
+            # far-apart complex pairs: A m^t cos(t phi + psi) >= -A m^t0 if a trough of the
+            # cosine lies in the interval, else A min(cos at the ends) m^(t1 or t0)
+            x0, x1 = t0 * cphase + cshift, t1 * cphase + cshift
+            two_pi = 2 * math.pi
+            trough = (np.floor((x1 - math.pi) / two_pi + 1e-9)
+                      >= np.ceil((x0 - math.pi) / two_pi - 1e-9))
+            cmin = np.minimum(np.cos(x0), np.cos(x1))
+            with np.errstate(under="ignore"):
+                mt0, mt1 = math.exp(t0 * self.log_m), math.exp(t1 * self.log_m)
+            lb += float(camp @ np.where(trough, -mt0, cmin * np.where(cmin >= 0, mt1, mt0)))
+        return lb
 
     # -- the loss and its bounds -----------------------------------------------------------
 
@@ -217,30 +292,27 @@ class Dynamics:
         out = np.full(len(ts), np.inf if self.diverged else self.loss_star)
         if self.diverged:
             return out
+        ccoef, camp, cphase, cshift = self._cplx
         for j in range(0, len(ts), 64):  # chunks keep the temporaries small
-            tt = ts[j:j + 64].astype(np.float64)[:, None]
+            chunk = ts[j:j + 64]
+            tt = chunk.astype(np.float64)[:, None]
             with np.errstate(under="ignore", invalid="ignore"):
-                v = np.exp(tt * self._logs) @ self._coef
-                if len(self._ccoef):
-                    mt = np.exp(tt * math.log(self.m))
-                    v = v + (mt * (self._ccoef + self._camp * np.cos(
-                        tt * self._cphase + self._cshift))).sum(axis=1)
-            v = np.where(ts[j:j + 64] == 0, self.loss0 - self.loss_star, v)
-            if self._deg is not None:
-                pos = ts[j:j + 64] > 0
-                if pos.any():
-                    v[pos] += self._deg_q(ts[j:j + 64][pos])
-            out[j:j + 64] += v
+                v = np.exp(tt * self._mono[1]) @ self._mono[0]
+                if len(ccoef):
+                    mt = np.exp(tt * self.log_m)
+                    v = v + (mt * (ccoef + camp * np.cos(tt * cphase + cshift))).sum(axis=1)
+                v = v + self._close_eval(tt)
+            out[j:j + 64] += np.where(chunk == 0, self.loss0 - self.loss_star, v)
         return out
 
     def lower_bound(self, t0: int, t1: int) -> float:
         """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
         self.bound_evals += 1
         with np.errstate(under="ignore", invalid="ignore"):
-            lb = self.loss_star + float(self._pos_c @ np.exp(t1 * self._pos_l)) + float(
-                self._neg_c @ np.exp(t0 * self._neg_l))
-        if self._deg is not None:
-            lb += self._deg_bound(t0, t1)
+            lb = self.loss_star + float(self._pos[0] @ np.exp(t1 * self._pos[1])) + float(
+                self._neg[0] @ np.exp(t0 * self._neg[1]))
+        if self.m > 0:
+            lb += self._close_bound(t0, t1)
         # rounding in the sums: stay on the safe side
         return lb - 1e-12 * (abs(lb) + self.loss0)
 
@@ -264,7 +336,15 @@ class Dynamics:
         stack = [(lo, hi)]
         while stack:
             if self.bound_evals > MAX_BOUND_EVALS:
-                raise RuntimeError(f"NQM search did not settle after {MAX_BOUND_EVALS} bounds")
+                # the stack holds the unresolved intervals, leftmost on top: scan them exactly
+                while stack:
+                    a, b = stack.pop()
+                    for c in range(a, b + 1, EXACT_BLOCK):
+                        ts = np.arange(c, min(c + EXACT_BLOCK, b + 1))
+                        below = np.nonzero(self.loss(ts) <= target)[0]
+                        if len(below):
+                            return int(ts[below[0]])
+                return None
             a, b = stack.pop()
             if a == b:
                 if self.loss(a)[0] <= target:
