@@ -182,3 +182,15 @@ def test_spec_refuses_what_the_closed_form_does_not_cover(tmp_path: Path,
         code, _, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{tmp_path}/b.db"],
                                capsys)
         assert code == 2 and f": {key}:" in err, err
+
+
+def test_exact_block_scan_fallback_gives_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workloads.nqm as nqm
+
+    h = spectrum(300)
+    cases = [c for c in random_cases(40, seed=2) if not Dynamics(h, *c[:4]).diverged]
+    expected = [Dynamics(h, *c[:4]).first_hit(c[4], 3000) for c in cases]
+    monkeypatch.setattr(nqm, "MAX_BOUND_EVALS", 5)
+    monkeypatch.setattr(nqm, "EXACT_BLOCK", 7)
+    assert [Dynamics(h, *c[:4]).first_hit(c[4], 3000) for c in cases] == expected
+    assert any(e is not None for e in expected)

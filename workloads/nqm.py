@@ -312,7 +312,8 @@ class Dynamics:
             lb = self.loss_star + float(self._pos[0] @ np.exp(t1 * self._pos[1])) + float(
                 self._neg[0] @ np.exp(t0 * self._neg[1]))
         if self.m > 0:
-            lb += self._close_bound(t0, t1)
+            with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+                lb += self._close_bound(t0, t1)
         # rounding in the sums: stay on the safe side
         return lb - 1e-12 * (abs(lb) + self.loss0)
 
