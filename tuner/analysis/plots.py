@@ -28,10 +28,23 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
+def _pow2_label(v: float, _: object = None) -> str:
+    """8, 1024, 16K, 1M, 2^40: readable labels for powers of two."""
+    if v < 1:
+        return f"{v:g}"
+    if v >= 2 ** 14:
+        for div, suffix in ((2 ** 30, "G"), (2 ** 20, "M"), (2 ** 10, "K")):
+            if v >= div and v % div == 0:
+                return f"{v / div:.0f}{suffix}"
+    return f"{v:.0f}"
+
+
 def _log2_axis(axis: matplotlib.axis.Axis) -> None:
-    """Log base-2 scale with plain-number tick labels (8, 16, ..., 1024, 2048)."""
-    axis.set_major_locator(LogLocator(base=2, numticks=30))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 1 else f"{v:g}"))
+    """Log base-2 scale, at most ~10 labelled powers of two, labelled 8, 1024, 16K, 1M."""
+    lo, hi = axis.get_view_interval()
+    span = max(1, math.ceil(math.log2(max(hi, 2) / max(lo, 1e-9))))
+    axis.set_major_locator(LogLocator(base=2 ** max(1, math.ceil(span / 10)), numticks=12))
+    axis.set_major_formatter(FuncFormatter(_pow2_label))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -55,7 +68,7 @@ def scaling(curves: Sequence[Curve]) -> bytes:
             ax.plot(grid, [c.fit.steps(b) for b in grid], "--", color=color, alpha=0.6,
                     label=f"{c.name}: fit, B_crit = {c.fit.b_crit:.0f}")
             ax2.plot(grid, [c.fit.steps(b) * b for b in grid], "--", color=color, alpha=0.6)
-            if i == 0:
+            if len(curves) == 1:  # regimes of a single curve (several would clutter the plot)
                 lo, hi = PERFECT_BELOW * c.fit.b_crit, MAXIMAL_ABOVE * c.fit.b_crit
                 ax.axvspan(bs[0] / 1.2, max(min(lo, bs[-1] * 1.2), bs[0] / 1.2),
                            color="green", alpha=0.06, label="perfect scaling")
@@ -75,8 +88,8 @@ def scaling(curves: Sequence[Curve]) -> bytes:
         a.grid(True, which="major", alpha=0.3)
     ax.set_title(f"Steps to {goal}")
     ax2.set_title("Examples to target")
-    ax.legend(fontsize=7)
-    ax2.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     return _png(fig)
 
 
@@ -106,7 +119,7 @@ def learning_rates(curves: Sequence[Curve]) -> bytes:
     ax.set_ylabel("learning rate of the best trial")
     ax.set_title("Optimal learning rate vs batch size")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     return _png(fig)
 
 
