@@ -6,7 +6,6 @@ Runs the five specs in full (about 4 minutes here): the measurement, not a stand
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -49,7 +49,7 @@ def _verdict_box(name: str, v: Verdict, n_batch: int) -> str:
     items = [
         "edges clean" if v.edges_clean else "best trials at an edge: " + "; ".join(
             html.escape(p) for p in v.edge_problems),
-        (f"budget adequate (no best trial used > 90 % of its budget)" if not v.budget_tight else
+        ("budget adequate (no best trial used > 90 % of its budget)" if not v.budget_tight else
          f"budget tight at B = {v.budget_tight} ({v.budget_share:.0%} of {n_batch} batch sizes"
          f" used > 90 % of the budget)"),
         "no batch size missing" if not v.missing else f"missing (no trial reached the target): "
