@@ -39,14 +39,25 @@ def resolve_url(url: str | None) -> str:
     except ArgumentError:
         raise UsageError(f"--storage: {url!r} is not a SQLAlchemy URL; allowed: e.g. "
                          "sqlite:///results/tuner.db or postgresql+psycopg://user@host/db") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        parent = Path(parsed.database).parent
+    db = sqlite_file(url)
+    if db is not None:
+        parent = db.parent
         if not parent.exists():
             if url == DEFAULT_URL:
                 parent.mkdir(parents=True, exist_ok=True)
             else:
                 raise UsageError(f"--storage: folder {parent} of {url!r} does not exist")
     return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other back ends and in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        return Path(u.database)
+    return None
 
 
 def open_storage(url: str) -> RDBStorage:

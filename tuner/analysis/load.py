@@ -96,13 +96,12 @@ def param_from_attr(name: str, attr: dict[str, Any]) -> Param:
 
 def check_storage_exists(url: str) -> None:
     """Refuse to analyse a SQLite file that is not there (opening it would create it)."""
-    from sqlalchemy.engine import make_url
+    from tuner.storage import sqlite_file
 
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
-        if not Path(u.database).exists():
-            raise UsageError(f"--storage: no SQLite file at {u.database}; run `tuner run` first "
-                             "or pass the storage the studies are in")
+    db = sqlite_file(url)
+    if db is not None and not db.exists():
+        raise UsageError(f"--storage: no SQLite file at {db}; run `tuner run` first "
+                         "or pass the storage the studies are in")
 
 
 def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None = None
