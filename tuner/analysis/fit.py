@@ -81,12 +81,10 @@ def fit(batch_sizes: Sequence[int], steps: Sequence[float]) -> Fit | None:
 
 def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[int, int]:
     """Best steps-to-target per batch size (batch sizes without a reached trial left out)."""
-    out = {}
-    for b, trials in trials_by_b.items():
-        steps = [t.steps_to_target for t in trials if t.outcome == "reached"]
-        if steps:
-            out[b] = min(steps)
-    return out
+    from tuner.analysis.curves import best
+
+    found = {b: best(trials) for b, trials in trials_by_b.items()}
+    return {b: t.steps_to_target for b, t in found.items() if t is not None}
 
 
 def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: int = 1000,
