@@ -247,8 +247,8 @@ class Dynamics:
             p, b1, b2, th = self._close_cplx
             with np.errstate(under="ignore"):
                 mt = np.exp(t * self.log_m)
-            x = t * th
-            total += (mt * (p + b1 * t * _sinc(x) + b2 * t * t * _sinc(x / 2) ** 2)).sum(axis=1)
+            s, c = self._sc(t, th, False)
+            total += (mt * (p + b1 * s + b2 * c)).sum(axis=1)
         return total
 
     def _close_bound(self, t0: int, t1: int) -> float:
