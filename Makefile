@@ -8,7 +8,7 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 STORAGE  ?= sqlite:///results/tuner.db
 TUNER    := $(BIN)/tuner
-DEBIAN_PACKAGES := dataset-fashion-mnist chromium
+DEBIAN_PACKAGES := dataset-fashion-mnist chromium postgresql
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075
@@ -37,7 +37,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 # Debian packages: Fashion-MNIST's IDX files (/usr/share/datasets/fashion-mnist); Chromium, which
-# the tests use to open `tuner report` pages headless.
+# the tests use to open `tuner report` pages headless; PostgreSQL, the server the multi-worker
+# tests start on loopback (scripts/postgres.sh).
 debian:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

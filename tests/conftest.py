@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,46 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 def small_spec(tmp_path: Path) -> Path:
     """Path of a small digits spec in a temp folder."""
     return write(tmp_path, SMALL_DIGITS, "small_digits.toml")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server on loopback, started by scripts/postgres.sh (the project's own
+    script, which installs Debian's postgresql where missing); yields its base URL."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    script = Path(__file__).parents[1] / "scripts" / "postgres.sh"
+    folder = tempfile.mkdtemp(prefix="tuner-pg-")  # not under pytest's 0700 tmp: postgres reads it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = subprocess.run(["bash", str(script), "start", folder, str(port)],
+                             capture_output=True, text=True, timeout=300)
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        last = (started.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"no PostgreSQL server could be started by {script.name}: {last}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(script), "stop", folder], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the test server, for one test."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(postgres_server)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=u.host, port=u.port, user=u.username, dbname=u.database,
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return u.set(database=name).render_as_string(hide_password=False)

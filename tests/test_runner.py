@@ -145,9 +145,9 @@ def test_failed_trial_is_rerun_with_its_params_and_seed(
     study.tell(failed, state=TrialState.FAIL)
     code, _, err = run_cli(["run", str(small_spec), "--storage", url, "-n", "2", "-b", "128"],
                            capsys)
-    assert code == 0 and "re-running 1 failed trial" in err
+    assert code == 0 and "re-queued 1 failed trial" in err
     trials = study.get_trials()
-    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert retry.params == failed.params and retry.state != TrialState.FAIL
     from tuner.objective import trial_seed
     assert retry.user_attrs["seed"] == trial_seed(0, 128, failed.number)

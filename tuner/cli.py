@@ -27,24 +27,55 @@ def cli() -> None:
               help="Top each batch-size study up to N finished trials (default: the spec's).")
 @click.option("--storage", help=STORAGE_HELP)
 @click.option("--seed", type=int, help="Override the spec's seed (a separate set of studies).")
+@click.option("--workers", "-w", type=click.IntRange(min=1),
+              help="Start this many local worker processes (default 1, or one per --gpus).")
+@click.option("--gpus", help="GPU indices, e.g. 0,1,2,3: one worker per GPU, each pinned to "
+              "its GPU with CUDA_VISIBLE_DEVICES.")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Seconds between a running trial's heartbeats; a trial silent for twice as "
+              "long (its worker died) is re-run by another worker.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
 def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storage: str | None,
-        seed: int | None, quiet: bool) -> None:
+        seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
+        quiet: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
     Re-running a finished spec adds nothing. Progress goes to stderr; the summary table
     (best steps-to-target per batch size) to stdout.
+
+    Any number of `tuner run` processes can work on one spec at once, on one machine or many,
+    against one --storage (PostgreSQL for several machines): they share the trials out, stop
+    at exactly N per batch size, and re-run the trial of a worker that died. Ctrl-C or SIGTERM
+    re-queues the running trial and stops.
     """
-    from tuner import runner, spec as spec_mod, storage as storage_mod
+    from tuner import runner, spec as spec_mod, storage as storage_mod, workers as workers_mod
     from tuner.tables import points_table
 
     spec = spec_mod.load(spec_path)
     if seed is not None:
         spec = spec_mod.with_seed(spec, seed)
     chosen = runner.select_batch_sizes(spec, batch_sizes)
+    gpu_ids = workers_mod.parse_gpus(gpus)
+    n_workers = workers or max(1, len(gpu_ids))
     url = storage_mod.resolve_url(storage)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    points = runner.run(spec, url, chosen, trials or spec.trials, echo)
+    n = trials or spec.trials
+    if n_workers == 1 and not gpu_ids:
+        points = runner.run(spec, url, chosen, n, echo, heartbeat)
+    else:
+        if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
+            raise UsageError(f"--workers: an in-memory storage ({url}) cannot be shared; "
+                             "allowed: a SQLite file or a PostgreSQL URL")
+        runner.prepare(spec, url, chosen, heartbeat)  # refuse a changed spec once, up front
+        args = ["run", spec_path, "--trials", str(n), "--storage", url, "--heartbeat",
+                str(heartbeat), *(["--seed", str(seed)] if seed is not None else []),
+                *[a for b in chosen for a in ("-b", str(b))], *(["-q"] if quiet else [])]
+        echo(f"storage: {url}; starting {n_workers} workers"
+             + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else ""))
+        code = workers_mod.launch(args, n_workers, gpu_ids, echo)
+        if code:
+            raise SystemExit(code)
+        points = runner.points(runner.prepare(spec, url, chosen, heartbeat))
     click.echo(points_table(spec, points))
 
 
@@ -251,8 +282,8 @@ def main() -> None:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted: finished trials are stored; run the same command to resume",
-                   err=True)
+        click.echo("interrupted: finished trials are stored and a running one is re-queued; run "
+                   "the same command to resume", err=True)
         sys.exit(130)
 
 

@@ -57,8 +57,9 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
 
     def objective(trial: optuna.Trial) -> float:
         params = {**spec.fixed, **suggest(trial, spec)}
-        # a retry of a failed trial reuses that trial's seed
-        seed = trial_seed(spec.seed, batch_size, trial.user_attrs.get("retry_of", trial.number))
+        # the seed follows the slot (tuner.trialqueue): a retry reuses its failed trial's seed
+        a = trial.user_attrs
+        seed = trial_seed(spec.seed, batch_size, a.get("slot", a.get("retry_of", trial.number)))
         trial.set_user_attr("seed", seed)
         request = TrialRequest(
             params=params, optimizer=spec.optimizer, schedule=spec.schedule,

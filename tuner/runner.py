@@ -1,23 +1,41 @@
-"""``tuner run``: create or resume a spec's batch-size studies and top each up to N trials."""
+"""``tuner run``: create or resume a spec's batch-size studies and top each up to N trials.
+
+Any number of these run at once, on one machine or many, against one storage: each is a worker
+that claims trials from the studies' work queues (:mod:`tuner.trialqueue`) until every study has
+N finished trials, waiting while the last ones run elsewhere (and re-running them if their
+worker dies). ``--workers N`` starts N local worker processes (:mod:`tuner.workers`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import time
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.curves import Point, point
 from tuner.analysis.load import outcome_of, record
+from tuner.locking import study_lock
 from tuner.objective import make_objective
 from tuner.pruning import build_pruner
 from tuner.sampling import build_sampler
 from tuner.space import distributions
+from tuner.signals import deferred, stop_cleanly
 from tuner.spec import Spec
-from tuner.storage import check_studies, create_or_load, open_storage
+from tuner.storage import check_studies, create_or_load, open_storage, study_name
+from tuner.trialqueue import FINISHED, claim, fail
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: Seconds between a running trial's heartbeats; a trial silent for twice as long is re-run.
+HEARTBEAT = 30
+#: Who runs a trial (trial attr ``worker``): host and process id.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def select_batch_sizes(spec: Spec, requested: tuple[int, ...]) -> tuple[int, ...]:
@@ -35,103 +53,167 @@ def select_batch_sizes(spec: Spec, requested: tuple[int, ...]) -> tuple[int, ...
     return tuple(sorted(set(requested))) if requested else spec.batch_sizes
 
 
-def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
-        echo: Callable[[str], None] = lambda s: None) -> list[Point]:
-    """Run the studies; returns one summary point per batch size."""
+def prepare(spec: Spec, url: str, batch_sizes: tuple[int, ...], heartbeat: int = HEARTBEAT
+            ) -> dict[int, optuna.Study]:
+    """Check the stored studies against the spec (before writing anything), then create or load
+    each batch-size study with its sampler and pruner."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url)
+    storage = open_storage(url, heartbeat)
     check_studies(storage, spec, batch_sizes)
-    echo(f"storage: {url}")
     space = distributions(spec.space)
-    points = []
+    studies = {}
     for b in batch_sizes:
         sampler = build_sampler(spec.sampler.name, spec.sampler.seed, spec.sampler.options, space)
         p = spec.pruner
-        study = create_or_load(storage, spec, b, sampler,
-                               build_pruner(p.name, p.slack, p.lossless, p.options))
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        need = trials - done
-        if need > 0:
-            # Fast workloads run each trial in memory and store it whole in one transaction.
-            target = _buffer(study) if spec.workload.buffered else study
-            if requeued := requeue_failed(target):
-                echo(f"{spec.name} B={b}: re-running {requeued} failed trial(s) with their params")
-            echo(f"{spec.name} B={b}: {done} trials stored, running {need} more "
-                 f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
-            callbacks = [_progress(b, trials, echo)]
-            if target is not study:
-                callbacks.insert(0, _persist(target, study))
-            target.optimize(make_objective(spec, b, spec.workload), n_trials=need,
-                            callbacks=callbacks, gc_after_trial=False)
-        else:
-            echo(f"{spec.name} B={b}: {done} trials stored, nothing to run")
-        points.append(point(b, [record(t) for t in study.get_trials(deepcopy=False)]))
-    return points
+        with study_lock(url, study_name(spec, b)):
+            studies[b] = create_or_load(storage, spec, b, sampler,
+                                        build_pruner(p.name, p.slack, p.lossless, p.options))
+    return studies
+
+
+def points(studies: dict[int, optuna.Study]) -> list[Point]:
+    """One summary point per batch size, from what is stored."""
+    return [point(b, [record(t) for t in s.get_trials(deepcopy=False)])
+            for b, s in studies.items()]
+
+
+def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
+        echo: Callable[[str], None] = lambda s: None, heartbeat: int = HEARTBEAT,
+        poll: float = 5.0) -> list[Point]:
+    """Work on the studies until each has ``trials`` finished trials; one point per batch size."""
+    studies = prepare(spec, url, batch_sizes, heartbeat)
+    echo(f"storage: {url}")
+    with stop_cleanly():
+        _work_all(spec, url, studies, trials, echo, min(poll, heartbeat))
+    return points(studies)
+
+
+def _work_all(spec: Spec, url: str, studies: dict[int, optuna.Study], trials: int,
+              echo: Callable[[str], None], poll: float) -> None:
+    left = dict(studies)
+    said_waiting: set[int] = set()
+    while left:
+        for b, study in list(left.items()):
+            n_done = len(study.get_trials(deepcopy=False, states=FINISHED))
+            if n_done >= trials:
+                echo(f"{spec.name} B={b}: {n_done} trials stored, nothing to run")
+                del left[b]
+                continue
+            if b not in said_waiting:
+                echo(f"{spec.name} B={b}: {n_done} trials stored, up to {trials - n_done} to run "
+                     f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
+            if _work(spec, url, b, study, trials, echo):
+                del left[b]
+            elif b not in said_waiting:
+                echo(f"{spec.name} B={b}: the last trials are running in other workers; waiting")
+                said_waiting.add(b)
+        if left:
+            time.sleep(poll)
+
+
+def _work(spec: Spec, url: str, b: int, study: optuna.Study, n: int,
+          echo: Callable[[str], None]) -> bool:
+    """Run trials of one study until none is left to claim; True when it has ``n`` finished."""
+    objective = make_objective(spec, b, spec.workload)
+    lock = partial(study_lock, url, study.study_name)
+    callbacks: list[Callback] = [_progress(b, n, echo)]
+    if not spec.workload.buffered:
+        return _drain(study, n, objective, lock, callbacks, echo)
+    # Fast workloads (the NQM) run each trial in memory and store it whole in one transaction,
+    # holding the study lock throughout: other workers wait, then find the study full.
+    with lock():
+        mem = _buffer(study)
+        return _drain(mem, n, objective, contextlib.nullcontext,
+                      [_persist(mem, study), *callbacks], echo)
+
+
+def _drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float],
+           lock: Callable[[], contextlib.AbstractContextManager], callbacks: list[Callback],
+           echo: Callable[[str], None]) -> bool:
+    b = study.user_attrs.get("batch_size")
+    while True:
+        with deferred(), lock():
+            c = claim(study, n)
+        if c.requeued:
+            echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
+        if c.trial is None:
+            return c.finished >= n
+        run_trial(study, c.trial, objective, lock, callbacks)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
+              lock: Callable[[], contextlib.AbstractContextManager], callbacks: list[Callback]
+              ) -> FrozenTrial:
+    """Run a claimed trial with a heartbeat, and tell the study how it ended.
+
+    An exception, Ctrl-C or SIGTERM inside the objective marks the trial FAIL and re-queues it
+    (same params, same seed), then propagates. SIGINT/SIGTERM are deferred while the study is
+    written, so a trial is never left half-told.
+    """
+    value: float | None = None
+    state = TrialState.COMPLETE
+    trial.set_user_attr("worker", WORKER)
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except BaseException as exc:
+            with deferred(), lock():
+                frozen = fail(study, trial, f"{type(exc).__name__}: {exc}".strip(": "))
+                for cb in callbacks:
+                    cb(study, frozen)
+            raise
+    with deferred():
+        frozen = study.tell(trial, value, state=state)
+        for cb in callbacks:
+            cb(study, frozen)
+    return frozen
 
 
 def _buffer(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of ``study`` (trials and system attrs, e.g. the QMC position).
+    """An in-memory copy of ``study`` (its trials, same numbers, and system attrs).
 
     Trials run there and :func:`_persist` stores each finished one in ``study`` with a single
     transaction (``create_new_trial`` from a template), instead of one per reported value.
-    A killed run loses only the trial in flight. One writer per study: this is not the path for
-    several workers on one storage.
+    A killed run loses only the trial in flight.
     """
     mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",
                               sampler=study.sampler, pruner=study.pruner)
     for k, v in study._storage.get_study_system_attrs(study._study_id).items():
         mem._storage.set_study_system_attr(mem._study_id, k, v)
+    for k, v in study.user_attrs.items():
+        mem.set_user_attr(k, v)
     mem.add_trials(study.get_trials(deepcopy=False,
-                                     states=(*FINISHED, TrialState.FAIL, TrialState.WAITING)))
+                                    states=(*FINISHED, TrialState.FAIL, TrialState.WAITING)))
     return mem
 
 
-def _persist(mem: optuna.Study, study: optuna.Study
-             ) -> Callable[[optuna.Study, FrozenTrial], None]:
+def _persist(mem: optuna.Study, study: optuna.Study) -> Callback:
     storage, sid = study._storage, study._study_id
-    synced = dict(storage.get_study_system_attrs(sid))
 
     def callback(_: optuna.Study, t: FrozenTrial) -> None:
         storage.create_new_trial(sid, template_trial=t)
-        for k, v in mem._storage.get_study_system_attrs(mem._study_id).items():
-            if synced.get(k) != v:
-                storage.set_study_system_attr(sid, k, v)
-                synced[k] = v
 
     return callback
 
 
-def requeue_failed(study: optuna.Study) -> int:
-    """Enqueue the params of each FAILED trial (an exception, Ctrl-C) not yet retried.
-
-    The quasi-random sequence already moved past them; re-running their params keeps every
-    point of it in the study. The retry carries ``retry_of`` and reuses the failed trial's seed.
-    """
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    n = 0
-    for t in trials:
-        if t.state == TrialState.FAIL and t.params and t.number not in retried:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            n += 1
-    return n
-
-
-def _progress(b: int, total: int, echo: Callable[[str], None]
-              ) -> Callable[[optuna.Study, FrozenTrial], None]:
-    best: list[int | None] = [None]
+def _progress(b: int, total: int, echo: Callable[[str], None]) -> Callback:
     started = time.monotonic()
+    best: list[int | None] = []
 
     def callback(study: optuna.Study, t: FrozenTrial) -> None:
         kind = outcome_of(t)
         a = t.user_attrs
-        if kind == "reached" and (best[0] is None or a["steps_to_target"] < best[0]):
+        # from the study, where other workers add trials too; in memory, nobody else does
+        if not best or not isinstance(study._storage, optuna.storages.InMemoryStorage):
+            best[:] = [point(b, [record(x) for x in study.get_trials(deepcopy=False)]).best_steps]
+        elif kind == "reached" and (best[0] is None or a["steps_to_target"] < best[0]):
             best[0] = a["steps_to_target"]
-        if best[0] is None:
-            best[0] = point(b, [record(t) for t in study.get_trials(deepcopy=False)]).best_steps
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         what = (f"reached at step {a['steps_to_target']}" if kind == "reached"
-                else f"{kind} at step {a.get('stopped_at_step')}")
+                else f"{kind} at step {a.get('stopped_at_step')}" if t.state in FINISHED
+                else f"failed ({t.system_attrs.get('fail_reason', '?')}), re-queued")
         echo(f"  B={b} trial {done}/{total} (#{t.number}): {what:28s} best so far "
              f"{best[0] if best[0] is not None else '-':>6}  [{time.monotonic() - started:.0f}s]")
 

@@ -1,9 +1,15 @@
-"""Samplers: quasi-random search (scrambled Halton, as in Shallue et al.), TPE and random."""
+"""Samplers: quasi-random search (scrambled Halton, as in Shallue et al.), TPE and random.
+
+Each is driven by the trial's *slot* (:mod:`tuner.trialqueue`): the quasi-random sampler takes
+the slot-th point of its sequence, and random/TPE reseed from (seed, slot) before each trial, so
+several workers never draw the same point and a slot's point does not depend on who ran it.
+"""
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, QMCSampler, RandomSampler, TPESampler
@@ -11,12 +17,19 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 
+def slot_seed(seed: int, trial: FrozenTrial) -> int:
+    """A 32-bit seed from the sampler seed and the trial's slot."""
+    slot = int(trial.user_attrs.get("slot", trial.number))
+    return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
+
+
 class FixedSpaceQMCSampler(QMCSampler):
-    """Optuna's QMCSampler told the search space up front.
+    """Optuna's QMCSampler told the search space up front, indexed by the trial's slot.
 
     Plain ``QMCSampler`` samples the first trial with its independent (random) sampler and learns
     the space from it; with the space known, trial 0 is the sequence's first point too, and every
-    batch size's study walks the same scrambled sequence.
+    batch size's study walks the same scrambled sequence. Plain ``QMCSampler`` also counts its
+    position in a study attr that concurrent workers race on; here slot s is point s.
     """
 
     def __init__(self, space: dict[str, BaseDistribution], **kwargs: object) -> None:
@@ -24,11 +37,53 @@ class FixedSpaceQMCSampler(QMCSampler):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             super().__init__(**kwargs)  # type: ignore[arg-type]
         self._space = space
+        self._slot: int | None = None
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial
                                     ) -> dict[str, BaseDistribution]:
         """Always the spec's search space."""
         return dict(self._space)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Remember the trial's slot: the index of its point in the sequence."""
+        super().before_trial(study, trial)
+        self._slot = trial.user_attrs.get("slot")
+
+    def _find_sample_id(self, study: Study, search_space: dict[str, BaseDistribution]) -> int:
+        if self._slot is None:  # a trial made outside the work queue
+            return super()._find_sample_id(study, search_space)
+        return int(self._slot)
+
+
+class SlotRandomSampler(RandomSampler):
+    """Optuna's RandomSampler, reseeded from (seed, slot) before each trial."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._base_seed = seed
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Reseed for this trial's slot."""
+        self._rng.rng.seed(slot_seed(self._base_seed, trial))
+
+
+class SlotTPESampler(TPESampler):
+    """Optuna's TPESampler, reseeded from (seed, slot) before each trial.
+
+    Its suggestions still depend on which trials had finished when it ran (that is TPE);
+    concurrent workers at least never share a random stream.
+    """
+
+    def __init__(self, seed: int, **options: object) -> None:
+        super().__init__(seed=seed, **options)  # type: ignore[arg-type]
+        self._base_seed = seed
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Reseed for this trial's slot."""
+        super().before_trial(study, trial)
+        s = slot_seed(self._base_seed, trial)
+        self._rng.rng.seed(s)
+        self._random_sampler._rng.rng.seed(s)
 
 
 def build_sampler(name: str, seed: int, options: dict, space: dict[str, BaseDistribution]
@@ -40,7 +95,7 @@ def build_sampler(name: str, seed: int, options: dict, space: dict[str, BaseDist
             scramble=options.get("scramble", True), seed=seed, warn_independent_sampling=False,
         )
     if name == "tpe":
-        return TPESampler(seed=seed, **options)
+        return SlotTPESampler(seed=seed, **options)
     if name == "random":
-        return RandomSampler(seed=seed)
+        return SlotRandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")

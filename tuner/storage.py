@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ def resolve_url(url: str | None) -> str:
     except ArgumentError:
         raise UsageError(f"--storage: {url!r} is not a SQLAlchemy URL; allowed: e.g. "
                          "sqlite:///results/tuner.db or postgresql+psycopg://user@host/db") from None
+    from tuner.locking import check_backend
+
+    check_backend(url)
+    if parsed.drivername == "postgresql":  # SQLAlchemy's default driver, psycopg2, is not ours
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     db = sqlite_file(url)
     if db is not None:
         parent = db.parent
@@ -60,14 +66,26 @@ def sqlite_file(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str) -> RDBStorage:
-    """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait."""
+def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
+    """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait.
+
+    With ``heartbeat`` (seconds), a running trial records a heartbeat that often; one silent
+    for twice as long (its worker died) is failed and re-queued with the same params by
+    Optuna's ``RetryHeartbeatStaleTrialCallback`` when any worker next claims a trial.
+    """
     from sqlalchemy.engine import make_url
+
+    from tuner.trialqueue import requeue
 
     kwargs: dict[str, Any] = {}
     if make_url(url).get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}
-    return RDBStorage(url, engine_kwargs=kwargs)
+    if heartbeat is None:
+        return RDBStorage(url, engine_kwargs=kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                          grace_period=2 * heartbeat, heartbeat_stale_trial_callback=requeue)
 
 
 def study_name(spec: Spec, batch_size: int) -> str:

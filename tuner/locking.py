@@ -1,0 +1,86 @@
+"""One lock per batch-size study, shared by every worker on every machine.
+
+The work queue (:mod:`tuner.trialqueue`) changes a study only while holding it: claiming the next
+trial, re-queueing a failed one, failing stale ones. On PostgreSQL it is a session advisory lock
+(the server releases it when a worker's connection dies, SIGKILL included); on a SQLite file it
+is ``flock`` on ``<file>.lock`` next to it, one lock for the whole file as SQLite has one writer
+anyway (the kernel releases it when the process dies); an in-memory SQLite storage has one
+process and needs only a thread lock. Locks do not nest: hold one at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import threading
+from collections.abc import Iterator
+from functools import lru_cache
+
+from tuner.errors import UsageError
+
+#: The storage back ends whose lock we implement (and test).
+BACKENDS = ("sqlite", "postgresql")
+
+_local = threading.Lock()
+
+
+def backend(url: str) -> str:
+    """The SQLAlchemy back-end name of ``url`` (``sqlite``, ``postgresql``, ...)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).get_backend_name()
+
+
+def check_backend(url: str) -> None:
+    """Raises UsageError for a back end the work queue cannot lock."""
+    name = backend(url)
+    if name not in BACKENDS:
+        raise UsageError(f"--storage: back end {name!r} is not supported; allowed: "
+                         f"{', '.join(BACKENDS)} (e.g. postgresql+psycopg://user@host/db)")
+
+
+def lock_key(name: str) -> int:
+    """A signed 64-bit key for ``pg_advisory_lock`` from a study name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str):  # noqa: ANN202 - sqlalchemy Engine
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(url, poolclass=NullPool)
+
+
+@contextlib.contextmanager
+def study_lock(url: str, name: str) -> Iterator[None]:
+    """Hold the lock of study ``name`` in storage ``url`` (blocks until it is free)."""
+    from tuner.storage import sqlite_file
+
+    kind = backend(url)
+    if kind == "postgresql":
+        from sqlalchemy import text
+
+        key = lock_key(name)
+        with _engine(url).connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    elif kind == "sqlite" and (db := sqlite_file(url)) is not None:
+        with open(f"{db}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    elif kind == "sqlite":
+        with _local:
+            yield
+    else:
+        check_backend(url)
+        raise AssertionError("unreachable")
