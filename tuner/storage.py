@@ -148,7 +148,8 @@ def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...])
     mine = spec.fingerprint()
     for b in batch_sizes:
         s = existing.get(study_name(spec, b))
-        if s is None or s.user_attrs.get("spec_fingerprint") == mine:
+        # no fingerprint yet: another worker is creating it (create_or_load checks again)
+        if s is None or s.user_attrs.get("spec_fingerprint") in (None, mine):
             continue
         stored = s.user_attrs.get("spec_identity", {})
         now = json.loads(json.dumps(spec.identity(), default=str))
@@ -163,11 +164,18 @@ def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...])
 def create_or_load(storage: RDBStorage, spec: Spec, batch_size: int,
                    sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner
                    ) -> optuna.Study:
-    """The batch-size study, created with its attrs if new."""
+    """The batch-size study, created with its attrs if new. Hold the study lock.
+
+    Raises:
+        UsageError: the study was made from another version of the spec.
+    """
     name = study_name(spec, batch_size)
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
-    if study.user_attrs.get("spec_fingerprint") is None:
+    stored = study.user_attrs.get("spec_fingerprint")
+    if stored is None:
         for k, v in study_attrs(spec, batch_size).items():
             study.set_user_attr(k, v)
+    elif stored != spec.fingerprint():  # made meanwhile by a worker with another spec
+        check_studies(storage, spec, (batch_size,))
     return study

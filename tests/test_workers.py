@@ -1,0 +1,138 @@
+"""Many workers on one storage: exact counts, no duplicate points, crash and signal recovery.
+
+Real worker processes (``tuner run``) against a real PostgreSQL server on loopback (started by
+scripts/postgres.sh) and against the default SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import SMALL_DIGITS, write
+
+TUNER = [sys.executable, "-m", "tuner.cli"]
+# Every trial runs its whole budget (the target is out of reach): seconds long, to kill mid-way.
+SLOW = SMALL_DIGITS.replace("value = 0.12", "value = 0.001").replace("max_steps = 400",
+                                                                      "max_steps = 1000")
+
+
+def trials_of(url: str) -> dict[int, list[optuna.trial.FrozenTrial]]:
+    out = {}
+    for s in optuna.get_all_study_summaries(url):
+        if "batch_size" not in s.user_attrs:  # being created by a worker right now
+            continue
+        out[s.user_attrs["batch_size"]] = optuna.load_study(study_name=s.study_name,
+                                                            storage=url).get_trials()
+    return out
+
+
+def check_exact(trials: list[optuna.trial.FrozenTrial], n: int) -> None:
+    """n finished trials, one per slot 0..n-1, no two with the same params, none left running."""
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n, Counter(t.state.name for t in trials)
+    assert sorted(t.user_attrs["slot"] for t in finished) == list(range(n))
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == n
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.slow
+def test_four_workers_on_postgresql_run_exactly_n_trials(tmp_path: Path, postgres_url: str
+                                                         ) -> None:
+    spec = write(tmp_path, SMALL_DIGITS, "pg4.toml")
+    r = subprocess.run([*TUNER, "run", str(spec), "--storage", postgres_url, "--workers", "4",
+                        "-n", "6"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = trials_of(postgres_url)
+    assert sorted(found) == [16, 128]
+    for trials in found.values():
+        check_exact(trials, 6)
+        assert not [t for t in trials if t.state == TrialState.FAIL]
+    assert len({t.user_attrs["worker"] for ts in found.values() for t in ts}) > 1
+    assert "[worker 3]" in r.stderr and "16" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_worker_stopped_mid_trial_loses_nothing(tmp_path: Path, postgres_url: str,
+                                                  sig: signal.Signals) -> None:
+    spec = write(tmp_path, SLOW, "slow.toml")
+    args = [*TUNER, "run", str(spec), "--storage", postgres_url, "-b", "16", "-n", "4",
+            "--heartbeat", "1", "-q"]
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    victim = procs[0]
+    try:
+        running = None
+        deadline = time.monotonic() + 180
+        while running is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            for ts in trials_of(postgres_url).values():
+                for t in ts:
+                    if (t.state == TrialState.RUNNING and t.intermediate_values
+                            and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")):
+                        running = t
+        assert running is not None, ("the victim never got mid-trial", victim.poll())
+        os.kill(victim.pid, sig)
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes[0] == (-9 if sig == signal.SIGKILL else 130)
+    assert codes[1:] == [0, 0], [p.stderr.read()[-1500:] for p in procs[1:]]
+    [trials] = trials_of(postgres_url).values()
+    check_exact(trials, 4)
+    [failed] = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.number == running.number
+    if sig == signal.SIGINT:
+        assert failed.system_attrs["fail_reason"] == "KeyboardInterrupt: SIGINT"
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == failed.params
+    assert retry.user_attrs["seed"] == failed.user_attrs["seed"]
+
+
+@pytest.mark.slow
+def test_two_workers_on_the_default_sqlite_file(tmp_path: Path) -> None:
+    spec = write(tmp_path, SMALL_DIGITS, "lite.toml")
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "--workers", "2", "-n", "5"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "locked" not in r.stderr, r.stderr[-2000:]
+    for trials in trials_of(url).values():
+        check_exact(trials, 5)
+
+
+def test_two_workers_share_a_buffered_nqm_study(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nqm.db'}"
+    spec = Path(__file__).parents[1] / "studies" / "nqm_sgd.toml"
+    r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "--workers", "2", "-n", "30",
+                        "-b", "16", "-b", "1024", "-q"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = trials_of(url)
+    assert sorted(found) == [16, 1024]
+    for trials in found.values():
+        check_exact(trials, 30)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--gpus", "0,x"], "--gpus '0,x': allowed"),
+    (["--workers", "2", "--storage", "sqlite://"], "cannot be shared"),
+    (["--storage", "mysql://u@h/db"], "back end 'mysql' is not supported"),
+])
+def test_bad_worker_options_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
+    spec = write(tmp_path, SMALL_DIGITS, "bad.toml")
+    r = subprocess.run([*TUNER, "run", str(spec), *args], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and fragment in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "results").exists()
