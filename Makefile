@@ -14,7 +14,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
-        $(NQM_SPECS) bench-nqm dashboard clean
+        $(NQM_SPECS) bench-nqm postgres dashboard clean
 
 help:
 	@echo "make demo               a real small scaling study on digits (CPU, < 10 min)"
@@ -24,6 +24,7 @@ help:
 	@echo "make fashion-mnist-mlp  reproduce studies/fashion_mnist_mlp.toml"
 	@echo "make nqm                the five NQM studies + the two headline figures in results/"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
+	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
 	@echo "STORAGE=<SQLAlchemy URL> selects the storage (default $(STORAGE))"
 
@@ -73,6 +74,11 @@ nqm: $(NQM_SPECS)
 
 bench-nqm: $(STAMP)
 	$(BIN)/python benchmarks/nqm_speed.py
+
+# A throwaway PostgreSQL server on 127.0.0.1 for multi-worker runs (prints its URL).
+postgres:
+	@mkdir -p results
+	bash scripts/postgres.sh start results/postgres
 
 dashboard: $(STAMP)
 	$(TUNER) dashboard --storage $(STORAGE)

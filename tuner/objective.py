@@ -65,7 +65,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             params=params, optimizer=spec.optimizer, schedule=spec.schedule,
             batch_size=batch_size, max_steps=max_steps, eval_steps=evals, target=target,
             seed=seed, divergence_factor=spec.budget.divergence_factor,
-            accelerator=spec.accelerator, precision=spec.precision,
+            accelerator=spec.accelerator, precision=spec.precision, devices=spec.devices,
         )
 
         def report(step: int, metrics: dict[str, float]) -> bool:
@@ -89,6 +89,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             "max_steps": max_steps,
             "outcome": kind,
             "device": r.device,
+            "devices": spec.devices,
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)

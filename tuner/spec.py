@@ -139,6 +139,7 @@ class Spec:
     pruner: PrunerSpec
     accelerator: str = "auto"
     precision: str = "32-true"
+    devices: int = 1  # > 1: one trial trains with DDP on this many devices
 
     def max_steps(self, batch_size: int) -> int:
         """Budget in steps at this batch size."""
@@ -491,7 +492,7 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
                         "allowed: max_steps")
     cadence = _cadence(top.table("eval"))
     trainer = top.table("trainer")
-    trainer.only(["accelerator", "precision"])
+    trainer.only(["accelerator", "precision", "devices"])
 
     spec = Spec(
         path=path, text=text, name=name, description=top.get("description", "string", ""),
@@ -502,7 +503,18 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
         pruner=_pruner(top.table("pruner"), target),
         accelerator=trainer.get("accelerator", "string", "auto", choices=ACCELERATORS),
         precision=trainer.get("precision", "string", "32-true", choices=PRECISIONS),
+        devices=trainer.positive_int("devices", 1),
     )
+    if spec.devices > 1:
+        from tuner.workload import TrainedWorkload
+
+        if not isinstance(workload, TrainedWorkload):
+            raise SpecError(path, "trainer.devices", f"workload {wname!r} is not trained; "
+                            "allowed: 1")
+        if odd := [b for b in spec.batch_sizes if b % spec.devices]:
+            raise SpecError(path, "batch_sizes", f"{odd[0]} does not split over trainer.devices "
+                            f"= {spec.devices}; allowed: multiples of {spec.devices} (a step is "
+                            "one global batch, split evenly across devices)")
     for b in spec.batch_sizes:
         steps = spec.max_steps(b)
         if steps < cadence.first_step:

@@ -65,6 +65,7 @@ class TrialRequest:
     divergence_factor: float = 100.0
     accelerator: str = "auto"
     precision: str = "32-true"
+    devices: int = 1  # > 1: DDP, the global batch split evenly across the devices
 
 
 @dataclass

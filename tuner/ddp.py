@@ -1,0 +1,58 @@
+"""One trial on several devices: Lightning Fabric's ``ddp_spawn``, one Optuna trial.
+
+This process keeps the Optuna trial and starts ``devices`` rank processes (Fabric's launcher,
+NCCL on GPUs, gloo on CPU). Each rank trains on its share of every global batch of B examples
+(B / devices each; DDP averages the gradients, so a step is the same step as on one device).
+Only rank 0 evaluates; it sends (step, metrics) here over a queue, this process reports to
+Optuna and answers "prune or not", and rank 0 broadcasts the answer to the other ranks (in
+:func:`tuner.loop.train_on`). Optuna's own Lightning callback would run the objective once per
+rank under plain ``ddp``; here nothing but this process talks to the storage.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from tuner.workload import Reporter, TrialRequest, TrialResult
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from tuner.workload import TrainedWorkload
+
+
+def train_ddp(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> TrialResult:
+    """Train one trial with DDP on ``req.devices`` devices; rank 0's result."""
+    import torch.multiprocessing as mp
+    from lightning.fabric import Fabric
+
+    ctx = mp.get_context("spawn")
+    up: Queue = ctx.Queue()  # rank 0 -> here: (step, metrics), then None when done
+    down: Queue = ctx.Queue()  # here -> rank 0: stop?
+    relay = threading.Thread(target=_relay, args=(up, down, report), daemon=True)
+    relay.start()
+    fabric = Fabric(accelerator=req.accelerator, devices=req.devices, strategy="ddp_spawn",
+                    precision=req.precision, loggers=[])
+    try:
+        return fabric.launch(_rank_main, workload, req, up, down)
+    finally:
+        up.put(None)
+        relay.join(timeout=10)
+
+
+def _relay(up: Queue, down: Queue, report: Reporter) -> None:
+    while (msg := up.get()) is not None:
+        step, metrics = msg
+        down.put(bool(report(step, metrics)))
+
+
+def _rank_main(fabric: Any, workload: TrainedWorkload, req: TrialRequest, up: Queue,
+               down: Queue) -> TrialResult:
+    from tuner.loop import train_on
+
+    def report(step: int, metrics: dict[str, float]) -> bool:
+        up.put((step, metrics))
+        return down.get()
+
+    return train_on(fabric, workload, req, report)
