@@ -11,6 +11,7 @@ rank under plain ``ddp``; here nothing but this process talks to the storage.
 
 from __future__ import annotations
 
+import pickle
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,8 @@ def train_ddp(workload: TrainedWorkload, req: TrialRequest, report: Reporter) ->
     fabric = Fabric(accelerator=req.accelerator, devices=req.devices, strategy="ddp_spawn",
                     precision=req.precision, loggers=[])
     try:
-        return fabric.launch(_rank_main, workload, req, up, down)
+        # pickled: Fabric's launcher walks its arguments and refuses frozen dataclasses
+        return fabric.launch(_rank_main, pickle.dumps((workload, req)), up, down)
     finally:
         up.put(None)
         relay.join(timeout=10)
@@ -47,9 +49,10 @@ def _relay(up: Queue, down: Queue, report: Reporter) -> None:
         down.put(bool(report(step, metrics)))
 
 
-def _rank_main(fabric: Any, workload: TrainedWorkload, req: TrialRequest, up: Queue,
-               down: Queue) -> TrialResult:
+def _rank_main(fabric: Any, job: bytes, up: Queue, down: Queue) -> TrialResult:
     from tuner.loop import train_on
+
+    workload, req = pickle.loads(job)
 
     def report(step: int, metrics: dict[str, float]) -> bool:
         up.put((step, metrics))

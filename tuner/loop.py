@@ -33,10 +33,23 @@ def make_fabric(accelerator: str, precision: str):  # noqa: ANN201 - lightning t
 
 def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> TrialResult:
     """Train one trial; see the module docstring for the stopping rule."""
+    if req.devices > 1:
+        from tuner.ddp import train_ddp
+
+        return train_ddp(workload, req, report)
+    return train_on(make_fabric(req.accelerator, req.precision), workload, req, report)
+
+
+def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN001 - Fabric
+             report: Reporter) -> TrialResult:
+    """The loop, on a launched Fabric. Under DDP (world size > 1) every rank runs it: each takes
+    its shard of the global batch, losses are averaged across ranks before the divergence check,
+    and rank 0 alone evaluates and reports, then broadcasts what to do."""
     started = time.perf_counter()
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormals slowed a small MLP ~10x on this CPU
-    fabric = make_fabric(req.accelerator, req.precision)
+    rank, world = fabric.global_rank, fabric.world_size
+    shard = req.batch_size // world
     fabric.seed_everything(req.seed, verbose=False)
 
     device = fabric.device
@@ -77,9 +90,12 @@ def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> Tri
                 pos = min(need, n)
                 need -= pos
             idx = torch.cat(parts)
+        if world > 1:
+            idx = idx[rank * shard:(rank + 1) * shard]
 
         loss = workload.training_loss(model, train_x[idx], train_y[idx], step)
-        loss_value = loss.item()
+        loss_value = (fabric.all_reduce(loss.detach(), reduce_op="mean") if world > 1
+                      else loss).item()
         if first_loss is None:
             first_loss = loss_value
         if not math.isfinite(loss_value) or loss_value > req.divergence_factor * max(
@@ -95,10 +111,18 @@ def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> Tri
 
         if step == next_eval:
             t0 = time.perf_counter()
-            model.eval()
-            with torch.no_grad():
-                metrics = workload.evaluate(model, val_x, val_y)
-            model.train()
+            metrics: dict[str, float] = {}
+            stop = False
+            if rank == 0:
+                model.eval()
+                with torch.no_grad():  # under DDP, the plain module: no collectives
+                    metrics = workload.evaluate(model.module if world > 1 else model, val_x,
+                                                val_y)
+                model.train()
+                value = metrics[req.target.metric]
+                stop = math.isfinite(value) and report(step, metrics)
+            if world > 1:
+                metrics, stop = fabric.broadcast((metrics, stop), src=0)
             eval_seconds += time.perf_counter() - t0
             curve.append((step, metrics))
             value = metrics[req.target.metric]
@@ -107,7 +131,6 @@ def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> Tri
                 break
             better = min if req.target.direction == "minimize" else max
             best_metric = value if best_metric is None else better(best_metric, value)
-            stop = report(step, metrics)
             if req.target.reached(value):
                 reached, steps_to_target = True, step
                 break

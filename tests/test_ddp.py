@@ -1,0 +1,50 @@
+"""DDP inside one trial: 2 CPU processes (gloo), one stored trial, the single-process answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import SMALL_DIGITS, run_cli, write
+
+DDP = SMALL_DIGITS + '\n[trainer]\naccelerator = "cpu"\ndevices = 2\n'
+
+
+def only_trial(url: str) -> optuna.trial.FrozenTrial:
+    [s] = optuna.get_all_study_summaries(url)
+    [t] = optuna.load_study(study_name=s.study_name, storage=url).get_trials()
+    return t
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    single = write(tmp_path, SMALL_DIGITS.replace("value = 0.12", "value = 0.08"), "one.toml")
+    ddp = write(tmp_path, DDP.replace("value = 0.12", "value = 0.08"), "two.toml")
+    urls = [f"sqlite:///{tmp_path / n}" for n in ("one.db", "two.db")]
+    for spec, url in zip((single, ddp), urls):
+        code, _, err = run_cli(["run", str(spec), "--storage", url, "-n", "1", "-b", "16", "-q"],
+                               capsys)
+        assert code == 0, err
+    one, two = only_trial(urls[0]), only_trial(urls[1])  # one trial stored, not one per rank
+    assert two.state == TrialState.COMPLETE and two.user_attrs["devices"] == 2
+    assert one.params == two.params and one.user_attrs["seed"] == two.user_attrs["seed"]
+    # the same global batches and averaged gradients: the same steps-to-target, and learning
+    # curves equal to float noise at every evaluation
+    assert one.user_attrs["reached"] and two.user_attrs["reached"]
+    assert one.user_attrs["steps_to_target"] == two.user_attrs["steps_to_target"]
+    assert one.intermediate_values.keys() == two.intermediate_values.keys()
+    for step, v in one.intermediate_values.items():
+        assert two.intermediate_values[step] == pytest.approx(v, abs=1.5 / 360)  # <= 1 example
+
+
+def test_devices_must_split_every_batch_size(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(tmp_path, DDP.replace("devices = 2", "devices = 3"), "three.toml")
+    code, _, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{tmp_path / 'x.db'}"],
+                           capsys)
+    assert code == 2 and "batch_sizes: 16 does not split over trainer.devices = 3" in err
+    assert not (tmp_path / "x.db").exists()
