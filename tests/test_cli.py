@@ -48,6 +48,17 @@ def test_dashboard_serves_the_storage(small_spec: Path, tmp_path: Path,
         assert body is not None, "dashboard did not answer"
         [study] = body["study_summaries"]
         assert study["study_name"] == "small_digits.B16.seed0"
+        # the study's page: our study attrs, trial attrs and learning curves at global steps
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/"
+                                    f"{study['study_id']}", timeout=30) as r:
+            detail = json.load(r)
+        study_attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
+        assert study_attrs["batch_size"] == "16" and study_attrs["spec_name"] == "small_digits"
+        [trial] = detail["trials"]
+        trial_attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert {"reached", "steps_to_target", "stopped_at_step", "seed"} <= trial_attrs.keys()
+        steps = [v["step"] for v in trial["intermediate_values"]]
+        assert steps and steps[0] == 5 and steps[-1] == int(trial_attrs["stopped_at_step"])
     finally:
         proc.terminate()
         proc.wait(timeout=10)
