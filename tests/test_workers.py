@@ -125,6 +125,22 @@ def test_two_workers_share_a_buffered_nqm_study(tmp_path: Path) -> None:
         check_exact(trials, 30)
 
 
+@pytest.mark.slow
+def test_gpus_pin_one_worker_per_gpu(tmp_path: Path) -> None:
+    spec = write(tmp_path, SMALL_DIGITS, "gpus.toml")
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "--gpus", "0,1", "-n", "4",
+                        "-b", "128"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[worker 1 gpu 1]" in r.stderr
+    [trials] = trials_of(url).values()
+    check_exact(trials, 4)
+    gpus_of: dict[str, set[str]] = {}
+    for t in trials:  # each worker process saw exactly one of the two GPUs
+        gpus_of.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["cuda_visible_devices"])
+    assert all(len(g) == 1 for g in gpus_of.values()) and set.union(*gpus_of.values()) <= {"0", "1"}
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--gpus", "0,x"], "--gpus '0,x': allowed"),
     (["--workers", "2", "--storage", "sqlite://"], "cannot be shared"),

@@ -153,6 +153,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
     value: float | None = None
     state = TrialState.COMPLETE
     trial.set_user_attr("worker", WORKER)
+    if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        trial.set_user_attr("cuda_visible_devices", gpus)  # --gpus pins a worker to one
     with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
             value = objective(trial)
