@@ -80,35 +80,90 @@ def test_batch_larger_than_training_set_wraps_epochs(digits: Digits) -> None:
     assert r.stopped_at_step == 20 and r.examples_seen == 20 * big
 
 
-def test_matches_a_raw_pytorch_loop(digits: Digits) -> None:
-    """Our Fabric loop computes what a hand-written PyTorch loop computes, to float tolerance."""
+def raw_order(n: int, seed: int, epochs: int) -> "torch.Tensor":
+    """The example order our loop uses: seeded permutations, one per epoch, back to back."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(epochs)])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear_decay"])
+def test_matches_a_raw_pytorch_loop(digits: Digits, schedule: str) -> None:
+    """Our Fabric loop computes what a hand-written PyTorch loop computes, to float tolerance:
+    the validation loss and error after every step (epochs wrap mid-batch at B = 100)."""
     import torch
     import torch.nn.functional as F
 
-    req = request(target=Target("error", 0.0, "minimize"), max_steps=60,
-                  eval_steps=(20, 40, 60), batch_size=100)
+    steps, b = 60, 100
+    params = {"learning_rate": 0.1, "one_minus_momentum": 0.1, "weight_decay": 0.0,
+              "end_factor": 0.05, "decay_fraction": 0.5}
+    req = request(target=Target("error", 0.0, "minimize"), max_steps=steps, batch_size=b,
+                  eval_steps=tuple(range(1, steps + 1)), schedule=schedule, params=params)
     ours = digits.run(req, never)
 
     torch.manual_seed(req.seed)
     model = digits.build_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.05, total_iters=30)
     data = digits.data()
-    n = len(data.train_x)
-    gen = torch.Generator().manual_seed(req.seed)
-    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(10)])
+    order = raw_order(len(data.train_x), req.seed, 10)
     curve = []
-    for step in range(1, 61):
-        idx = order[(step - 1) * 100:step * 100]
+    for step in range(1, steps + 1):
+        idx = order[(step - 1) * b:step * b]
         loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step in req.eval_steps:
-            with torch.no_grad():
-                logits = model(data.val_x)
-                curve.append((step, F.cross_entropy(logits, data.val_y).item(),
-                              (logits.argmax(1) != data.val_y).float().mean().item()))
+        if schedule == "linear_decay":
+            sched.step()
+        with torch.no_grad():
+            logits = model(data.val_x)
+            curve.append((step, F.cross_entropy(logits, data.val_y).item(),
+                          (logits.argmax(1) != data.val_y).float().mean().item()))
+    assert len(ours.curve) == len(curve) == steps
     for (s, m), (rs, rloss, rerr) in zip(ours.curve, curve):
         assert s == rs
         assert m["loss"] == pytest.approx(rloss, rel=1e-5)
         assert m["error"] == pytest.approx(rerr, abs=1e-6)
+
+
+@pytest.mark.parametrize("lr, one_minus_momentum", [(0.5, 0.003), (4.0, 0.003), (1e8, 0.1)])
+def test_divergence_stops_at_the_step_a_per_step_check_finds(
+        digits: Digits, lr: float, one_minus_momentum: float) -> None:
+    """The loop reads the losses every CHECK_EVERY steps; the step it reports as stopped at is the
+    first whose loss a raw loop checking every step finds non-finite or > factor x the first."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from tuner.loop import CHECK_EVERY
+
+    factor = 3.0
+    params = {"learning_rate": lr, "one_minus_momentum": one_minus_momentum, "weight_decay": 0.0}
+    req = request(params=params, divergence_factor=factor, eval_steps=(150, 300),
+                  target=Target("error", 0.0, "minimize"))
+    ours = digits.run(req, never)
+
+    torch.manual_seed(req.seed)
+    model = digits.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=1 - one_minus_momentum)
+    data = digits.data()
+    order = raw_order(len(data.train_x), req.seed, 10)
+    first = stop = None
+    for step in range(req.max_steps):
+        idx = order[step * 32:(step + 1) * 32]
+        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        first = loss.item() if first is None else first
+        if not math.isfinite(loss.item()) or loss.item() > factor * first:
+            stop = step
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert stop is not None and ours.diverged and not ours.reached
+    assert ours.stopped_at_step == stop and ours.examples_seen == 32 * stop
+    assert ours.curve == []  # the first evaluation (step 150) comes after the divergence
+    if lr < 1e3:
+        assert stop > CHECK_EVERY  # found in a later check than the first

@@ -11,8 +11,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import SMALL_DIGITS
-from tuner import runner, spec as spec_mod
-from tuner.pruning import LosslessPruner, best_steps, build_pruner
+from tuner import spec as spec_mod
+from tuner.pruning import LosslessPruner, best_steps, build_pruner, savings
 
 
 def study_with_best(steps: list[int | None]) -> optuna.Study:
@@ -66,26 +66,13 @@ def test_optuna_pruner_can_be_combined() -> None:
     assert isinstance(build_pruner("none", 1.0, False, {}), optuna.pruners.NopPruner)
 
 
-def total_steps(url: str) -> int:
-    return sum(t.user_attrs["stopped_at_step"]
-               for s in optuna.get_all_study_summaries(url)
-               for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials())
-
-
 def test_lossless_pruning_keeps_best_and_saves_steps(tmp_path: Path) -> None:
     text = SMALL_DIGITS.replace("value = 0.12", "value = 0.08").replace(
         "max_steps = 400", "max_steps = 800")
-    best = {}
-    steps = {}
-    for pruner in ("lossless", "none"):
-        table = '[pruner]\nname = "none"\nlossless = false\n' if pruner == "none" else ""
-        spec = spec_mod.parse(tomllib.loads(text + table), f"{pruner}.toml")
-        url = f"sqlite:///{tmp_path / pruner}.db"
-        points = runner.run(spec, url, (16,), trials=8)
-        best[pruner] = (points[0].best_steps, points[0].best_params, points[0].best_trial)
-        steps[pruner] = total_steps(url)
-    print(f"\nlossless pruning: {steps['lossless']} steps vs {steps['none']} without "
-          f"({steps['lossless'] / steps['none']:.2f}x), same best {best['lossless']}")
-    assert best["lossless"] == best["none"]
-    assert best["lossless"][0] is not None
-    assert steps["lossless"] < steps["none"]
+    spec = spec_mod.parse(tomllib.loads(text), "lossless.toml")
+    pruned, full = savings(spec, tmp_path, (16,), trials=8)
+    print(f"\nlossless pruning: {pruned.total_steps} steps vs {full.total_steps} without "
+          f"({pruned.total_steps / full.total_steps:.2f}x), same best {pruned.best}")
+    assert pruned.best == full.best
+    assert pruned.best[16][1] is not None
+    assert pruned.total_steps < full.total_steps

@@ -48,6 +48,8 @@ def test_run_stores_contract_and_tops_up_exactly(
             assert TRIAL_ATTRS <= set(t.user_attrs), t.user_attrs
             a = t.user_attrs
             assert a["examples_seen"] == a["stopped_at_step"] * attrs["batch_size"]
+            assert 0 <= a["eval_seconds"] < a["wall_seconds"]
+            assert a["eval_share"] == pytest.approx(a["eval_seconds"] / a["wall_seconds"])
             if t.state == TrialState.COMPLETE and a["reached"]:
                 reached += 1
                 assert t.value == a["steps_to_target"] == a["stopped_at_step"]

@@ -84,6 +84,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             "examples_seen": r.examples_seen,
             "wall_seconds": r.wall_seconds,
             "eval_seconds": r.eval_seconds,
+            "eval_share": r.eval_seconds / r.wall_seconds if r.wall_seconds > 0 else 0.0,
             "best_metric": r.best_metric,
             "final_metrics": r.curve[-1][1] if r.curve else None,
             "max_steps": max_steps,

@@ -74,12 +74,13 @@ def decay_steps(hp: dict[str, Any], max_steps: int) -> int:
 
 def build_schedule(
     name: str, optimizer: torch.optim.Optimizer, hp: dict[str, Any], max_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step learning-rate scheduler (call ``.step()`` after each optimizer step)."""
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-step learning-rate scheduler (call ``.step()`` after each optimizer step), or None
+    for a constant learning rate (nothing to step)."""
     import torch
 
     if name == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        return None
     if name == "linear_decay":
         return torch.optim.lr_scheduler.LinearLR(
             optimizer,

@@ -195,9 +195,12 @@ class TrainedWorkload(Workload):
         """The scalar loss to minimise on one batch."""
         import torch.nn.functional as F
         from lightning import LightningModule
+        from lightning.fabric.wrappers import is_wrapped
 
-        if isinstance(model, LightningModule) or isinstance(
-            getattr(model, "module", None), LightningModule
+        # (no getattr(model, "module", None): on a plain module it raises and catches an
+        # AttributeError, a few microseconds of every step)
+        if isinstance(model, LightningModule) or (
+            is_wrapped(model) and isinstance(model.module, LightningModule)
         ):
             out = model.training_step((x, y), step)
             return out if not isinstance(out, dict) else out["loss"]
