@@ -36,17 +36,20 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
+from workloads.nqm_terms import (TAYLOR_DEGREE, Close, Exponentials, Oscillations, _sinc, _sinhc,
+                                 unit_rotations)
 
-#: Bound evaluations before the search stops bisecting and evaluates the remaining candidate
-#: intervals exactly, left to right, in blocks (slower, equally exact). Needed only where many
-#: slowly decaying oscillations keep the bounds below the target for a long stretch.
-MAX_BOUND_EVALS = 2_000
-EXACT_BLOCK = 256
-#: Oscillating terms whose combined amplitude bound is below this (in loss units, targets are
-#: ~1e-2) are bounded together rather than one by one: the bound stays valid, a hair looser.
-AGGREGATE = 1e-9
+#: Intervals of at most this many steps (and at most 4 x their first step) are not bisected
+#: further: all their steps are enclosed at once by a Taylor-group window (nqm_terms.py).
+WINDOW = 1024
+#: Half-width, relative to the size of the terms, of the band around the target inside which
+#: a window's enclosure is not trusted and the step is evaluated exactly.
+BAND = 1e-10
+#: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
+_BLAS = ThreadpoolController()
 
 
 @dataclass
@@ -62,33 +65,23 @@ def spectrum(k: int) -> np.ndarray:
     return 1.0 / np.arange(1, k + 1, dtype=np.float64)
 
 
-def _sinhc(x: np.ndarray) -> np.ndarray:
-    """sinh(x)/x, 1 at 0."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(np.abs(x) < 1e-6, 1.0 + x * x / 6.0, np.sinh(x) / np.where(x == 0, 1, x))
-
-
-def _sinc(x: np.ndarray) -> np.ndarray:
-    """sin(x)/x, 1 at 0."""
-    return np.where(np.abs(x) < 1e-6, 1.0 - x * x / 6.0, np.sin(x) / np.where(x == 0, 1, x))
-
-
 class Dynamics:
     """Closed-form expected loss of SGD / heavy-ball momentum on the NQM, with certified bounds.
 
-    Every direction's transient q_i(t) = E x_i^2(t) - S_xx,i falls in one of these forms:
+    Every direction's transient q_i(t) = E x_i^2(t) - S_xx,i falls in one of these forms, and
+    L(t) = L* + sum_i h_i q_i(t) / 2 is kept as families of terms (workloads/nqm_terms.py):
 
-    * plain SGD: c (1 - a)^(2t), one monotone term;
-    * momentum, eigenvalues apart: c1 l1^(2t) + c2 l2^(2t) + c3 m^t, three monotone terms if real,
-      or c3 m^t + A m^t cos(t phi + psi) if complex (bounded by -A m^t0 when a trough of the
-      cosine falls in the interval, else by the cosine at the ends);
+    * plain SGD: c (1 - a)^(2t), one monotone term (:class:`Exponentials`);
+    * momentum, eigenvalues apart, real: c1 l1^(2t) + c2 l2^(2t) + c3 m^t, the first two
+      :class:`Exponentials`;
+    * momentum, complex pair: c3 m^t + A m^t cos(t phi + psi) (:class:`Oscillations`, with the
+      shared modulus m^t);
     * momentum, eigenvalues close (|ell| = |log(l1/l2)| < 0.05 if real, < 1e-3 if complex;
-      critical damping included), where the
-      form above cancels catastrophically: m^t (P + b1 S(t) + b2 C(t)) with S = sinh(t ell)/ell,
-      C = 2 (cosh(t ell) - 1)/ell^2 (-> t and t^2 as ell -> 0; sin/cos for complex ell). P, b1, b2
-      are solved from the exact q(0), q(1), q(2). For real ell, m^t S and m^t C are unimodal with
-      closed-form peaks, so each term's extremes on an interval are exact; for complex ell,
-      |S| <= min(t, 1/theta) and 0 <= C <= min(t^2, 4/theta^2).
+      critical damping included), where the form above cancels catastrophically:
+      m^t (P + b1 S(t) + b2 C(t)) (:class:`Close`), P, b1, b2 solved from the exact q(0), q(1),
+      q(2).
+
+    All the c3 m^t and P m^t terms share the rate m and are summed into one coefficient.
     """
 
     def __init__(self, h: np.ndarray, lr: float, one_minus_momentum: float | None,
@@ -101,11 +94,11 @@ class Dynamics:
         self.loss0 = 0.5 * float(h.sum())  # E x0^2 = 1
         # Stable iff both eigenvalues of A lie inside the unit circle: 0 < a < 2 (1 + m).
         self.diverged = bool(np.any(a >= 2.0 * (1.0 + m)))
-        self.bound_evals = 0
-        empty = np.empty(0)
-        self._cplx = (empty,) * 4
-        self._amp_tail = np.zeros(1)
-        self._close_real = self._close_cplx = None
+        self.bound_evals = self.windows = 0
+        self.log_m = -math.inf
+        self.c_m = 0.0  # coefficient of m^t
+        self.osc: Oscillations | None = None
+        self.close: list[Close] = []
         if self.diverged:
             return
         hh = 0.5 * h
@@ -113,9 +106,12 @@ class Dynamics:
             sxx = n / (a * (2.0 - a))
             self.loss_star = float(hh @ sxx)
             with np.errstate(divide="ignore"):  # a == 1: the term is 0 for t >= 1
-                self._mono = (hh * (1.0 - sxx), 2.0 * np.log(np.abs(1.0 - a)))
-            self._finish_bounds([])
+                self.pool = Exponentials(hh * (1.0 - sxx), 2.0 * np.log(np.abs(1.0 - a)))
             return
+        self._momentum(hh, a, n, m, omm)
+
+    def _momentum(self, hh: np.ndarray, a: np.ndarray, n: np.ndarray, m: float,
+                  omm: float) -> None:
         self.log_m = lm = math.log(m)
         k = 2.0 * (1.0 + m) - a
         sxx = n * (1.0 + m) / (a * omm * k)
@@ -138,37 +134,34 @@ class Dynamics:
         # otherwise the exact sinusoid's trough-aware bound is the tighter one.
         close = np.where(disc > 0, ell < 0.05, ell < 1e-3)
         real, cplx = (disc > 0) & ~close, (disc <= 0) & ~close
+        c_m = 0.0
 
         # Far apart, real: l1 (larger magnitude, no cancellation) and l2 = m / l1.
-        sq = np.sqrt(np.where(real, disc, 1.0))
-        l1 = np.where(real, 0.5 * (tr + np.copysign(sq, tr)), 1.0)
+        r = real
+        sq = np.sqrt(disc[r])
+        l1 = 0.5 * (tr[r] + np.copysign(sq, tr[r]))
         l2 = m / l1
-        d2 = np.where(real, disc, 1.0)  # (l1 - l2)^2
-        c1 = (g11 + 2 * g12 / l1 + g22 / l1 ** 2) / d2
-        c2 = (g11 + 2 * g12 / l2 + g22 / l2 ** 2) / d2
-        c3 = (-2 * g11 - 2 * g12 * tr / m - 2 * g22 / m) / d2
-        one_minus_l1 = 2.0 * a / (a + omm + sq)  # 1 - l1 without cancellation (tr > 0)
+        d2 = disc[r]  # (l1 - l2)^2
+        c1 = (g11[r] + 2 * g12[r] / l1 + g22[r] / l1 ** 2) / d2
+        c2 = (g11[r] + 2 * g12[r] / l2 + g22[r] / l2 ** 2) / d2
+        c3 = (-2 * g11[r] - 2 * g12[r] * tr[r] / m - 2 * g22[r] / m) / d2
+        one_minus_l1 = 2.0 * a[r] / (a[r] + omm + sq)  # 1 - l1 without cancellation (tr > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_l1 = np.where(tr > 0, np.log1p(-np.minimum(one_minus_l1, 1.0)),
+            log_l1 = np.where(tr[r] > 0, np.log1p(-np.minimum(one_minus_l1, 1.0)),
                               np.log(np.abs(l1)))
             log_l2 = np.log(np.abs(l2))
-        r = real
-        mono_c = [hh[r] * c1[r], hh[r] * c2[r], hh[r] * c3[r]]
-        mono_l = [2 * log_l1[r], 2 * log_l2[r], np.full(int(r.sum()), lm)]
+        self.pool = Exponentials(np.r_[hh[r] * c1, hh[r] * c2], np.r_[2 * log_l1, 2 * log_l2])
+        c_m += float(hh[r] @ c3)
 
         # Far apart, complex pair l, conj(l), |l|^2 = m: q = c3 m^t + 2 Re(c1 l^(2t)).
         x = cplx
-        s_im = np.sqrt(np.where(x, -disc, 1.0))
-        lc = 0.5 * (tr[x] + 1j * s_im[x])
-        dc2 = -(s_im[x] ** 2)
-        cc1 = (g11[x] + 2 * g12[x] / lc + g22[x] / lc ** 2) / dc2
-        cc3 = ((-2 * g11[x] - 2 * g12[x] * tr[x] / m - 2 * g22[x] / m) / dc2).real
-        amp = hh[x] * 2 * np.abs(cc1)
-        order = np.argsort(-amp)  # largest oscillations first; see _close_bound
-        self._cplx = ((hh[x] * cc3)[order], amp[order], (2 * np.angle(lc))[order],
-                      np.angle(cc1)[order])
-        self._amp_tail = np.concatenate([np.cumsum(amp[order][::-1])[::-1], [0.0]])
-        extra = [(hh[x] * cc3, np.full(int(x.sum()), lm))]
+        if x.any():
+            lc = 0.5 * (tr[x] + 1j * np.sqrt(-disc[x]))
+            dc2 = disc[x]
+            cc1 = (g11[x] + 2 * g12[x] / lc + g22[x] / lc ** 2) / dc2
+            cc3 = ((-2 * g11[x] - 2 * g12[x] * tr[x] / m - 2 * g22[x] / m) / dc2).real
+            self.osc = Oscillations(hh[x] * 2 * np.abs(cc1), 2 * np.angle(lc), np.angle(cc1))
+            c_m += float(hh[x] @ cc3)
 
         # Close: m^t (P + b1 S + b2 C), from q(0) = Dxx, q(1) = g11, q(2) = g11 tr^2 + 2 g12 tr + g22.
         for is_real in (True, False):
@@ -176,7 +169,11 @@ class Dynamics:
             if not sel.any():
                 continue
             e = ell[sel]
-            (s_1, s_2), (c_1, c_2) = self._sc(np.array([[1.0], [2.0]]), e, is_real)
+            x1, x2 = e, 2 * e
+            if is_real:
+                s_1, s_2, c_1, c_2 = _sinhc(x1), 2 * _sinhc(x2), _sinhc(x1 / 2) ** 2, 4 * _sinhc(x2 / 2) ** 2
+            else:
+                s_1, s_2, c_1, c_2 = _sinc(x1), 2 * _sinc(x2), _sinc(x1 / 2) ** 2, 4 * _sinc(x2 / 2) ** 2
             q0 = dxx[sel]
             q1 = g11[sel]
             q2 = g11[sel] * tr[sel] ** 2 + 2 * g12[sel] * tr[sel] + g22[sel]
@@ -184,140 +181,9 @@ class Dynamics:
             det = s_1 * c_2 - s_2 * c_1
             b1 = (r1 * c_2 - r2 * c_1) / det
             b2 = (s_1 * r2 - s_2 * r1) / det
-            part = (hh[sel] * q0, hh[sel] * b1, hh[sel] * b2, e)
-            if is_real:
-                self._close_real = part
-                # peak of m^t S(t) = (E1 - E2)/(2 ell): atanh(ell/|log m|)/ell (1/|log m| at 0);
-                # m^t C(t) = (sqrt E1 - sqrt E2)^2/ell^2 peaks at twice that
-                self._peak_s = np.where(e > 1e-12, np.arctanh(np.minimum(e / -lm, 1 - 1e-16))
-                                        / np.maximum(e, 1e-300), 1.0 / -lm)
-            else:
-                self._close_cplx = part
-                self._cc_abs = (float(np.abs(part[1]).sum()), float(np.abs(part[2]).sum()))
-            extra.append((hh[sel] * q0, np.full(int(sel.sum()), lm)))
-        self._mono = (np.concatenate(mono_c), np.concatenate(mono_l))
-        self._finish_bounds(extra)
-
-    @staticmethod
-    def _sc(t: np.ndarray, ell: np.ndarray, is_real: bool) -> tuple[np.ndarray, np.ndarray]:
-        """S(t) and C(t) (without the m^t factor) at t (a column vector)."""
-        x = t * ell
-        if is_real:
-            return t * _sinhc(x), t * t * _sinhc(x / 2) ** 2
-        return t * _sinc(x), t * t * _sinc(x / 2) ** 2
-
-    def _finish_bounds(self, extra: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        bc = np.concatenate([self._mono[0], *(c for c, _ in extra)])
-        bl = np.concatenate([self._mono[1], *(l for _, l in extra)])
-        self._pos = (bc[bc >= 0], bl[bc >= 0])
-        self._neg = (bc[bc < 0], bl[bc < 0])
-
-    # -- close eigenvalues: m^t S(t), m^t C(t) -------------------------------------------------
-
-    def _ms_mc_real(self, t: np.ndarray, ell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """m^t sinh(t ell)/ell and m^t 2 (cosh(t ell) - 1)/ell^2 for real ell.
-
-        As (E1 - E2)/(2 ell) and (sqrt E1 - sqrt E2)^2/ell^2 with E1,2 = exp(t (log m +- ell))
-        (both <= 1 for a stable direction); where t ell < 1e-3 that difference would lose
-        digits, so there the series m^t t (1 + x^2/6) and m^t t^2 (1 + x^2/12) are used.
-        """
-        x = t * ell
-        lm = self.log_m
-        with np.errstate(under="ignore", invalid="ignore", divide="ignore"):
-            e1, e2 = np.exp(t * (lm + ell)), np.exp(t * (lm - ell))
-            small = x < 1e-3
-            if small.any():
-                mt = np.exp(t * lm)
-                ms = np.where(small, mt * t * (1 + x * x / 6), (e1 - e2) / (2 * ell))
-                mc = np.where(small, mt * t * t * (1 + x * x / 12),
-                              (np.sqrt(e1) - np.sqrt(e2)) ** 2 / (ell * ell))
-            else:
-                ms = (e1 - e2) / (2 * ell)
-                mc = (np.sqrt(e1) - np.sqrt(e2)) ** 2 / (ell * ell)
-        return ms, mc
-
-    def _close_eval(self, t: np.ndarray) -> np.ndarray:
-        """Sum of 1/2 h q over close-eigenvalue directions at each t (column vector)."""
-        total = np.zeros(len(t))
-        if self._close_real is not None:
-            p, b1, b2, ell = self._close_real
-            ms, mc = self._ms_mc_real(t, ell)
-            total += (np.exp(t * self.log_m) * p + ms * b1 + mc * b2).sum(axis=1)
-        if self._close_cplx is not None:
-            p, b1, b2, th = self._close_cplx
-            with np.errstate(under="ignore"):
-                mt = np.exp(t * self.log_m)
-            s, c = self._sc(t, th, False)
-            total += (mt * (p + b1 * s + b2 * c)).sum(axis=1)
-        return total
-
-    def _close_bound(self, t0: int, t1: int) -> float:
-        """Lower bound on [t0, t1] of the oscillating and close-eigenvalue terms (the monotone
-        ones are in the pool)."""
-        lb = 0.0
-        lm = self.log_m
-        if self._close_real is not None:
-            _, b1, b2, ell = self._close_real
-            # m^t S and m^t C are unimodal: their extremes on [t0, t1] are at the ends or at
-            # the peaks (precomputed), so one evaluation at 4 time rows gives them exactly.
-            rows = np.vstack([np.full(len(ell), float(t0)), np.full(len(ell), float(t1)),
-                              np.clip(self._peak_s, t0, t1), np.clip(2 * self._peak_s, t0, t1)])
-            ms, mc = self._ms_mc_real(rows, ell)
-            lb += float(np.where(b1 >= 0, b1 * np.minimum(ms[0], ms[1]),
-                                 b1 * np.maximum(ms[2], np.maximum(ms[0], ms[1]))).sum())
-            lb += float(np.where(b2 >= 0, b2 * np.minimum(mc[0], mc[1]),
-                                 b2 * np.maximum(mc[3], np.maximum(mc[0], mc[1]))).sum())
-        cc = self._close_cplx
-        if cc is not None and t0 >= 2 / -lm:
-            # past the peaks of m^t t and m^t t^2, |b1 S| + |b2 C| <= m^t0 (t0 |b1| + t0^2 |b2|)
-            total = math.exp(t0 * lm) * (t0 * self._cc_abs[0] + t0 * t0 * self._cc_abs[1])
-            if total <= AGGREGATE:
-                lb -= total
-                cc = None
-        if cc is not None:
-            _, b1, b2, th = cc
-            mt0, mt1 = math.exp(t0 * lm), math.exp(t1 * lm)
-            # While t theta <= pi, S = sin(t theta)/theta >= 0 is concave (min at an end, max at
-            # pi/(2 theta)) and C = 2 (1 - cos t theta)/theta^2 increases; past that, envelopes
-            # |S| <= min(t, 1/theta), 0 <= C <= min(t^2, 4/theta^2) times max m^t t^k.
-            inside = t1 * th <= math.pi
-            (s0, s1), (c0, c1) = self._sc(np.array([[float(t0)], [float(t1)]]), th, False)
-            s_top = self._sc(np.clip(math.pi / 2 / th, t0, t1)[None, :], th, False)[0][0]
-
-            def env(power: int, cap: np.ndarray) -> np.ndarray:
-                tp = min(max(power / -lm, t0), t1)
-                with np.errstate(under="ignore"):
-                    return np.minimum(math.exp(tp * lm) * tp ** power, mt0 * cap)
-
-            s_lo = np.where(inside, np.minimum(s0, s1), -np.minimum(t1, 1 / th))
-            s_hi = np.where(inside, s_top, np.minimum(t1, 1 / th))
-            c_lo = np.where(inside, c0, 0.0)
-            c_hi = np.where(inside, c1, np.minimum(t1 * t1, 4 / th ** 2))
-            with np.errstate(under="ignore"):
-                lb += float(np.where(b1 >= 0, b1 * np.where(s_lo >= 0, mt1, mt0) * s_lo,
-                                     b1 * np.where(inside, mt0 * s_hi, env(1, 1 / th))).sum())
-                lb += float(np.where(b2 >= 0, b2 * mt1 * c_lo,
-                                     b2 * np.where(inside, mt0 * c_hi,
-                                                   env(2, 4 / th ** 2))).sum())
-        ccoef, camp, cphase, cshift = self._cplx
-        if len(camp):
-            # far-apart complex pairs: A m^t cos(t phi + psi) >= -A m^t0 if a trough of the
-            # cosine lies in the interval, else A min(cos at the ends) m^(t1 or t0). Pairs are
-            # sorted by A: the smallest ones, whose A m^t0 add up to <= AGGREGATE, are bounded
-            # together by -sum(A) m^t0 (cheap late in the search, when m^t0 is tiny).
-            mt0 = math.exp(t0 * self.log_m)
-            k = int(np.searchsorted(-self._amp_tail, -AGGREGATE / mt0)) if mt0 > 0 else 0
-            lb -= float(self._amp_tail[k]) * mt0
-            camp, cphase, cshift = camp[:k], cphase[:k], cshift[:k]
-            x0, x1 = t0 * cphase + cshift, t1 * cphase + cshift
-            two_pi = 2 * math.pi
-            trough = (np.floor((x1 - math.pi) / two_pi + 1e-9)
-                      >= np.ceil((x0 - math.pi) / two_pi - 1e-9))
-            cmin = np.minimum(np.cos(x0), np.cos(x1))
-            with np.errstate(under="ignore"):
-                mt0, mt1 = math.exp(t0 * self.log_m), math.exp(t1 * self.log_m)
-            lb += float(camp @ np.where(trough, -mt0, cmin * np.where(cmin >= 0, mt1, mt0)))
-        return lb
+            self.close.append(Close(hh[sel] * b1, hh[sel] * b2, e, is_real, lm))
+            c_m += float(hh[sel] @ q0)
+        self.c_m = c_m
 
     # -- the loss and its bounds -----------------------------------------------------------
 
@@ -327,30 +193,49 @@ class Dynamics:
         out = np.full(len(ts), np.inf if self.diverged else self.loss_star)
         if self.diverged:
             return out
-        ccoef, camp, cphase, cshift = self._cplx
-        for j in range(0, len(ts), 64):  # chunks keep the temporaries small
-            chunk = ts[j:j + 64]
-            tt = chunk.astype(np.float64)[:, None]
+        out[ts == 0] = self.loss0
+        pos = np.flatnonzero(ts > 0)
+        for j in range(0, len(pos), 64):  # chunks keep the temporaries small
+            idx = pos[j:j + 64]
+            tt = ts[idx].astype(np.float64)
             with np.errstate(under="ignore", invalid="ignore"):
-                v = np.exp(tt * self._mono[1]) @ self._mono[0]
-                if len(ccoef):
+                v = self.pool.values(tt)
+                if self.m > 0:
                     mt = np.exp(tt * self.log_m)
-                    v = v + (mt * (ccoef + camp * np.cos(tt * cphase + cshift))).sum(axis=1)
-                v = v + self._close_eval(tt)
-            out[j:j + 64] += np.where(chunk == 0, self.loss0 - self.loss_star, v)
+                    v += self.c_m * mt
+                    if self.osc is not None:
+                        v += mt * self.osc.values(tt)
+                    for fam in self.close:
+                        v += fam.values(tt)
+            out[idx] += v
         return out
+
+    def _bound(self, t0: int, t1: int, fine: bool) -> float:
+        """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
+        self.bound_evals += 1
+        with np.errstate(under="ignore", invalid="ignore", over="ignore", divide="ignore"):
+            lb = self.loss_star + self.pool.lower(t0, t1)
+            if self.m > 0:
+                c = self.c_m
+                for fam in self.close:
+                    if fine:
+                        part, extra = fam.lower(t0, t1)
+                        lb, c = lb + part, c + extra
+                    else:
+                        lb += fam.coarse(t0, t1)
+                if self.osc is not None:
+                    c += self.osc.lower(t0, t1) if fine else self.osc.coarse()
+                lb += c * math.exp((t1 if c >= 0 else t0) * self.log_m)
+        # rounding in the sums: stay on the safe side
+        return lb - 1e-12 * (abs(lb) + self.loss0)
 
     def lower_bound(self, t0: int, t1: int) -> float:
         """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
-        self.bound_evals += 1
-        with np.errstate(under="ignore", invalid="ignore"):
-            lb = self.loss_star + float(self._pos[0] @ np.exp(t1 * self._pos[1])) + float(
-                self._neg[0] @ np.exp(t0 * self._neg[1]))
-        if self.m > 0:
-            with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
-                lb += self._close_bound(t0, t1)
-        # rounding in the sums: stay on the safe side
-        return lb - 1e-12 * (abs(lb) + self.loss0)
+        return self._bound(t0, t1, fine=True)
+
+    def _excluded(self, t0: int, t1: int, target: float) -> bool:
+        """Whether L(t) > target provably for all t in [t0, t1]: coarse bound, then fine."""
+        return self._bound(t0, t1, fine=False) > target or self._bound(t0, t1, True) > target
 
     def first_hit(self, target: float, max_steps: int) -> int | None:
         """The smallest t in [0, max_steps] with L(t) <= target, or None (see module doc)."""
@@ -361,7 +246,7 @@ class Dynamics:
         lo = 1
         while lo <= max_steps:
             hi = min(2 * lo - 1, max_steps)
-            if self.lower_bound(lo, hi) <= target:
+            if not self._excluded(lo, hi, target):
                 hit = self._search(lo, hi, target)
                 if hit is not None:
                     return hit
@@ -371,26 +256,65 @@ class Dynamics:
     def _search(self, lo: int, hi: int, target: float) -> int | None:
         stack = [(lo, hi)]
         while stack:
-            if self.bound_evals > MAX_BOUND_EVALS:
-                # the stack holds the unresolved intervals, leftmost on top: scan them exactly
-                while stack:
-                    a, b = stack.pop()
-                    for c in range(a, b + 1, EXACT_BLOCK):
-                        ts = np.arange(c, min(c + EXACT_BLOCK, b + 1))
-                        below = np.nonzero(self.loss(ts) <= target)[0]
-                        if len(below):
-                            return int(ts[below[0]])
-                return None
             a, b = stack.pop()
-            if a == b:
-                if self.loss(a)[0] <= target:
-                    return a
+            if b - a + 1 <= min(WINDOW, 4 * a):
+                hit = self.scan(a, b, target)
+                if hit is not None:
+                    return hit
                 continue
             mid = (a + b) // 2
             # right half below the left on the stack, so the left is searched first
             for c, d in ((mid + 1, b), (a, mid)):
-                if self.lower_bound(c, d) <= target:
+                if not self._excluded(c, d, target):
                     stack.append((c, d))
+        return None
+
+    def enclose(self, t: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """L at steps t .. t + w - 1 (w <= 4 t) to within the returned error bounds, from
+        Taylor groups (workloads/nqm_terms.py): O(w x groups) instead of O(w x K)."""
+        s = np.arange(w, dtype=np.float64)
+        u = s / w
+        vander = np.vander(u, TAYLOR_DEGREE + 1, increasing=True)
+        v = np.full(w, self.loss_star)
+        err = scale = 0.0
+
+        def add_real(centres: np.ndarray, coef: np.ndarray, e: float, size: float) -> None:
+            nonlocal v, err, scale
+            if len(centres):
+                v = v + (np.exp(np.outer(s, centres)) * (vander @ coef.T)).sum(axis=1)
+            err, scale = err + e, scale + size
+
+        with np.errstate(under="ignore"):
+            add_real(*self.pool.window(t, w))
+            if self.m > 0:
+                c = self.c_m
+                mt = math.exp(t * self.log_m)
+                ms = np.exp(s * self.log_m)
+                for fam in self.close:
+                    poly, e, size, extra, far = fam.window(t, w)
+                    v = v + ms * (np.vander(u, len(poly), increasing=True) @ poly)
+                    err, scale, c = err + e, scale + size, c + extra
+                    for part in far:
+                        add_real(*part)
+                if self.osc is not None:
+                    centres, coef, e, size = self.osc.window(t, w)
+                    rot = unit_rotations(w, centres)
+                    re, im = vander @ coef.real.T, vander @ coef.imag.T
+                    v = v + mt * ms * (rot.real * re - rot.imag * im).sum(axis=1)
+                    err, scale = err + e * mt, scale + size * mt
+                v = v + c * mt * ms
+                scale += abs(c) * mt
+        return v, np.full(w, err + BAND * (scale + self.loss_star))
+
+    def scan(self, a: int, b: int, target: float) -> int | None:
+        """The first t in [a, b] with L(t) <= target, or None: all steps enclosed at once,
+        steps within the error bound of the target evaluated exactly."""
+        self.windows += 1
+        with _BLAS.limit(limits=1, user_api="blas"):
+            v, err = self.enclose(a, b - a + 1)
+        for s in np.flatnonzero(v - err <= target):
+            if v[s] + err[s] <= target or self.loss(a + int(s))[0] <= target:
+                return a + int(s)
         return None
 
 
