@@ -184,6 +184,26 @@ def test_spec_refuses_what_the_closed_form_does_not_cover(tmp_path: Path,
         assert code == 2 and f": {key}:" in err, err
 
 
+def test_bounds_stay_below_the_loss() -> None:
+    """Coarse (aggregates) and fine (term by term) bounds never exceed L anywhere in their
+    interval (checked at up to 200 steps of each), for every family of terms."""
+    rng = np.random.default_rng(5)
+    h = spectrum(3000)
+    checked = 0
+    for lr, omm, b, p, _ in random_cases(60, seed=11):
+        d = Dynamics(h, lr, omm, b, p)
+        if d.diverged:
+            continue
+        for _ in range(5):
+            t0 = int(10 ** rng.uniform(0, 7))
+            t1 = t0 + int(rng.integers(0, t0 + 1))
+            lowest = d.loss(np.unique(np.linspace(t0, t1, 200).astype(int))).min()
+            assert d._bound(t0, t1, fine=False) <= lowest, (lr, omm, b, p, t0, t1)
+            assert d._bound(t0, t1, fine=True) <= lowest, (lr, omm, b, p, t0, t1)
+            checked += 1
+    assert checked > 200
+
+
 def test_window_encloses_the_exact_loss() -> None:
     """Every step of a Taylor-group window lies within its error bound of the closed form."""
     rng = np.random.default_rng(3)

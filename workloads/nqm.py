@@ -39,15 +39,17 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
-from workloads.nqm_terms import (TAYLOR_DEGREE, Close, Exponentials, Oscillations, _sinc, _sinhc,
-                                 unit_rotations)
+from workloads.nqm_terms import Close, Exponentials, Oscillations, _sinc, _sinhc, real_values
 
 #: Intervals of at most this many steps (and at most 4 x their first step) are not bisected
 #: further: all their steps are enclosed at once by a Taylor-group window (nqm_terms.py).
-WINDOW = 1024
+WINDOW = 2048
 #: Half-width, relative to the size of the terms, of the band around the target inside which
 #: a window's enclosure is not trusted and the step is evaluated exactly.
 BAND = 1e-10
+#: The coarse bound (from aggregates) is tried before the fine one where the fine one would bound
+#: more than this many terms one by one.
+COARSE_FIRST = 256
 #: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
 _BLAS = ThreadpoolController()
 
@@ -214,7 +216,7 @@ class Dynamics:
         """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
         self.bound_evals += 1
         with np.errstate(under="ignore", invalid="ignore", over="ignore", divide="ignore"):
-            lb = self.loss_star + self.pool.lower(t0, t1)
+            lb = self.loss_star + (self.pool.lower(t0, t1) if fine else self.pool.coarse(t0, t1))
             if self.m > 0:
                 c = self.c_m
                 for fam in self.close:
@@ -234,8 +236,16 @@ class Dynamics:
         return self._bound(t0, t1, fine=True)
 
     def _excluded(self, t0: int, t1: int, target: float) -> bool:
-        """Whether L(t) > target provably for all t in [t0, t1]: coarse bound, then fine."""
-        return self._bound(t0, t1, fine=False) > target or self._bound(t0, t1, True) > target
+        """Whether L(t) > target provably for all t in [t0, t1]: the coarse bound first where
+        the fine one is costly (many terms to bound one by one), then the fine one."""
+        if self._fine_cost(t0) > COARSE_FIRST and self._bound(t0, t1, fine=False) > target:
+            return True
+        return self._bound(t0, t1, fine=True) > target
+
+    def _fine_cost(self, t0: int) -> int:
+        """How many terms the fine bound at t0 handles one by one beyond plain exponentials."""
+        return (len(self.pool) + (0 if self.osc is None else len(self.osc))
+                + sum(f.fine_cost(t0) for f in self.close))
 
     def first_hit(self, target: float, max_steps: int) -> int | None:
         """The smallest t in [0, max_steps] with L(t) <= target, or None (see module doc)."""
@@ -254,63 +264,52 @@ class Dynamics:
         return None
 
     def _search(self, lo: int, hi: int, target: float) -> int | None:
-        stack = [(lo, hi)]
+        """Depth-first, left half first; an interval's bound is computed when it is popped (a
+        right half is never bounded if the left one holds the answer)."""
+        stack = [(lo, hi, False)]
         while stack:
-            a, b = stack.pop()
+            a, b, bound = stack.pop()
+            if bound and self._excluded(a, b, target):
+                continue
             if b - a + 1 <= min(WINDOW, 4 * a):
                 hit = self.scan(a, b, target)
                 if hit is not None:
                     return hit
                 continue
             mid = (a + b) // 2
-            # right half below the left on the stack, so the left is searched first
-            for c, d in ((mid + 1, b), (a, mid)):
-                if not self._excluded(c, d, target):
-                    stack.append((c, d))
+            stack += [(mid + 1, b, True), (a, mid, True)]
         return None
 
     def enclose(self, t: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """L at steps t .. t + w - 1 (w <= 4 t) to within the returned error bounds, from
         Taylor groups (workloads/nqm_terms.py): O(w x groups) instead of O(w x K)."""
-        s = np.arange(w, dtype=np.float64)
-        u = s / w
-        vander = np.vander(u, TAYLOR_DEGREE + 1, increasing=True)
-        v = np.full(w, self.loss_star)
-        err = scale = 0.0
-
-        def add_real(centres: np.ndarray, coef: np.ndarray, e: float, size: float) -> None:
-            nonlocal v, err, scale
-            if len(centres):
-                v = v + (np.exp(np.outer(s, centres)) * (vander @ coef.T)).sum(axis=1)
-            err, scale = err + e, scale + size
-
-        with np.errstate(under="ignore"):
-            add_real(*self.pool.window(t, w))
-            if self.m > 0:
-                c = self.c_m
-                mt = math.exp(t * self.log_m)
-                ms = np.exp(s * self.log_m)
-                for fam in self.close:
-                    poly, e, size, extra, far = fam.window(t, w)
-                    v = v + ms * (np.vander(u, len(poly), increasing=True) @ poly)
-                    err, scale, c = err + e, scale + size, c + extra
-                    for part in far:
-                        add_real(*part)
-                if self.osc is not None:
-                    centres, coef, e, size = self.osc.window(t, w)
-                    rot = unit_rotations(w, centres)
-                    re, im = vander @ coef.real.T, vander @ coef.imag.T
-                    v = v + mt * ms * (rot.real * re - rot.imag * im).sum(axis=1)
-                    err, scale = err + e * mt, scale + size * mt
-                v = v + c * mt * ms
-                scale += abs(c) * mt
+        centres, coef, err, scale = self.pool.window(t, w)
+        v = self.loss_star + real_values(centres, coef, w)
+        if self.m > 0:
+            c = self.c_m
+            mt = math.exp(t * self.log_m)
+            ms = np.exp(np.arange(w) * self.log_m)
+            u = np.arange(w) / w
+            for fam in self.close:
+                poly, e, size, extra, far = fam.window(t, w)
+                v += ms * np.polynomial.polynomial.polyval(u, poly)
+                err, scale, c = err + e, scale + size, c + extra
+                for centres, coef, e, size in far:
+                    v += real_values(centres, coef, w)
+                    err, scale = err + e, scale + size
+            if self.osc is not None:
+                osc, e, size = self.osc.window(t, w)
+                v += mt * ms * osc
+                err, scale = err + e * mt, scale + size * mt
+            v += c * mt * ms
+            scale += abs(c) * mt
         return v, np.full(w, err + BAND * (scale + self.loss_star))
 
     def scan(self, a: int, b: int, target: float) -> int | None:
         """The first t in [a, b] with L(t) <= target, or None: all steps enclosed at once,
         steps within the error bound of the target evaluated exactly."""
         self.windows += 1
-        with _BLAS.limit(limits=1, user_api="blas"):
+        with _BLAS.limit(limits=1, user_api="blas"), np.errstate(under="ignore"):
             v, err = self.enclose(a, b - a + 1)
         for s in np.flatnonzero(v - err <= target):
             if v[s] + err[s] <= target or self.loss(a + int(s))[0] <= target:

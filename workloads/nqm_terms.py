@@ -32,8 +32,10 @@ import numpy as np
 UNDERFLOW = 700.0
 #: Taylor groups: rates within TAYLOR_KAPPA / W of their group's centre, polynomials of this
 #: degree: relative error <= 1 / 13! ~ 1.6e-10 per term.
-TAYLOR_KAPPA = 1.0
-TAYLOR_DEGREE = 12
+TAYLOR_KAPPA = 2.0
+TAYLOR_DEGREE = 14
+#: Oscillations: frequencies gridded for FFTs, |s delta| <= pi / 2; this degree errs by < 7e-10.
+OSC_DEGREE = 14
 #: Close pairs: one polynomial in s while W |ell| <= CLOSE_KAPPA, with CLOSE_TERMS terms of the
 #: series of S and of C (relative error < 1e-14 at the limit).
 CLOSE_KAPPA = 4.0
@@ -43,6 +45,8 @@ CLOSE_TERMS = 16
 EXP_FORM = 10.0
 #: Equal-count buckets for the coarse bounds of close pairs.
 BUCKETS = 32
+#: Groups of exponentials for their coarse bound: rates within a factor exp(RATE_GROUP).
+RATE_GROUP = 0.05
 #: In a window, terms already below exp(-DROP) x |coefficient| at its start are not grouped: their
 #: sizes go into the error bound instead.
 DROP = 45.0
@@ -59,15 +63,27 @@ def _sinc(x: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) < 1e-6, 1.0 - x * x / 6.0, np.sin(x) / np.where(x == 0, 1, x))
 
 
-def taylor_groups(z: np.ndarray, x: np.ndarray, w: int, imaginary: bool,
-                  ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Group terms z_j exp(s lambda_j), s in [0, w), whose rates x_j (real, monotone in j) are
-    the real parts of lambda_j, or, if ``imaginary``, their imaginary parts (common real part).
+def taylor_moments(z: np.ndarray, d: np.ndarray, starts: np.ndarray, degree: int,
+                   imaginary: bool) -> np.ndarray:
+    """M_gk = sum_{j in g} z_j (i? d_j)^k / k!, k = 0 .. degree, for groups of consecutive terms
+    beginning at ``starts``: shape (degree + 1, groups)."""
+    powers = np.empty((degree + 1, len(d)))
+    powers[0] = 1.0
+    for k in range(1, degree + 1):
+        np.multiply(powers[k - 1], d / k, out=powers[k])
+    m = np.add.reduceat(powers * z, starts, axis=1)
+    if imaginary:
+        m = m * (1j ** np.arange(degree + 1))[:, None]
+    return m
 
-    Returns the centres x_g (one per group), the coefficients M (groups x (degree + 1)) with
-    sum_{j in g} z_j exp(s i^? x_j) = exp(s i^? x_g) sum_k M_gk (s / w)^k + error, and the bound
-    sum_j |z_j| kappa^(p+1) / (p+1)! on the error's absolute value (valid while every rate and
-    centre has a non-positive real part, as all of ours do).
+
+def taylor_groups(z: np.ndarray, x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Group terms z_j exp(s x_j), s in [0, w), by their real rates x_j (monotone in j).
+
+    Returns the centres x_g (one per group), the coefficients M ((degree + 1) x groups) with
+    sum_{j in g} z_j exp(s x_j) = exp(s x_g) sum_k M_kg (s / w)^k + error, and the bound
+    sum_j |z_j| kappa^(p+1) / (p+1)! on the error's absolute value (valid as all rates and
+    centres are <= 0: exp(s x_g) |exp(s d) - Taylor| <= |s d|^(p+1)/(p+1)! max(e^(s x_g), e^(s x_j))).
     """
     width = 2.0 * TAYLOR_KAPPA / w
     key = np.floor(x / width)
@@ -75,16 +91,19 @@ def taylor_groups(z: np.ndarray, x: np.ndarray, w: int, imaginary: bool,
     centres = (key[starts] + 0.5) * width
     sizes = np.diff(np.r_[starts, len(x)])
     d = (x - np.repeat(centres, sizes)) * w  # |d| <= kappa
-    p = TAYLOR_DEGREE
-    powers = np.empty((len(d), p + 1))
-    powers[:, 0] = 1.0
-    powers[:, 1:] = d[:, None] / np.arange(1, p + 1)
-    np.cumprod(powers, axis=1, out=powers)
-    m = np.add.reduceat(z[:, None] * powers, starts, axis=0)
-    if imaginary:
-        m = m * (1j ** np.arange(p + 1))
-    err = float(np.abs(z).sum()) * TAYLOR_KAPPA ** (p + 1) / math.factorial(p + 1)
+    m = taylor_moments(z, d, starts, TAYLOR_DEGREE, imaginary=False)
+    err = float(np.abs(z).sum()) * TAYLOR_KAPPA ** (TAYLOR_DEGREE + 1) / math.factorial(
+        TAYLOR_DEGREE + 1)
     return centres, m, err
+
+
+def real_values(centres: np.ndarray, m: np.ndarray, w: int) -> np.ndarray:
+    """sum_g exp(s x_g) sum_k M_kg (s / w)^k at s = 0 .. w-1."""
+    if not len(centres):
+        return np.zeros(w)
+    s = np.arange(w, dtype=np.float64)
+    vander = np.vander(s / w, len(m), increasing=True)
+    return (np.exp(np.outer(s, centres)) * (vander @ m)).sum(axis=1)
 
 
 def real_window(z: np.ndarray, rates: np.ndarray, w: int,
@@ -97,17 +116,9 @@ def real_window(z: np.ndarray, rates: np.ndarray, w: int,
     keep = size > math.exp(-DROP) * (size.max() if len(z) else 0.0)
     dropped = scale - float(size[keep].sum())
     if not keep.any():
-        return np.empty(0), np.empty((0, TAYLOR_DEGREE + 1)), dropped, scale
-    centres, m, err = taylor_groups(z[keep], rates[keep], w, imaginary=False)
+        return np.empty(0), np.empty((TAYLOR_DEGREE + 1, 0)), dropped, scale
+    centres, m, err = taylor_groups(z[keep], rates[keep], w)
     return centres, m, err + dropped + 1e-15 * scale, scale
-
-
-def unit_rotations(w: int, phi: np.ndarray) -> np.ndarray:
-    """exp(i s phi_g) for s = 0 .. w-1 (rows), as products of two tables of ~sqrt(w) rows."""
-    b = max(1, math.isqrt(w))
-    hi = np.exp(1j * np.outer(np.arange(0, w, b), phi))
-    lo = np.exp(1j * np.outer(np.arange(b), phi))
-    return (hi[:, None, :] * lo[None, :, :]).reshape(-1, len(phi))[:w]
 
 
 class Exponentials:
@@ -122,6 +133,41 @@ class Exponentials:
         self._neg = (self.c[~pos], self.l[~pos], self._key[~pos])
         self._abs_tail = np.r_[np.cumsum(np.abs(self.c)[::-1])[::-1], 0.0]
         self._neg_tail = np.r_[np.cumsum(self._neg[0][::-1])[::-1], 0.0]
+        self._groups()
+
+    def _groups(self) -> None:
+        """Aggregates for :meth:`coarse`: terms grouped by log(-rate) in steps of RATE_GROUP.
+        Positive part of a group: C = sum c, mean rate lbar = sum c l / C (Jensen:
+        sum c e^(tl) >= C e^(t lbar)); negative part: the chord of e^(tl) between the group's
+        extreme rates (e^(tl) is convex in l) splits sum |c| into weights A at l_lo, B at l_hi."""
+        finite = np.isfinite(self.l)  # a rate of -inf (1 - a = 0) is 0 from t = 1 on
+        c, l = self.c[finite], self.l[finite]
+        if not len(l):
+            self._jensen = self._chord = (np.empty(0),) * 4
+            return
+        key = np.floor(np.log(-l) / RATE_GROUP)
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        sizes = np.diff(np.r_[starts, len(l)])
+        pos, neg = np.maximum(c, 0.0), np.minimum(c, 0.0)
+        cp = np.add.reduceat(pos, starts)
+        lbar = np.add.reduceat(pos * l, starts) / np.where(cp > 0, cp, 1.0)
+        self._jensen = (cp, lbar)
+        l_hi, l_lo = l[starts], l[starts + sizes - 1]  # rates sorted descending
+        span = l_hi - l_lo
+        wa = np.repeat(l_hi, sizes) - l
+        wa = np.where(wa > 0, wa / np.repeat(np.where(span > 0, span, 1.0), sizes), 0.0)
+        self._chord = (np.add.reduceat(neg * wa, starts), np.add.reduceat(neg * (1 - wa), starts),
+                       l_lo, l_hi)
+
+    def coarse(self, t0: float, t1: float) -> float:
+        """A lower bound from the groups of :meth:`_groups` (looser than :meth:`lower` by a
+        relative ~(t (l_hi - l_lo))^2 / 8 per group, O(groups))."""
+        cp, lbar = self._jensen[:2]
+        a, b, l_lo, l_hi = self._chord
+        with np.errstate(under="ignore"):
+            return float(cp @ np.exp(np.maximum(t1 * lbar, -UNDERFLOW))
+                         + a @ np.exp(np.maximum(t0 * l_lo, -UNDERFLOW))
+                         + b @ np.exp(np.maximum(t0 * l_hi, -UNDERFLOW)))
 
     def __len__(self) -> int:
         return len(self.c)
@@ -165,6 +211,8 @@ class Oscillations:
         self._key = -self.phi  # ascending
         self._amp_sum = np.r_[0.0, np.cumsum(self.amp)]
         self.total = float(self._amp_sum[-1])
+        self._last: tuple[int, np.ndarray, int] | None = None
+        self._rotations: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.amp)
@@ -190,11 +238,47 @@ class Oscillations:
         """-sum A_j: a lower bound at every t."""
         return -self.total
 
-    def window(self, t: int, w: int) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Taylor groups of the sum (without the modulus) over steps t .. t + w - 1."""
-        z = self.amp * np.exp(1j * (t * self.phi + self.psi))
-        centres, m, err = taylor_groups(z, self.phi, w, imaginary=True)
-        return centres, m, err, self.total
+    def _phases(self, t: int) -> np.ndarray:
+        """z_j = A_j exp(i (t phi_j + psi_j)); from the previous window's by one rotation when
+        windows follow one another (recomputed every 32 windows: rounding stays ~1e-14)."""
+        last = self._last
+        if last is not None and t > last[0] and last[2] < 32:
+            step = t - last[0]
+            rot = self._rotations.get(step)
+            if rot is None:
+                rot = self._rotations[step] = np.exp(1j * step * self.phi)
+            z, chain = last[1] * rot, last[2] + 1
+        else:
+            z, chain = self.amp * np.exp(1j * (t * self.phi + self.psi)), 0
+        self._last = (t, z, chain)
+        return z
+
+    def window(self, t: int, w: int) -> tuple[np.ndarray, float, float]:
+        """The sum (without the modulus) at steps t .. t + w - 1, to within the returned error
+        bound, and sum A_j (a size, for rounding).
+
+        Terms are grouped on a grid of frequencies 2 pi k / N (N >= 2 w, a power of two): each
+        phi_j within pi / N of its bin, so |s delta| <= pi / 2 and the group's Taylor polynomial
+        of degree OSC_DEGREE errs by <= (pi/2)^15 / 15! ~ 7e-10 x A_j. Then
+        sum_g exp(i s phi_g) P_g(s / w) = sum_k (s / w)^k N ifft(M_k)[s]: OSC_DEGREE + 1 FFTs,
+        whatever the number of groups.
+        """
+        n = 1 << (2 * w - 1).bit_length()
+        z = self._phases(t)
+        bins = np.rint(self.phi * (n / (2 * math.pi))).astype(np.int64)  # non-increasing
+        starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
+        d = (self.phi - bins * (2 * math.pi / n)) * w  # |d| <= pi w / n <= pi / 2
+        m = taylor_moments(z, d, starts, OSC_DEGREE, imaginary=True)
+        spectrum = np.zeros((OSC_DEGREE + 1, n), dtype=complex)
+        np.add.at(spectrum, (slice(None), bins[starts] % n), m)
+        f = np.fft.ifft(spectrum, axis=1)[:, :w] * n
+        u = np.arange(w) / w
+        acc = f[OSC_DEGREE]
+        for k in range(OSC_DEGREE - 1, -1, -1):  # Horner in u
+            acc = acc * u + f[k]
+        kappa = math.pi * w / n
+        err = self.total * kappa ** (OSC_DEGREE + 1) / math.factorial(OSC_DEGREE + 1)
+        return acc.real, err + 1e-14 * self.total, self.total
 
 
 class Close:
@@ -238,6 +322,20 @@ class Close:
         self._bsum = [np.add.reduceat(p, starts) for p in parts]
         self._bhi = self.ell[starts]  # sorted descending: the bucket's largest ell
         self._blo = self.ell[np.r_[starts[1:], n] - 1]
+        if self.is_real:
+            self._bpeak = self._peak_of(self._bhi)
+            self._bell = np.vstack([self._blo, self._blo, self._bhi, self._bhi, self._bhi,
+                                    self._bhi])
+
+    def _rows(self, t0: float, t1: float) -> np.ndarray:
+        """Times for the coarse bound of real pairs: t0, t1 (smallest ell of each bucket),
+        t0, t1, the peak of rho^t S and that of rho^t C (largest ell), clipped to [t0, t1]."""
+        nb = len(self._bpeak)
+        rows = np.empty((6, nb))
+        rows[[0, 2]], rows[[1, 3]] = t0, t1
+        np.clip(self._bpeak, t0, t1, out=rows[4])
+        np.clip(2 * self._bpeak, t0, t1, out=rows[5])
+        return rows
 
     # -- values ---------------------------------------------------------------------------
 
@@ -278,25 +376,27 @@ class Close:
         """A lower bound from the bucket sums (O(buckets))."""
         b1p, b1n, b2p, b2n = self._bsum
         if self.is_real:
-            lo, hi = self._blo, self._bhi
-            s_lo, c_lo = self._sc(np.array([[t0], [t1]]), lo)
-            peaks = self._peak_of(hi)
-            rows = np.vstack([np.full(len(hi), float(t0)), np.full(len(hi), float(t1)),
-                              np.clip(peaks, t0, t1), np.clip(2 * peaks, t0, t1)])
-            s_hi, c_hi = self._sc(rows, hi)
-            return float(b1p @ s_lo.min(axis=0) + b1n @ s_hi[:3].max(axis=0)
-                         + b2p @ c_lo.min(axis=0) + b2n @ c_hi[[0, 1, 3]].max(axis=0))
+            # rows: t0, t1 at the buckets' smallest ell; t0, t1 and the peaks at the largest
+            ms, mc = self._sc(self._rows(t0, t1), self._bell)
+            return float(b1p @ np.minimum(ms[0], ms[1]) + b1n @ ms[2:5].max(axis=0)
+                         + b2p @ np.minimum(mc[0], mc[1]) + b2n @ mc[[2, 3, 5]].max(axis=0))
         # |S| <= min(t, 1/theta), 0 <= C <= min(t^2, 4/theta^2); b2 >= 0 terms are >= 0
-        lo = self._blo
-        with np.errstate(divide="ignore"):
+        lo = np.maximum(self._blo, 1e-300)  # theta = 0: only the t^k envelopes
+        with np.errstate(over="ignore"):
             s_env = np.minimum(self._max_rho_tk(t0, t1, 1), math.exp(t0 * self.lr) / lo)
-            c_env = np.minimum(self._max_rho_tk(t0, t1, 2), 4 * math.exp(t0 * self.lr) / lo ** 2)
+            c_env = np.minimum(self._max_rho_tk(t0, t1, 2), 4 * (math.exp(t0 * self.lr) / lo) / lo)
         return float(-(b1p - b1n) @ s_env + b2n @ c_env)
 
     def _peak_of(self, ell: np.ndarray) -> np.ndarray:
         lr = self.lr
         return np.where(ell > 1e-12, np.arctanh(np.minimum(ell / -lr, 1 - 1e-16))
                         / np.maximum(ell, 1e-300), 1.0 / -lr)
+
+    def fine_cost(self, t0: float) -> int:
+        """How many pairs :meth:`lower` bounds one by one at t0 (not as exponentials)."""
+        if not self.is_real:
+            return len(self.ell)
+        return len(self.ell) - int(np.searchsorted(self._key, -EXP_FORM / t0, side="right"))
 
     def lower(self, t0: float, t1: float) -> tuple[float, float]:
         """(a lower bound of the sum over [t0, t1] except a part c rho^t, c) term by term."""
@@ -338,15 +438,16 @@ class Close:
         # pi/(2 theta)) and C = 2 (1 - cos t theta)/theta^2 increases; past that, envelopes
         # |S| <= min(t, 1/theta), 0 <= C <= min(t^2, 4/theta^2) times max rho^t t^k.
         inside = t1 * th <= math.pi
-        x = np.array([[float(t0)], [float(t1)]]) * th
-        s0, s1 = t0 * _sinc(x[0]), t1 * _sinc(x[1])
-        c0, c1 = t0 * t0 * _sinc(x[0] / 2) ** 2, t1 * t1 * _sinc(x[1] / 2) ** 2
-        tm = np.clip(math.pi / 2 / th, t0, t1)
-        s_top = tm * _sinc(tm * th)
-        env1 = np.minimum(self._max_rho_tk(t0, t1, 1), mt0 / th)
-        env2 = np.minimum(self._max_rho_tk(t0, t1, 2), mt0 * 4 / th ** 2)
-        s_lo = np.where(inside, np.minimum(s0, s1), -np.minimum(t1, 1 / th))
-        c_lo = np.where(inside, c0, 0.0)
+        th_ = np.maximum(th, 1e-300)  # theta = 0: sin(t th_)/th_ = t, the limit
+        tm = np.clip(math.pi / 2 / th_, t0, t1)
+        # one sin for: S(t0), S(t1), S(tm), and sin(t theta / 2) for C = (2 sin(t th/2)/th)^2
+        sines = np.sin(np.vstack([t0 * th_, t1 * th_, tm * th_, t0 / 2 * th_, t1 / 2 * th_])) / th_
+        s0, s1, s_top = sines[0], sines[1], sines[2]
+        c1 = 4 * sines[4] ** 2
+        env1 = np.minimum(self._max_rho_tk(t0, t1, 1), mt0 / th_)
+        env2 = np.minimum(self._max_rho_tk(t0, t1, 2), 4 * (mt0 / th_) / th_)
+        s_lo = np.where(inside, np.minimum(s0, s1), -np.minimum(t1, 1 / th_))
+        c_lo = np.where(inside, 4 * sines[3] ** 2, 0.0)
         with np.errstate(under="ignore"):
             lb = float(np.where(b1 >= 0, b1 * np.where(s_lo >= 0, mt1, mt0) * s_lo,
                                 b1 * np.where(inside, mt0 * s_top, env1)).sum())
