@@ -255,6 +255,11 @@ class Dynamics:
             return 0
         lo = 1
         while lo <= max_steps:
+            # far from the target a block 8 x longer is often excluded at once
+            hi = min(8 * lo - 1, max_steps)
+            if hi > 2 * lo - 1 and self._excluded(lo, hi, target):
+                lo = hi + 1
+                continue
             hi = min(2 * lo - 1, max_steps)
             if not self._excluded(lo, hi, target):
                 hit = self._search(lo, hi, target)

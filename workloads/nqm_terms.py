@@ -30,10 +30,10 @@ import numpy as np
 #: exp(-UNDERFLOW) ~ 1e-304: a term that small is below the resolution of any loss (dropping
 #: the positive ones keeps a lower bound valid; the negative ones are < 1e-300 in all).
 UNDERFLOW = 700.0
-#: Taylor groups: rates within TAYLOR_KAPPA / W of their group's centre, polynomials of this
-#: degree: relative error <= 1 / 13! ~ 1.6e-10 per term.
-TAYLOR_KAPPA = 2.0
-TAYLOR_DEGREE = 14
+#: Taylor groups of real exponentials: rates within TAYLOR_KAPPA / W of their group's centre,
+#: polynomials of this degree: relative error <= 0.5^9 / 9! ~ 5.4e-9 per term.
+TAYLOR_KAPPA = 0.5
+TAYLOR_DEGREE = 8
 #: Oscillations: frequencies gridded for FFTs, |s delta| <= pi / 2; this degree errs by < 7e-10.
 OSC_DEGREE = 14
 #: Close pairs: one polynomial in s while W |ell| <= CLOSE_KAPPA, with CLOSE_TERMS terms of the
@@ -308,6 +308,10 @@ class Close:
                 self._e1 = self.b1 / (2 * e) + self.b2 / (e * e)
                 self._e2 = -self.b1 / (2 * e) + self.b2 / (e * e)
                 self._e3_sum = np.r_[0.0, np.cumsum(-2 * self.b2 / (e * e))]
+            # positive and negative parts, rates, running sums of the negative parts
+            self._exp_parts = [(np.maximum(c, 0.0), np.minimum(c, 0.0), log_rho + sign * e,
+                                np.r_[0.0, np.cumsum(np.minimum(c, 0.0))])
+                               for c, sign in ((self._e1, 1.0), (self._e2, -1.0))]
         self._buckets()
 
     def __len__(self) -> int:
@@ -393,10 +397,8 @@ class Close:
                         / np.maximum(ell, 1e-300), 1.0 / -lr)
 
     def fine_cost(self, t0: float) -> int:
-        """How many pairs :meth:`lower` bounds one by one at t0 (not as exponentials)."""
-        if not self.is_real:
-            return len(self.ell)
-        return len(self.ell) - int(np.searchsorted(self._key, -EXP_FORM / t0, side="right"))
+        """How many pairs :meth:`lower` bounds one by one."""
+        return len(self.ell)
 
     def lower(self, t0: float, t1: float) -> tuple[float, float]:
         """(a lower bound of the sum over [t0, t1] except a part c rho^t, c) term by term."""
@@ -407,12 +409,7 @@ class Close:
     def _lower_real(self, t0: float, t1: float) -> tuple[float, float]:
         # pairs with t0 ell >= EXP_FORM (a prefix): three monotone exponentials each
         k = int(np.searchsorted(self._key, -EXP_FORM / t0, side="right"))
-        lb = 0.0
-        if k:
-            ell, lr = self.ell[:k], self.lr
-            for coef, rate in ((self._e1[:k], lr + ell), (self._e2[:k], lr - ell)):
-                tt = np.where(coef >= 0, t1, t0)
-                lb += float(coef @ np.exp(np.maximum(tt * rate, -UNDERFLOW)))
+        lb = self._lower_exp(k, t0, t1) if k else 0.0
         # the rest: rho^t S, rho^t C unimodal: extremes at the ends or the clipped peaks
         b1, b2, ell, peak = self.b1[k:], self.b2[k:], self.ell[k:], self._peak[k:]
         if len(ell):
@@ -424,6 +421,26 @@ class Close:
             lb += float(np.where(b2 >= 0, b2 * np.minimum(mc[0], mc[1]),
                                  b2 * np.maximum(mc[3], np.maximum(mc[0], mc[1]))).sum())
         return lb, float(self._e3_sum[k])
+
+    def _lower_exp(self, k: int, t0: float, t1: float) -> float:
+        """Pairs 0 .. k-1 as exponentials rho^t e^(+-t ell) (the rho^t part is returned by
+        :meth:`lower` separately): positive parts at t1, negative at t0, each over the terms
+        not yet below exp(-DROP) (a prefix for e^(t ell), a suffix for e^(-t ell)); the negative
+        parts of the others count as exp(-DROP) times their coefficients."""
+        lr, key = self.lr, self._key
+        lb = 0.0
+        for j, (cp, cn, rate, ncum) in enumerate(self._exp_parts):
+            if j == 0:  # rho^t e^(t ell): alive while ell > -log rho - DROP / t
+                a1 = min(k, int(np.searchsorted(key, lr + DROP / t1)))
+                a0 = min(k, int(np.searchsorted(key, lr + DROP / t0)))
+                lb += float(cp[:a1] @ np.exp(t1 * rate[:a1]) + cn[:a0] @ np.exp(t0 * rate[:a0]))
+                lb += math.exp(-DROP) * float(ncum[k] - ncum[a0])
+            else:  # rho^t e^(-t ell): alive while ell < log rho + DROP / t
+                a1 = min(k, int(np.searchsorted(key, -lr - DROP / t1, side="right")))
+                a0 = min(k, int(np.searchsorted(key, -lr - DROP / t0, side="right")))
+                lb += float(cp[a1:k] @ np.exp(t1 * rate[a1:k]) + cn[a0:k] @ np.exp(t0 * rate[a0:k]))
+                lb += math.exp(-DROP) * float(ncum[a0])
+        return lb
 
     def _lower_cplx(self, t0: float, t1: float) -> float:
         lr = self.lr
