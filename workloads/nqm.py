@@ -13,19 +13,32 @@ A^t = U_t A - m U_{t-1} I with U_t = (l1^t - l2^t) / (l1 - l2) (l1, l2: eigenval
 transient q(t) = r D r' is a quadratic form in (U_t, U_{t-1}), and expands into three geometric
 terms c1 l1^(2t) + c2 l2^(2t) + c3 m^t. Nothing is simulated: L(t) = 1/2 sum_i h_i E x_i^2(t).
 
+With an exponential moving average of the iterates (option ``ema`` = beta > 0; x~0 = x0,
+x~' = beta x~ + (1 - beta) x', the loss measured at x~), z = (x, u, x~) follows a 3x3 recursion
+with eigenvalues l1, l2, beta, and q(t) = E x~^2(t) - S has six geometric modes
+(:meth:`Dynamics._ema`).
+
 Steps-to-target, exactly: the smallest integer t with L(t) <= target. L need not be monotone
 (momentum oscillates; noise can make a direction's second moment grow toward its steady state),
 so we search with certified lower bounds. On an interval [t0, t1] every geometric term with a
-real base in [0, 1) is monotone, so its minimum is at an end; a complex-conjugate pair plus its
-m^t term is at least (c3 - 2|c1|) m^t. Summing the minima gives LB(t0, t1) <= min L on the
-interval. The search walks doubling blocks [1, 1], [2, 3], [4, 7], ... left to right, skips any
-block with LB > target, and bisects the others depth-first, left half first, down to single steps
-where L is evaluated exactly. Everything skipped provably stays above the target and everything to
-the left of the answer was skipped or evaluated, so the answer is the smallest such t.
+real base in [0, 1) is monotone, so its minimum is at an end; an oscillation A rho^t cos(t phi +
+psi) is at least -A rho^t0 if a trough of the cosine falls in the interval, else its smaller end;
+close pairs have unimodal or enveloped forms (workloads/nqm_terms.py). Summing the minima gives
+LB(t0, t1) <= min L on the interval (a "fine" bound, term by term; a "coarse" one from
+aggregates, also certified, is tried first where the fine one is costly). The search walks
+doubling blocks [1, 1], [2, 3], [4, 7], ... left to right (trying 8x longer blocks first while
+far from the target), skips any block with LB > target, and bisects the others depth-first, left
+half first. An interval of at most ``WINDOW`` steps (and at most 4x its first step) is not
+bisected further: a window encloses L at all its steps at once, L(t) in [v_t - e, v_t + e] with
+a certified e (Taylor groups of nearby rates; oscillations gridded onto FFT frequencies), and
+the first step not certainly above the target is the answer if certainly below it, else
+evaluated exactly (those within e of the target; e ~ 1e-10 x the terms' size). Everything
+skipped provably stays above the target, and every step left of the answer was skipped,
+enclosed above the target or evaluated, so the answer is the smallest such t (up to rounding
+in L itself, ~1e-15 relative, as for any evaluation of L).
 
 Near-degenerate directions (l1 ~ l2, critical damping), where the three-term expansion cancels
-catastrophically, are evaluated through a stable form of U_t (sinh of t atanh(e)), and bounded
-below by dropping their non-negative part and bounding the rest with |U_t| <= t rho^(t-1).
+catastrophically, are evaluated through stable forms of U_t (sinh / sin of t ell over ell).
 """
 
 from __future__ import annotations
@@ -39,7 +52,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
-from workloads.nqm_terms import Close, Exponentials, Oscillations, _sinc, _sinhc, real_values
+from workloads.nqm_terms import (Bracket, Close, Exponentials, Oscillations, Stepped, _sinc,
+                                 _sinhc, real_values)
 
 #: Intervals of at most this many steps (and at most 4 x their first step) are not bisected
 #: further: all their steps are enclosed at once by a Taylor-group window (nqm_terms.py).
@@ -50,6 +64,9 @@ BAND = 1e-10
 #: The coarse bound (from aggregates) is tried before the fine one where the fine one would bound
 #: more than this many terms one by one.
 COARSE_FIRST = 256
+#: EMA: directions whose modal coefficients sum (in absolute value) to more than this many times
+#: their transient at t = 0 are evaluated by exact matrix powers instead.
+COND_MAX = 1e4
 #: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
 _BLAS = ThreadpoolController()
 
@@ -60,6 +77,7 @@ class NQMOptions:
 
     dimensions: int = 10_000  # K: h_i = 1/i, i = 1..K
     precondition_power: float = 0.0  # p: preconditioner H^-p, 0 <= p < 1
+    ema: float = 0.0  # beta: loss at x~' = beta x~ + (1 - beta) x' (x~0 = x0); 0: at x itself
 
 
 def spectrum(k: int) -> np.ndarray:
@@ -81,52 +99,66 @@ class Dynamics:
     * momentum, eigenvalues close (|ell| = |log(l1/l2)| < 0.05 if real, < 1e-3 if complex;
       critical damping included), where the form above cancels catastrophically:
       m^t (P + b1 S(t) + b2 C(t)) (:class:`Close`), P, b1, b2 solved from the exact q(0), q(1),
-      q(2).
+      q(2);
+    * with an exponential moving average of the iterates (``ema`` = beta > 0), see
+      :meth:`_ema`.
 
-    All the c3 m^t and P m^t terms share the rate m and are summed into one coefficient.
+    Terms sharing a modulus (all c3 m^t and P m^t; with EMA also beta^(2t) and (beta sqrt m)^t)
+    are kept as :class:`Bracket` s, their constant parts summed into one coefficient.
     """
 
     def __init__(self, h: np.ndarray, lr: float, one_minus_momentum: float | None,
-                 batch_size: int, p: float = 0.0) -> None:
+                 batch_size: int, p: float = 0.0, ema: float = 0.0) -> None:
         omm = 1.0 if one_minus_momentum is None else float(one_minus_momentum)
         m = 1.0 - omm
         self.m = m
         a = lr * h ** (1.0 - p)
         n = lr * lr * h ** (-2.0 * p) * h / batch_size
-        self.loss0 = 0.5 * float(h.sum())  # E x0^2 = 1
+        self.loss0 = 0.5 * float(h.sum())  # E x0^2 = 1 (and x~0 = x0)
         # Stable iff both eigenvalues of A lie inside the unit circle: 0 < a < 2 (1 + m).
         self.diverged = bool(np.any(a >= 2.0 * (1.0 + m)))
         self.bound_evals = self.windows = 0
-        self.log_m = -math.inf
-        self.c_m = 0.0  # coefficient of m^t
-        self.osc: Oscillations | None = None
-        self.close: list[Close] = []
+        self.brackets: list[Bracket] = []
+        self.stepped: Stepped | None = None
         if self.diverged:
             return
         hh = 0.5 * h
-        if m == 0.0:
+        if ema > 0.0:
+            self._ema(hh, a, n, m, omm, ema)
+        elif m == 0.0:
             sxx = n / (a * (2.0 - a))
             self.loss_star = float(hh @ sxx)
             with np.errstate(divide="ignore"):  # a == 1: the term is 0 for t >= 1
                 self.pool = Exponentials(hh * (1.0 - sxx), 2.0 * np.log(np.abs(1.0 - a)))
-            return
-        self._momentum(hh, a, n, m, omm)
+        else:
+            self._momentum(hh, a, n, m, omm)
+        self._safety = 1e-14 * (float(np.abs(self.pool.c).sum())
+                                + sum(abs(b.coef) + sum(o.total for o in b.oscs)
+                                      for b in self.brackets))
+
+    @staticmethod
+    def _steady_momentum(a: np.ndarray, n: np.ndarray, m: float,
+                         omm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Steady E x^2, E u^2, E xu of heavy-ball momentum (m = 0: plain SGD)."""
+        k = 2.0 * (1.0 + m) - a
+        return n * (1.0 + m) / (a * omm * k), 2.0 * n / (omm * k), n / (omm * k)
+
+    @staticmethod
+    def _eigen(a: np.ndarray, m: float, omm: float) -> tuple[np.ndarray, np.ndarray]:
+        """tr = l1 + l2 and the discriminant tr^2 - 4m of A = [[1-a, m], [-a, m]], the latter
+        written to avoid cancelling O(1) terms when a and 1 - m are small."""
+        return 1.0 - a + m, omm * omm - 2.0 * a * (1.0 + m) + a * a
 
     def _momentum(self, hh: np.ndarray, a: np.ndarray, n: np.ndarray, m: float,
                   omm: float) -> None:
-        self.log_m = lm = math.log(m)
-        k = 2.0 * (1.0 + m) - a
-        sxx = n * (1.0 + m) / (a * omm * k)
-        suu = 2.0 * n / (omm * k)
-        sxu = n / (omm * k)
+        lm = math.log(m)
+        sxx, suu, sxu = self._steady_momentum(a, n, m, omm)
         self.loss_star = float(hh @ sxx)
         dxx, duu, dxu = 1.0 - sxx, -suu, -sxu
         g11 = (1 - a) ** 2 * dxx + 2 * (1 - a) * m * dxu + m * m * duu
         g12 = -m * ((1 - a) * dxx + m * dxu)
         g22 = m * m * dxx
-        tr = 1.0 - a + m
-        # tr^2 - 4m, written to avoid cancelling O(1) terms when a and 1 - m are small
-        disc = omm * omm - 2.0 * a * (1.0 + m) + a * a
+        tr, disc = self._eigen(a, m, omm)
         ratio = np.sqrt(np.abs(disc)) / np.maximum(np.abs(tr), 1e-300)
         ell = np.where(disc > 0, 2.0 * np.arctanh(np.minimum(ratio, 1 - 1e-16)),
                        2.0 * np.arctan(ratio))  # |log(l1/l2)|; theta = arg(l1/l2) if complex
@@ -137,6 +169,8 @@ class Dynamics:
         close = np.where(disc > 0, ell < 0.05, ell < 1e-3)
         real, cplx = (disc > 0) & ~close, (disc <= 0) & ~close
         c_m = 0.0
+        oscs: list[Oscillations] = []
+        closes: list[Close] = []
 
         # Far apart, real: l1 (larger magnitude, no cancellation) and l2 = m / l1.
         r = real
@@ -162,20 +196,18 @@ class Dynamics:
             dc2 = disc[x]
             cc1 = (g11[x] + 2 * g12[x] / lc + g22[x] / lc ** 2) / dc2
             cc3 = ((-2 * g11[x] - 2 * g12[x] * tr[x] / m - 2 * g22[x] / m) / dc2).real
-            self.osc = Oscillations(hh[x] * 2 * np.abs(cc1), 2 * np.angle(lc), np.angle(cc1))
+            oscs.append(Oscillations(hh[x] * 2 * np.abs(cc1), 2 * np.angle(lc), np.angle(cc1)))
             c_m += float(hh[x] @ cc3)
 
-        # Close: m^t (P + b1 S + b2 C), from q(0) = Dxx, q(1) = g11, q(2) = g11 tr^2 + 2 g12 tr + g22.
+        # Close: m^t (P + b1 S + b2 C), from q(0) = Dxx, q(1) = g11,
+        # q(2) = g11 tr^2 + 2 g12 tr + g22.
         for is_real in (True, False):
             sel = close & ((disc > 0) if is_real else (disc <= 0))
             if not sel.any():
                 continue
             e = ell[sel]
-            x1, x2 = e, 2 * e
-            if is_real:
-                s_1, s_2, c_1, c_2 = _sinhc(x1), 2 * _sinhc(x2), _sinhc(x1 / 2) ** 2, 4 * _sinhc(x2 / 2) ** 2
-            else:
-                s_1, s_2, c_1, c_2 = _sinc(x1), 2 * _sinc(x2), _sinc(x1 / 2) ** 2, 4 * _sinc(x2 / 2) ** 2
+            f = _sinhc if is_real else _sinc  # S(t) = t f(t ell), C(t) = t^2 f(t ell / 2)^2
+            s_1, s_2, c_1, c_2 = f(e), 2 * f(2 * e), f(e / 2) ** 2, 4 * f(e) ** 2
             q0 = dxx[sel]
             q1 = g11[sel]
             q2 = g11[sel] * tr[sel] ** 2 + 2 * g12[sel] * tr[sel] + g22[sel]
@@ -183,9 +215,105 @@ class Dynamics:
             det = s_1 * c_2 - s_2 * c_1
             b1 = (r1 * c_2 - r2 * c_1) / det
             b2 = (s_1 * r2 - s_2 * r1) / det
-            self.close.append(Close(hh[sel] * b1, hh[sel] * b2, e, is_real, lm))
+            closes.append(Close(hh[sel] * b1, hh[sel] * b2, e, is_real, lm))
             c_m += float(hh[sel] @ q0)
-        self.c_m = c_m
+        self.brackets = [Bracket(lm, c_m, oscs, closes)]
+
+    def _ema(self, hh: np.ndarray, a: np.ndarray, n: np.ndarray, m: float, omm: float,
+             beta: float) -> None:
+        """Momentum m (0: SGD) with the loss at x~, x~' = beta x~ + (1 - beta) x', x~0 = x0.
+
+        Per direction z = (x, u, x~) follows z' = B z - (1, 1, 1 - beta) xi with
+        B = [[1-a, m, 0], [-a, m, 0], [(1-beta)(1-a), (1-beta) m, beta]], whose eigenvalues are
+        l1, l2 (those of A) and beta. E x~^2(t) = S + r(t) D r(t)' with r(t) = e3' B^t,
+        D = Sigma_0 - Sigma*, and, in closed form (no numerical eigensolver),
+        r(t) = sum over mu in {l1, l2, beta} of mu^t g_mu with
+        g_l = ((1 - beta) l pi_l / (l - beta), 0), pi_l1 = (l1 - m, m)/(l1 - l2),
+        pi_l2 = -(l2 - m, m)/(l1 - l2) (so that e1' A^k = sum_l l^k pi_l), and
+        g_beta = (-(g_l1 + g_l2), 1). So q(t) = r D r' has six modes, l1^2, l2^2, l1 l2 = m,
+        beta^2, beta l1, beta l2, with coefficients g D g'. Real modes are
+        :class:`Exponentials`; for a complex pair l1^2 and beta l1 (with their conjugates) are
+        oscillations of moduli m and beta sqrt(m); m^t and beta^(2t) are shared. Where the
+        coefficients would cancel badly (sum |coefficients| > ``COND_MAX`` x max |D|: two of
+        l1, l2, beta nearly equal) or a mode alternates in sign (negative real eigenvalues),
+        the direction is evaluated by exact powers of B instead (:class:`Stepped`).
+        """
+        tr, disc = self._eigen(a, m, omm)
+        sxx, suu, sxu = self._steady_momentum(a, n, m, omm)
+        # steady E x x~, E u x~ (a 2x2 system, determinant (1 - beta l1)(1 - beta l2) > 0), E x~^2
+        det = 1.0 - beta * tr + beta * beta * m
+        rx, ru = (1 - beta) * sxx, (1 - beta) * sxu
+        sxe = (rx * (1 - beta * m) + beta * m * ru) / det
+        sue = ((1 - beta * (1 - a)) * ru - beta * a * rx) / det
+        see = (2 * beta * (1 - beta) * ((1 - a) * sxe + m * sue)
+               + (1 - beta) ** 2 * sxx) / (1 - beta * beta)
+        self.loss_star = float(hh @ see)
+        d = np.empty((len(a), 3, 3))
+        d[:, 0, 0], d[:, 1, 1], d[:, 2, 2] = 1 - sxx, -suu, 1 - see
+        d[:, 0, 1] = d[:, 1, 0] = -sxu
+        d[:, 0, 2] = d[:, 2, 0] = 1 - sxe
+        d[:, 1, 2] = d[:, 2, 1] = -sue
+
+        real = disc > 0
+        sq = np.sqrt(np.abs(disc))
+        sign = np.where(tr >= 0, 1.0, -1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            l1 = np.where(real, 0.5 * (tr + sign * sq), 0.5 * (tr + 1j * sq))
+            l2 = np.where(real, m / l1, np.conj(l1))
+            diff = np.where(real, sign * sq, 1j * sq)
+            g = []
+            for l, pi in ((l1, np.stack([l1 - m, np.full(len(a), m)]) / diff),
+                          (l2, -np.stack([l2 - m, np.full(len(a), m)]) / diff)):
+                g.append(np.vstack([(1 - beta) * l * pi / (l - beta), np.zeros(len(a))]))
+            g.append(np.vstack([-(g[0][:2] + g[1][:2]), np.ones(len(a))]))
+
+            def form(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+                return np.einsum("in,nij,jn->n", x, d, y)
+
+            g1, g2, gb = g
+            coef = {"11": form(g1, g1), "22": form(g2, g2), "12": 2 * form(g1, g2),
+                    "bb": form(gb, gb), "b1": 2 * form(gb, g1), "b2": 2 * form(gb, g2)}
+            size = sum(np.abs(c) for c in coef.values())
+            # relative to the scale of q at small t (r(t) ~ 1): also catches nan
+            stepped = ~(size <= COND_MAX * np.abs(d).max(axis=(1, 2)))
+            stepped |= real & (tr <= 0)  # negative (or zero) real eigenvalues
+        if stepped.any():
+            b = np.zeros((int(stepped.sum()), 3, 3))
+            aa = a[stepped]
+            b[:, 0, 0], b[:, 0, 1] = 1 - aa, m
+            b[:, 1, 0], b[:, 1, 1] = -aa, m
+            b[:, 2, 0], b[:, 2, 1], b[:, 2, 2] = (1 - beta) * (1 - aa), (1 - beta) * m, beta
+            modes = np.stack([coef[k][stepped] for k in ("11", "22", "12", "bb", "b1", "b2")], 1)
+            r1, r2 = np.abs(l1[stepped]), np.abs(l2[stepped])
+            with np.errstate(divide="ignore"):
+                rates = np.log(np.stack([r1 * r1, r2 * r2, np.full(len(r1), m),
+                                         np.full(len(r1), beta * beta), beta * r1, beta * r2], 1))
+            self.stepped = Stepped(b, d[stepped], hh[stepped], see[stepped], modes, rates)
+        keep = ~stepped
+        lb = math.log(beta)
+        r, x = keep & real, keep & ~real
+        with np.errstate(divide="ignore"):  # m = 0: l2 = 0, its modes vanish from t = 1
+            # 1 - l1 without cancellation where tr > 0 (as for momentum)
+            log_l1 = np.log1p(-2.0 * a[r] / (a[r] + omm + sq[r]))
+            log_l2 = (math.log(m) if m > 0 else -math.inf) - log_l1
+        w = hh[r]
+        self.pool = Exponentials(
+            np.r_[w * coef["11"][r].real, w * coef["22"][r].real, w * coef["b1"][r].real,
+                  w * coef["b2"][r].real],
+            np.r_[2 * log_l1, 2 * log_l2, lb + log_l1, lb + log_l2])
+        c_bb = float(hh[keep] @ coef["bb"][keep].real)
+        self.brackets = [Bracket(2 * lb, c_bb)]
+        if m > 0:
+            lm = math.log(m)
+            c_m = float(hh[keep] @ coef["12"][keep].real)
+            oscs = []
+            if x.any():
+                w, l = hh[x], l1[x]
+                oscs.append(Oscillations(2 * w * np.abs(coef["11"][x]), 2 * np.angle(l),
+                                         np.angle(coef["11"][x])))
+                self.brackets.append(Bracket(lb + lm / 2, 0.0, [Oscillations(
+                    2 * w * np.abs(coef["b1"][x]), np.angle(l), np.angle(coef["b1"][x]))]))
+            self.brackets.insert(0, Bracket(lm, c_m, oscs))
 
     # -- the loss and its bounds -----------------------------------------------------------
 
@@ -202,34 +330,40 @@ class Dynamics:
             tt = ts[idx].astype(np.float64)
             with np.errstate(under="ignore", invalid="ignore"):
                 v = self.pool.values(tt)
-                if self.m > 0:
-                    mt = np.exp(tt * self.log_m)
-                    v += self.c_m * mt
-                    if self.osc is not None:
-                        v += mt * self.osc.values(tt)
-                    for fam in self.close:
+                for br in self.brackets:
+                    part = np.full(len(tt), br.coef)
+                    for osc in br.oscs:
+                        part += osc.values(tt)
+                    v += np.exp(tt * br.log_rho) * part
+                    for fam in br.closes:
                         v += fam.values(tt)
+                if self.stepped is not None:
+                    v += self.stepped.values(tt)
             out[idx] += v
         return out
 
     def _bound(self, t0: int, t1: int, fine: bool) -> float:
-        """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
+        """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1: term by term
+        (``fine``) or from aggregates (coarse). A bracket rho^t (c + oscillations) is bounded
+        as (c + their minimum) rho^(t1 if that is >= 0 else t0)."""
         self.bound_evals += 1
         with np.errstate(under="ignore", invalid="ignore", over="ignore", divide="ignore"):
             lb = self.loss_star + (self.pool.lower(t0, t1) if fine else self.pool.coarse(t0, t1))
-            if self.m > 0:
-                c = self.c_m
-                for fam in self.close:
+            for br in self.brackets:
+                c = br.coef
+                for fam in br.closes:
                     if fine:
                         part, extra = fam.lower(t0, t1)
                         lb, c = lb + part, c + extra
                     else:
                         lb += fam.coarse(t0, t1)
-                if self.osc is not None:
-                    c += self.osc.lower(t0, t1) if fine else self.osc.coarse()
-                lb += c * math.exp((t1 if c >= 0 else t0) * self.log_m)
+                for osc in br.oscs:
+                    c += osc.lower(t0, t1) if fine else osc.coarse()
+                lb += c * math.exp((t1 if c >= 0 else t0) * br.log_rho)
+            if self.stepped is not None:
+                lb += self.stepped.lower(t0)
         # rounding in the sums: stay on the safe side
-        return lb - 1e-12 * (abs(lb) + self.loss0)
+        return lb - 1e-12 * (abs(lb) + self.loss0) - self._safety
 
     def lower_bound(self, t0: int, t1: int) -> float:
         """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
@@ -243,9 +377,10 @@ class Dynamics:
         return self._bound(t0, t1, fine=True) > target
 
     def _fine_cost(self, t0: int) -> int:
-        """How many terms the fine bound at t0 handles one by one beyond plain exponentials."""
-        return (len(self.pool) + (0 if self.osc is None else len(self.osc))
-                + sum(f.fine_cost(t0) for f in self.close))
+        """How many terms the fine bound at t0 handles one by one."""
+        return len(self.pool) + sum(sum(len(o) for o in br.oscs)
+                                    + sum(f.fine_cost(t0) for f in br.closes)
+                                    for br in self.brackets)
 
     def first_hit(self, target: float, max_steps: int) -> int | None:
         """The smallest t in [0, max_steps] with L(t) <= target, or None (see module doc)."""
@@ -290,24 +425,26 @@ class Dynamics:
         Taylor groups (workloads/nqm_terms.py): O(w x groups) instead of O(w x K)."""
         centres, coef, err, scale = self.pool.window(t, w)
         v = self.loss_star + real_values(centres, coef, w)
-        if self.m > 0:
-            c = self.c_m
-            mt = math.exp(t * self.log_m)
-            ms = np.exp(np.arange(w) * self.log_m)
-            u = np.arange(w) / w
-            for fam in self.close:
+        steps = np.arange(w)
+        for br in self.brackets:
+            c = br.coef
+            rho_t = math.exp(t * br.log_rho)
+            rho_s = np.exp(steps * br.log_rho)
+            for fam in br.closes:
                 poly, e, size, extra, far = fam.window(t, w)
-                v += ms * np.polynomial.polynomial.polyval(u, poly)
+                v += rho_s * np.polynomial.polynomial.polyval(steps / w, poly)
                 err, scale, c = err + e, scale + size, c + extra
                 for centres, coef, e, size in far:
                     v += real_values(centres, coef, w)
                     err, scale = err + e, scale + size
-            if self.osc is not None:
-                osc, e, size = self.osc.window(t, w)
-                v += mt * ms * osc
-                err, scale = err + e * mt, scale + size * mt
-            v += c * mt * ms
-            scale += abs(c) * mt
+            for osc in br.oscs:
+                part, e, size = osc.window(t, w)
+                v += rho_t * rho_s * part
+                err, scale = err + e * rho_t, scale + size * rho_t
+            v += c * rho_t * rho_s
+            scale += abs(c) * rho_t
+        if self.stepped is not None:
+            v += self.stepped.window(t, w)
         return v, np.full(w, err + BAND * (scale + self.loss_star))
 
     def scan(self, a: int, b: int, target: float) -> int | None:
@@ -323,12 +460,28 @@ class Dynamics:
 
 
 def iterate(h: np.ndarray, lr: float, one_minus_momentum: float | None, batch_size: int,
-            p: float, steps: int) -> np.ndarray:
+            p: float, steps: int, ema: float = 0.0) -> np.ndarray:
     """Brute force: L(0..steps) by applying the per-direction second-moment recursion step by
-    step (DESIGN.md's 3x3 matrix). For tests: O(K x steps)."""
+    step (DESIGN.md's 3x3 matrix; with ``ema`` = beta > 0, Sigma' = B Sigma B' + n g g' on
+    (x, u, x~) with B, g as in :meth:`Dynamics._ema`). For tests: O(K x steps)."""
     m = 0.0 if one_minus_momentum is None else 1.0 - one_minus_momentum
     a = lr * h ** (1.0 - p)
     n = lr * lr * h ** (-2.0 * p) * h / batch_size
+    if ema > 0.0:
+        beta = ema
+        b = np.zeros((len(h), 3, 3))
+        b[:, 0, 0], b[:, 0, 1], b[:, 1, 0], b[:, 1, 1] = 1 - a, m, -a, m
+        b[:, 2, 0], b[:, 2, 1], b[:, 2, 2] = (1 - beta) * (1 - a), (1 - beta) * m, beta
+        g = np.array([1.0, 1.0, 1.0 - beta])
+        q = n[:, None, None] * np.outer(g, g)
+        sigma = np.zeros((len(h), 3, 3))
+        sigma[:, 0, 0] = sigma[:, 0, 2] = sigma[:, 2, 0] = sigma[:, 2, 2] = 1.0
+        out = [0.5 * h @ sigma[:, 2, 2]]
+        bt = np.transpose(b, (0, 2, 1))
+        for _ in range(steps):
+            sigma = b @ sigma @ bt + q
+            out.append(0.5 * h @ sigma[:, 2, 2])
+        return np.array(out)
     xx, uu, xu = np.ones_like(h), np.zeros_like(h), np.zeros_like(h)
     out = [0.5 * h @ xx]
     for _ in range(steps):
@@ -358,6 +511,8 @@ class NQM(Workload):
             return [("dimensions", f"{o.dimensions}; allowed: a positive integer")]
         if not 0.0 <= o.precondition_power < 1.0:
             return [("precondition_power", f"{o.precondition_power}; allowed: [0, 1)")]
+        if not 0.0 <= o.ema < 1.0:
+            return [("ema", f"{o.ema}; allowed: [0, 1) (0: no averaging)")]
         return []
 
     def check_metaparameters(self, optimizer: str, schedule: str, fixed: dict,
@@ -385,7 +540,7 @@ class NQM(Workload):
         """The closed form for one trial's metaparameters."""
         omm = req.params.get("one_minus_momentum") if req.optimizer == "momentum" else None
         return Dynamics(self.curvatures(), float(req.params["learning_rate"]), omm,
-                        req.batch_size, self.options.precondition_power)
+                        req.batch_size, self.options.precondition_power, self.options.ema)
 
     def run(self, req: TrialRequest, report: Reporter) -> TrialResult:
         """Exact steps-to-target; the curve is L at the study's evaluation steps up to it.

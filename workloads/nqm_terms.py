@@ -24,6 +24,7 @@ steps in O(W x groups x degree) instead of O(W x K) (K ~ 10^4 directions).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -83,7 +84,8 @@ def taylor_groups(z: np.ndarray, x: np.ndarray, w: int) -> tuple[np.ndarray, np.
     Returns the centres x_g (one per group), the coefficients M ((degree + 1) x groups) with
     sum_{j in g} z_j exp(s x_j) = exp(s x_g) sum_k M_kg (s / w)^k + error, and the bound
     sum_j |z_j| kappa^(p+1) / (p+1)! on the error's absolute value (valid as all rates and
-    centres are <= 0: exp(s x_g) |exp(s d) - Taylor| <= |s d|^(p+1)/(p+1)! max(e^(s x_g), e^(s x_j))).
+    centres are <= 0: exp(s x_g) |exp(s d) - Taylor| <= |s d|^(p+1)/(p+1)! x
+    max(e^(s x_g), e^(s x_j))).
     """
     width = 2.0 * TAYLOR_KAPPA / w
     key = np.floor(x / width)
@@ -446,7 +448,8 @@ class Close:
         lr = self.lr
         b1, b2, th = self.b1, self.b2, self.ell
         if t0 >= 2 / -lr:
-            # past the peaks of rho^t t and rho^t t^2: |b1 S| + |b2 C| <= rho^t0 (t0 |b1| + t0^2 |b2|)
+            # past the peaks of rho^t t and rho^t t^2:
+            # |b1 S| + |b2 C| <= rho^t0 (t0 |b1| + t0^2 |b2|)
             total = math.exp(t0 * lr) * (t0 * self._abs[0] + t0 * t0 * self._abs[1])
             if total <= 1e-9:
                 return -total
@@ -522,3 +525,76 @@ class Close:
                        * cosh).sum())
         scale = float(np.abs(alpha).sum() + w * np.abs(beta).sum() + w * w * np.abs(gamma).sum())
         return poly, err + 1e-15 * scale * math.cosh(CLOSE_KAPPA), scale, extra, far
+
+
+@dataclass
+class Bracket:
+    """Terms sharing one modulus: rho^t (coef + the oscillations' sum), plus close pairs, whose
+    values carry rho^t themselves but whose bounds and windows add to ``coef``."""
+
+    log_rho: float
+    coef: float = 0.0
+    oscs: list[Oscillations] = field(default_factory=list)
+    closes: list[Close] = field(default_factory=list)
+
+
+class Stepped:
+    """sum_i w_i e3' B_i^t D_i B_i^t' e3 for a few directions, each by exact powers of its 3x3
+    matrix B_i (binary powering; doubling for a window): the directions whose modal expansion
+    would cancel badly, or alternate in sign.
+
+    Lower bound for t >= t0: each direction's transient is sum_k C_k mu_k^t, so it is at least
+    -sum_k |C_k| |mu_k|^t0 (twice that: the computed C_k may be off by their cancellation, by
+    far less than themselves), and at least -S_i (a second moment is >= 0; S_i its steady
+    state), which is all that is used where the C_k are not finite.
+    """
+
+    def __init__(self, b: np.ndarray, d: np.ndarray, weight: np.ndarray, steady: np.ndarray,
+                 env_coef: np.ndarray, env_log: np.ndarray) -> None:
+        self.b, self.d, self.w = b, d, weight
+        self._steady = steady
+        finite = np.isfinite(env_coef).all(axis=1)  # a rate of -inf: the mode is 0 from t = 1
+        self._env = (np.where(finite[:, None], 2 * np.abs(env_coef), 0.0),
+                     np.where(np.isfinite(env_log), env_log, -np.inf), finite)
+
+    def __len__(self) -> int:
+        return len(self.w)
+
+    def _rows(self, t: int) -> np.ndarray:
+        """e3' B^t for every direction, (n, 3)."""
+        rows = np.zeros((len(self.w), 3))
+        rows[:, 2] = 1.0
+        power = self.b
+        while t:
+            if t & 1:
+                rows = np.einsum("ni,nij->nj", rows, power)
+            t >>= 1
+            if t:
+                power = power @ power
+        return rows
+
+    def _quad(self, rows: np.ndarray) -> np.ndarray:
+        """sum_i w_i r_i D_i r_i' for rows (..., n, 3)."""
+        return np.einsum("...ni,nij,...nj,n->...", rows, self.d, rows, self.w)
+
+    def values(self, t: np.ndarray) -> np.ndarray:
+        """The sum at each t (1-D array of steps)."""
+        return np.array([self._quad(self._rows(int(x))) for x in t])
+
+    def lower(self, t0: float) -> float:
+        """A lower bound at every t >= t0."""
+        coef, log, finite = self._env
+        with np.errstate(under="ignore"):
+            env = (coef * np.exp(t0 * log)).sum(axis=1)
+        return -float(self.w @ np.where(finite, np.minimum(env, self._steady), self._steady))
+
+    def window(self, t: int, w: int) -> np.ndarray:
+        """The sum at steps t .. t + w - 1 (exact up to rounding)."""
+        rows = np.empty((w, len(self.w), 3))
+        rows[0] = self._rows(t)
+        power, k = self.b, 1
+        while k < w:  # rows[k:2k] = rows[:k] B^k
+            j = min(k, w - k)
+            rows[k:k + j] = np.einsum("sni,nij->snj", rows[:j], power)
+            power, k = power @ power, 2 * k
+        return self._quad(rows)
