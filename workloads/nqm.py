@@ -13,19 +13,32 @@ A^t = U_t A - m U_{t-1} I with U_t = (l1^t - l2^t) / (l1 - l2) (l1, l2: eigenval
 transient q(t) = r D r' is a quadratic form in (U_t, U_{t-1}), and expands into three geometric
 terms c1 l1^(2t) + c2 l2^(2t) + c3 m^t. Nothing is simulated: L(t) = 1/2 sum_i h_i E x_i^2(t).
 
+With an exponential moving average of the iterates (option ``ema`` = beta > 0; x~0 = x0,
+x~' = beta x~ + (1 - beta) x', the loss measured at x~), z = (x, u, x~) follows a 3x3 recursion
+with eigenvalues l1, l2, beta, and q(t) = E x~^2(t) - S has six geometric modes
+(:meth:`Dynamics._ema`).
+
 Steps-to-target, exactly: the smallest integer t with L(t) <= target. L need not be monotone
 (momentum oscillates; noise can make a direction's second moment grow toward its steady state),
 so we search with certified lower bounds. On an interval [t0, t1] every geometric term with a
-real base in [0, 1) is monotone, so its minimum is at an end; a complex-conjugate pair plus its
-m^t term is at least (c3 - 2|c1|) m^t. Summing the minima gives LB(t0, t1) <= min L on the
-interval. The search walks doubling blocks [1, 1], [2, 3], [4, 7], ... left to right, skips any
-block with LB > target, and bisects the others depth-first, left half first, down to single steps
-where L is evaluated exactly. Everything skipped provably stays above the target and everything to
-the left of the answer was skipped or evaluated, so the answer is the smallest such t.
+real base in [0, 1) is monotone, so its minimum is at an end; an oscillation A rho^t cos(t phi +
+psi) is at least -A rho^t0 if a trough of the cosine falls in the interval, else its smaller end;
+close pairs have unimodal or enveloped forms (workloads/nqm_terms.py). Summing the minima gives
+LB(t0, t1) <= min L on the interval (a "fine" bound, term by term; a "coarse" one from
+aggregates, also certified, is tried first where the fine one is costly). The search walks
+doubling blocks [1, 1], [2, 3], [4, 7], ... left to right (trying 8x longer blocks first while
+far from the target), skips any block with LB > target, and bisects the others depth-first, left
+half first. An interval of at most ``WINDOW`` steps (and at most 4x its first step) is not
+bisected further: a window encloses L at all its steps at once, L(t) in [v_t - e, v_t + e] with
+a certified e (Taylor groups of nearby rates; oscillations gridded onto FFT frequencies), and
+the first step not certainly above the target is the answer if certainly below it, else
+evaluated exactly (those within e of the target; e ~ 1e-10 x the terms' size). Everything
+skipped provably stays above the target, and every step left of the answer was skipped,
+enclosed above the target or evaluated, so the answer is the smallest such t (up to rounding
+in L itself, ~1e-15 relative, as for any evaluation of L).
 
 Near-degenerate directions (l1 ~ l2, critical damping), where the three-term expansion cancels
-catastrophically, are evaluated through a stable form of U_t (sinh of t atanh(e)), and bounded
-below by dropping their non-negative part and bounding the rest with |U_t| <= t rho^(t-1).
+catastrophically, are evaluated through stable forms of U_t (sinh / sin of t ell over ell).
 """
 
 from __future__ import annotations
@@ -36,17 +49,26 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
+from workloads.nqm_terms import (Bracket, Close, Exponentials, Oscillations, Stepped, _sinc,
+                                 _sinhc, real_values)
 
-#: Bound evaluations before the search stops bisecting and evaluates the remaining candidate
-#: intervals exactly, left to right, in blocks (slower, equally exact). Needed only where many
-#: slowly decaying oscillations keep the bounds below the target for a long stretch.
-MAX_BOUND_EVALS = 2_000
-EXACT_BLOCK = 256
-#: Oscillating terms whose combined amplitude bound is below this (in loss units, targets are
-#: ~1e-2) are bounded together rather than one by one: the bound stays valid, a hair looser.
-AGGREGATE = 1e-9
+#: Intervals of at most this many steps (and at most 4 x their first step) are not bisected
+#: further: all their steps are enclosed at once by a Taylor-group window (nqm_terms.py).
+WINDOW = 2048
+#: Half-width, relative to the size of the terms, of the band around the target inside which
+#: a window's enclosure is not trusted and the step is evaluated exactly.
+BAND = 1e-10
+#: The coarse bound (from aggregates) is tried before the fine one where the fine one would bound
+#: more than this many terms one by one.
+COARSE_FIRST = 256
+#: EMA: directions whose modal coefficients sum (in absolute value) to more than this many times
+#: their transient at t = 0 are evaluated by exact matrix powers instead.
+COND_MAX = 1e4
+#: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
+_BLAS = ThreadpoolController()
 
 
 @dataclass
@@ -55,6 +77,7 @@ class NQMOptions:
 
     dimensions: int = 10_000  # K: h_i = 1/i, i = 1..K
     precondition_power: float = 0.0  # p: preconditioner H^-p, 0 <= p < 1
+    ema: float = 0.0  # beta: loss at x~' = beta x~ + (1 - beta) x' (x~0 = x0); 0: at x itself
 
 
 def spectrum(k: int) -> np.ndarray:
@@ -62,73 +85,80 @@ def spectrum(k: int) -> np.ndarray:
     return 1.0 / np.arange(1, k + 1, dtype=np.float64)
 
 
-def _sinhc(x: np.ndarray) -> np.ndarray:
-    """sinh(x)/x, 1 at 0."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(np.abs(x) < 1e-6, 1.0 + x * x / 6.0, np.sinh(x) / np.where(x == 0, 1, x))
-
-
-def _sinc(x: np.ndarray) -> np.ndarray:
-    """sin(x)/x, 1 at 0."""
-    return np.where(np.abs(x) < 1e-6, 1.0 - x * x / 6.0, np.sin(x) / np.where(x == 0, 1, x))
-
-
 class Dynamics:
     """Closed-form expected loss of SGD / heavy-ball momentum on the NQM, with certified bounds.
 
-    Every direction's transient q_i(t) = E x_i^2(t) - S_xx,i falls in one of these forms:
+    Every direction's transient q_i(t) = E x_i^2(t) - S_xx,i falls in one of these forms, and
+    L(t) = L* + sum_i h_i q_i(t) / 2 is kept as families of terms (workloads/nqm_terms.py):
 
-    * plain SGD: c (1 - a)^(2t), one monotone term;
-    * momentum, eigenvalues apart: c1 l1^(2t) + c2 l2^(2t) + c3 m^t, three monotone terms if real,
-      or c3 m^t + A m^t cos(t phi + psi) if complex (bounded by -A m^t0 when a trough of the
-      cosine falls in the interval, else by the cosine at the ends);
+    * plain SGD: c (1 - a)^(2t), one monotone term (:class:`Exponentials`);
+    * momentum, eigenvalues apart, real: c1 l1^(2t) + c2 l2^(2t) + c3 m^t, the first two
+      :class:`Exponentials`;
+    * momentum, complex pair: c3 m^t + A m^t cos(t phi + psi) (:class:`Oscillations`, with the
+      shared modulus m^t);
     * momentum, eigenvalues close (|ell| = |log(l1/l2)| < 0.05 if real, < 1e-3 if complex;
-      critical damping included), where the
-      form above cancels catastrophically: m^t (P + b1 S(t) + b2 C(t)) with S = sinh(t ell)/ell,
-      C = 2 (cosh(t ell) - 1)/ell^2 (-> t and t^2 as ell -> 0; sin/cos for complex ell). P, b1, b2
-      are solved from the exact q(0), q(1), q(2). For real ell, m^t S and m^t C are unimodal with
-      closed-form peaks, so each term's extremes on an interval are exact; for complex ell,
-      |S| <= min(t, 1/theta) and 0 <= C <= min(t^2, 4/theta^2).
+      critical damping included), where the form above cancels catastrophically:
+      m^t (P + b1 S(t) + b2 C(t)) (:class:`Close`), P, b1, b2 solved from the exact q(0), q(1),
+      q(2);
+    * with an exponential moving average of the iterates (``ema`` = beta > 0), see
+      :meth:`_ema`.
+
+    Terms sharing a modulus (all c3 m^t and P m^t; with EMA also beta^(2t) and (beta sqrt m)^t)
+    are kept as :class:`Bracket` s, their constant parts summed into one coefficient.
     """
 
     def __init__(self, h: np.ndarray, lr: float, one_minus_momentum: float | None,
-                 batch_size: int, p: float = 0.0) -> None:
+                 batch_size: int, p: float = 0.0, ema: float = 0.0) -> None:
         omm = 1.0 if one_minus_momentum is None else float(one_minus_momentum)
         m = 1.0 - omm
         self.m = m
         a = lr * h ** (1.0 - p)
         n = lr * lr * h ** (-2.0 * p) * h / batch_size
-        self.loss0 = 0.5 * float(h.sum())  # E x0^2 = 1
+        self.loss0 = 0.5 * float(h.sum())  # E x0^2 = 1 (and x~0 = x0)
         # Stable iff both eigenvalues of A lie inside the unit circle: 0 < a < 2 (1 + m).
         self.diverged = bool(np.any(a >= 2.0 * (1.0 + m)))
-        self.bound_evals = 0
-        empty = np.empty(0)
-        self._cplx = (empty,) * 4
-        self._amp_tail = np.zeros(1)
-        self._close_real = self._close_cplx = None
+        self.bound_evals = self.windows = 0
+        self.brackets: list[Bracket] = []
+        self.stepped: Stepped | None = None
         if self.diverged:
             return
         hh = 0.5 * h
-        if m == 0.0:
+        if ema > 0.0:
+            self._ema(hh, a, n, m, omm, ema)
+        elif m == 0.0:
             sxx = n / (a * (2.0 - a))
             self.loss_star = float(hh @ sxx)
             with np.errstate(divide="ignore"):  # a == 1: the term is 0 for t >= 1
-                self._mono = (hh * (1.0 - sxx), 2.0 * np.log(np.abs(1.0 - a)))
-            self._finish_bounds([])
-            return
-        self.log_m = lm = math.log(m)
+                self.pool = Exponentials(hh * (1.0 - sxx), 2.0 * np.log(np.abs(1.0 - a)))
+        else:
+            self._momentum(hh, a, n, m, omm)
+        self._safety = 1e-14 * (float(np.abs(self.pool.c).sum())
+                                + sum(abs(b.coef) + sum(o.total for o in b.oscs)
+                                      for b in self.brackets))
+
+    @staticmethod
+    def _steady_momentum(a: np.ndarray, n: np.ndarray, m: float,
+                         omm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Steady E x^2, E u^2, E xu of heavy-ball momentum (m = 0: plain SGD)."""
         k = 2.0 * (1.0 + m) - a
-        sxx = n * (1.0 + m) / (a * omm * k)
-        suu = 2.0 * n / (omm * k)
-        sxu = n / (omm * k)
+        return n * (1.0 + m) / (a * omm * k), 2.0 * n / (omm * k), n / (omm * k)
+
+    @staticmethod
+    def _eigen(a: np.ndarray, m: float, omm: float) -> tuple[np.ndarray, np.ndarray]:
+        """tr = l1 + l2 and the discriminant tr^2 - 4m of A = [[1-a, m], [-a, m]], the latter
+        written to avoid cancelling O(1) terms when a and 1 - m are small."""
+        return 1.0 - a + m, omm * omm - 2.0 * a * (1.0 + m) + a * a
+
+    def _momentum(self, hh: np.ndarray, a: np.ndarray, n: np.ndarray, m: float,
+                  omm: float) -> None:
+        lm = math.log(m)
+        sxx, suu, sxu = self._steady_momentum(a, n, m, omm)
         self.loss_star = float(hh @ sxx)
         dxx, duu, dxu = 1.0 - sxx, -suu, -sxu
         g11 = (1 - a) ** 2 * dxx + 2 * (1 - a) * m * dxu + m * m * duu
         g12 = -m * ((1 - a) * dxx + m * dxu)
         g22 = m * m * dxx
-        tr = 1.0 - a + m
-        # tr^2 - 4m, written to avoid cancelling O(1) terms when a and 1 - m are small
-        disc = omm * omm - 2.0 * a * (1.0 + m) + a * a
+        tr, disc = self._eigen(a, m, omm)
         ratio = np.sqrt(np.abs(disc)) / np.maximum(np.abs(tr), 1e-300)
         ell = np.where(disc > 0, 2.0 * np.arctanh(np.minimum(ratio, 1 - 1e-16)),
                        2.0 * np.arctan(ratio))  # |log(l1/l2)|; theta = arg(l1/l2) if complex
@@ -138,45 +168,46 @@ class Dynamics:
         # otherwise the exact sinusoid's trough-aware bound is the tighter one.
         close = np.where(disc > 0, ell < 0.05, ell < 1e-3)
         real, cplx = (disc > 0) & ~close, (disc <= 0) & ~close
+        c_m = 0.0
+        oscs: list[Oscillations] = []
+        closes: list[Close] = []
 
         # Far apart, real: l1 (larger magnitude, no cancellation) and l2 = m / l1.
-        sq = np.sqrt(np.where(real, disc, 1.0))
-        l1 = np.where(real, 0.5 * (tr + np.copysign(sq, tr)), 1.0)
+        r = real
+        sq = np.sqrt(disc[r])
+        l1 = 0.5 * (tr[r] + np.copysign(sq, tr[r]))
         l2 = m / l1
-        d2 = np.where(real, disc, 1.0)  # (l1 - l2)^2
-        c1 = (g11 + 2 * g12 / l1 + g22 / l1 ** 2) / d2
-        c2 = (g11 + 2 * g12 / l2 + g22 / l2 ** 2) / d2
-        c3 = (-2 * g11 - 2 * g12 * tr / m - 2 * g22 / m) / d2
-        one_minus_l1 = 2.0 * a / (a + omm + sq)  # 1 - l1 without cancellation (tr > 0)
+        d2 = disc[r]  # (l1 - l2)^2
+        c1 = (g11[r] + 2 * g12[r] / l1 + g22[r] / l1 ** 2) / d2
+        c2 = (g11[r] + 2 * g12[r] / l2 + g22[r] / l2 ** 2) / d2
+        c3 = (-2 * g11[r] - 2 * g12[r] * tr[r] / m - 2 * g22[r] / m) / d2
+        one_minus_l1 = 2.0 * a[r] / (a[r] + omm + sq)  # 1 - l1 without cancellation (tr > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_l1 = np.where(tr > 0, np.log1p(-np.minimum(one_minus_l1, 1.0)),
+            log_l1 = np.where(tr[r] > 0, np.log1p(-np.minimum(one_minus_l1, 1.0)),
                               np.log(np.abs(l1)))
             log_l2 = np.log(np.abs(l2))
-        r = real
-        mono_c = [hh[r] * c1[r], hh[r] * c2[r], hh[r] * c3[r]]
-        mono_l = [2 * log_l1[r], 2 * log_l2[r], np.full(int(r.sum()), lm)]
+        self.pool = Exponentials(np.r_[hh[r] * c1, hh[r] * c2], np.r_[2 * log_l1, 2 * log_l2])
+        c_m += float(hh[r] @ c3)
 
         # Far apart, complex pair l, conj(l), |l|^2 = m: q = c3 m^t + 2 Re(c1 l^(2t)).
         x = cplx
-        s_im = np.sqrt(np.where(x, -disc, 1.0))
-        lc = 0.5 * (tr[x] + 1j * s_im[x])
-        dc2 = -(s_im[x] ** 2)
-        cc1 = (g11[x] + 2 * g12[x] / lc + g22[x] / lc ** 2) / dc2
-        cc3 = ((-2 * g11[x] - 2 * g12[x] * tr[x] / m - 2 * g22[x] / m) / dc2).real
-        amp = hh[x] * 2 * np.abs(cc1)
-        order = np.argsort(-amp)  # largest oscillations first; see _close_bound
-        self._cplx = ((hh[x] * cc3)[order], amp[order], (2 * np.angle(lc))[order],
-                      np.angle(cc1)[order])
-        self._amp_tail = np.concatenate([np.cumsum(amp[order][::-1])[::-1], [0.0]])
-        extra = [(hh[x] * cc3, np.full(int(x.sum()), lm))]
+        if x.any():
+            lc = 0.5 * (tr[x] + 1j * np.sqrt(-disc[x]))
+            dc2 = disc[x]
+            cc1 = (g11[x] + 2 * g12[x] / lc + g22[x] / lc ** 2) / dc2
+            cc3 = ((-2 * g11[x] - 2 * g12[x] * tr[x] / m - 2 * g22[x] / m) / dc2).real
+            oscs.append(Oscillations(hh[x] * 2 * np.abs(cc1), 2 * np.angle(lc), np.angle(cc1)))
+            c_m += float(hh[x] @ cc3)
 
-        # Close: m^t (P + b1 S + b2 C), from q(0) = Dxx, q(1) = g11, q(2) = g11 tr^2 + 2 g12 tr + g22.
+        # Close: m^t (P + b1 S + b2 C), from q(0) = Dxx, q(1) = g11,
+        # q(2) = g11 tr^2 + 2 g12 tr + g22.
         for is_real in (True, False):
             sel = close & ((disc > 0) if is_real else (disc <= 0))
             if not sel.any():
                 continue
             e = ell[sel]
-            (s_1, s_2), (c_1, c_2) = self._sc(np.array([[1.0], [2.0]]), e, is_real)
+            f = _sinhc if is_real else _sinc  # S(t) = t f(t ell), C(t) = t^2 f(t ell / 2)^2
+            s_1, s_2, c_1, c_2 = f(e), 2 * f(2 * e), f(e / 2) ** 2, 4 * f(e) ** 2
             q0 = dxx[sel]
             q1 = g11[sel]
             q2 = g11[sel] * tr[sel] ** 2 + 2 * g12[sel] * tr[sel] + g22[sel]
@@ -184,140 +215,105 @@ class Dynamics:
             det = s_1 * c_2 - s_2 * c_1
             b1 = (r1 * c_2 - r2 * c_1) / det
             b2 = (s_1 * r2 - s_2 * r1) / det
-            part = (hh[sel] * q0, hh[sel] * b1, hh[sel] * b2, e)
-            if is_real:
-                self._close_real = part
-                # peak of m^t S(t) = (E1 - E2)/(2 ell): atanh(ell/|log m|)/ell (1/|log m| at 0);
-                # m^t C(t) = (sqrt E1 - sqrt E2)^2/ell^2 peaks at twice that
-                self._peak_s = np.where(e > 1e-12, np.arctanh(np.minimum(e / -lm, 1 - 1e-16))
-                                        / np.maximum(e, 1e-300), 1.0 / -lm)
-            else:
-                self._close_cplx = part
-                self._cc_abs = (float(np.abs(part[1]).sum()), float(np.abs(part[2]).sum()))
-            extra.append((hh[sel] * q0, np.full(int(sel.sum()), lm)))
-        self._mono = (np.concatenate(mono_c), np.concatenate(mono_l))
-        self._finish_bounds(extra)
+            closes.append(Close(hh[sel] * b1, hh[sel] * b2, e, is_real, lm))
+            c_m += float(hh[sel] @ q0)
+        self.brackets = [Bracket(lm, c_m, oscs, closes)]
 
-    @staticmethod
-    def _sc(t: np.ndarray, ell: np.ndarray, is_real: bool) -> tuple[np.ndarray, np.ndarray]:
-        """S(t) and C(t) (without the m^t factor) at t (a column vector)."""
-        x = t * ell
-        if is_real:
-            return t * _sinhc(x), t * t * _sinhc(x / 2) ** 2
-        return t * _sinc(x), t * t * _sinc(x / 2) ** 2
+    def _ema(self, hh: np.ndarray, a: np.ndarray, n: np.ndarray, m: float, omm: float,
+             beta: float) -> None:
+        """Momentum m (0: SGD) with the loss at x~, x~' = beta x~ + (1 - beta) x', x~0 = x0.
 
-    def _finish_bounds(self, extra: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        bc = np.concatenate([self._mono[0], *(c for c, _ in extra)])
-        bl = np.concatenate([self._mono[1], *(l for _, l in extra)])
-        self._pos = (bc[bc >= 0], bl[bc >= 0])
-        self._neg = (bc[bc < 0], bl[bc < 0])
-
-    # -- close eigenvalues: m^t S(t), m^t C(t) -------------------------------------------------
-
-    def _ms_mc_real(self, t: np.ndarray, ell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """m^t sinh(t ell)/ell and m^t 2 (cosh(t ell) - 1)/ell^2 for real ell.
-
-        As (E1 - E2)/(2 ell) and (sqrt E1 - sqrt E2)^2/ell^2 with E1,2 = exp(t (log m +- ell))
-        (both <= 1 for a stable direction); where t ell < 1e-3 that difference would lose
-        digits, so there the series m^t t (1 + x^2/6) and m^t t^2 (1 + x^2/12) are used.
+        Per direction z = (x, u, x~) follows z' = B z - (1, 1, 1 - beta) xi with
+        B = [[1-a, m, 0], [-a, m, 0], [(1-beta)(1-a), (1-beta) m, beta]], whose eigenvalues are
+        l1, l2 (those of A) and beta. E x~^2(t) = S + r(t) D r(t)' with r(t) = e3' B^t,
+        D = Sigma_0 - Sigma*, and, in closed form (no numerical eigensolver),
+        r(t) = sum over mu in {l1, l2, beta} of mu^t g_mu with
+        g_l = ((1 - beta) l pi_l / (l - beta), 0), pi_l1 = (l1 - m, m)/(l1 - l2),
+        pi_l2 = -(l2 - m, m)/(l1 - l2) (so that e1' A^k = sum_l l^k pi_l), and
+        g_beta = (-(g_l1 + g_l2), 1). So q(t) = r D r' has six modes, l1^2, l2^2, l1 l2 = m,
+        beta^2, beta l1, beta l2, with coefficients g D g'. Real modes are
+        :class:`Exponentials`; for a complex pair l1^2 and beta l1 (with their conjugates) are
+        oscillations of moduli m and beta sqrt(m); m^t and beta^(2t) are shared. Where the
+        coefficients would cancel badly (sum |coefficients| > ``COND_MAX`` x max |D|: two of
+        l1, l2, beta nearly equal) or a mode alternates in sign (negative real eigenvalues),
+        the direction is evaluated by exact powers of B instead (:class:`Stepped`).
         """
-        x = t * ell
-        lm = self.log_m
-        with np.errstate(under="ignore", invalid="ignore", divide="ignore"):
-            e1, e2 = np.exp(t * (lm + ell)), np.exp(t * (lm - ell))
-            small = x < 1e-3
-            if small.any():
-                mt = np.exp(t * lm)
-                ms = np.where(small, mt * t * (1 + x * x / 6), (e1 - e2) / (2 * ell))
-                mc = np.where(small, mt * t * t * (1 + x * x / 12),
-                              (np.sqrt(e1) - np.sqrt(e2)) ** 2 / (ell * ell))
-            else:
-                ms = (e1 - e2) / (2 * ell)
-                mc = (np.sqrt(e1) - np.sqrt(e2)) ** 2 / (ell * ell)
-        return ms, mc
+        tr, disc = self._eigen(a, m, omm)
+        sxx, suu, sxu = self._steady_momentum(a, n, m, omm)
+        # steady E x x~, E u x~ (a 2x2 system, determinant (1 - beta l1)(1 - beta l2) > 0), E x~^2
+        det = 1.0 - beta * tr + beta * beta * m
+        rx, ru = (1 - beta) * sxx, (1 - beta) * sxu
+        sxe = (rx * (1 - beta * m) + beta * m * ru) / det
+        sue = ((1 - beta * (1 - a)) * ru - beta * a * rx) / det
+        see = (2 * beta * (1 - beta) * ((1 - a) * sxe + m * sue)
+               + (1 - beta) ** 2 * sxx) / (1 - beta * beta)
+        self.loss_star = float(hh @ see)
+        d = np.empty((len(a), 3, 3))
+        d[:, 0, 0], d[:, 1, 1], d[:, 2, 2] = 1 - sxx, -suu, 1 - see
+        d[:, 0, 1] = d[:, 1, 0] = -sxu
+        d[:, 0, 2] = d[:, 2, 0] = 1 - sxe
+        d[:, 1, 2] = d[:, 2, 1] = -sue
 
-    def _close_eval(self, t: np.ndarray) -> np.ndarray:
-        """Sum of 1/2 h q over close-eigenvalue directions at each t (column vector)."""
-        total = np.zeros(len(t))
-        if self._close_real is not None:
-            p, b1, b2, ell = self._close_real
-            ms, mc = self._ms_mc_real(t, ell)
-            total += (np.exp(t * self.log_m) * p + ms * b1 + mc * b2).sum(axis=1)
-        if self._close_cplx is not None:
-            p, b1, b2, th = self._close_cplx
-            with np.errstate(under="ignore"):
-                mt = np.exp(t * self.log_m)
-            s, c = self._sc(t, th, False)
-            total += (mt * (p + b1 * s + b2 * c)).sum(axis=1)
-        return total
+        real = disc > 0
+        sq = np.sqrt(np.abs(disc))
+        sign = np.where(tr >= 0, 1.0, -1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            l1 = np.where(real, 0.5 * (tr + sign * sq), 0.5 * (tr + 1j * sq))
+            l2 = np.where(real, m / l1, np.conj(l1))
+            diff = np.where(real, sign * sq, 1j * sq)
+            g = []
+            for l, pi in ((l1, np.stack([l1 - m, np.full(len(a), m)]) / diff),
+                          (l2, -np.stack([l2 - m, np.full(len(a), m)]) / diff)):
+                g.append(np.vstack([(1 - beta) * l * pi / (l - beta), np.zeros(len(a))]))
+            g.append(np.vstack([-(g[0][:2] + g[1][:2]), np.ones(len(a))]))
 
-    def _close_bound(self, t0: int, t1: int) -> float:
-        """Lower bound on [t0, t1] of the oscillating and close-eigenvalue terms (the monotone
-        ones are in the pool)."""
-        lb = 0.0
-        lm = self.log_m
-        if self._close_real is not None:
-            _, b1, b2, ell = self._close_real
-            # m^t S and m^t C are unimodal: their extremes on [t0, t1] are at the ends or at
-            # the peaks (precomputed), so one evaluation at 4 time rows gives them exactly.
-            rows = np.vstack([np.full(len(ell), float(t0)), np.full(len(ell), float(t1)),
-                              np.clip(self._peak_s, t0, t1), np.clip(2 * self._peak_s, t0, t1)])
-            ms, mc = self._ms_mc_real(rows, ell)
-            lb += float(np.where(b1 >= 0, b1 * np.minimum(ms[0], ms[1]),
-                                 b1 * np.maximum(ms[2], np.maximum(ms[0], ms[1]))).sum())
-            lb += float(np.where(b2 >= 0, b2 * np.minimum(mc[0], mc[1]),
-                                 b2 * np.maximum(mc[3], np.maximum(mc[0], mc[1]))).sum())
-        cc = self._close_cplx
-        if cc is not None and t0 >= 2 / -lm:
-            # past the peaks of m^t t and m^t t^2, |b1 S| + |b2 C| <= m^t0 (t0 |b1| + t0^2 |b2|)
-            total = math.exp(t0 * lm) * (t0 * self._cc_abs[0] + t0 * t0 * self._cc_abs[1])
-            if total <= AGGREGATE:
-                lb -= total
-                cc = None
-        if cc is not None:
-            _, b1, b2, th = cc
-            mt0, mt1 = math.exp(t0 * lm), math.exp(t1 * lm)
-            # While t theta <= pi, S = sin(t theta)/theta >= 0 is concave (min at an end, max at
-            # pi/(2 theta)) and C = 2 (1 - cos t theta)/theta^2 increases; past that, envelopes
-            # |S| <= min(t, 1/theta), 0 <= C <= min(t^2, 4/theta^2) times max m^t t^k.
-            inside = t1 * th <= math.pi
-            (s0, s1), (c0, c1) = self._sc(np.array([[float(t0)], [float(t1)]]), th, False)
-            s_top = self._sc(np.clip(math.pi / 2 / th, t0, t1)[None, :], th, False)[0][0]
+            def form(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+                return np.einsum("in,nij,jn->n", x, d, y)
 
-            def env(power: int, cap: np.ndarray) -> np.ndarray:
-                tp = min(max(power / -lm, t0), t1)
-                with np.errstate(under="ignore"):
-                    return np.minimum(math.exp(tp * lm) * tp ** power, mt0 * cap)
-
-            s_lo = np.where(inside, np.minimum(s0, s1), -np.minimum(t1, 1 / th))
-            s_hi = np.where(inside, s_top, np.minimum(t1, 1 / th))
-            c_lo = np.where(inside, c0, 0.0)
-            c_hi = np.where(inside, c1, np.minimum(t1 * t1, 4 / th ** 2))
-            with np.errstate(under="ignore"):
-                lb += float(np.where(b1 >= 0, b1 * np.where(s_lo >= 0, mt1, mt0) * s_lo,
-                                     b1 * np.where(inside, mt0 * s_hi, env(1, 1 / th))).sum())
-                lb += float(np.where(b2 >= 0, b2 * mt1 * c_lo,
-                                     b2 * np.where(inside, mt0 * c_hi,
-                                                   env(2, 4 / th ** 2))).sum())
-        ccoef, camp, cphase, cshift = self._cplx
-        if len(camp):
-            # far-apart complex pairs: A m^t cos(t phi + psi) >= -A m^t0 if a trough of the
-            # cosine lies in the interval, else A min(cos at the ends) m^(t1 or t0). Pairs are
-            # sorted by A: the smallest ones, whose A m^t0 add up to <= AGGREGATE, are bounded
-            # together by -sum(A) m^t0 (cheap late in the search, when m^t0 is tiny).
-            mt0 = math.exp(t0 * self.log_m)
-            k = int(np.searchsorted(-self._amp_tail, -AGGREGATE / mt0)) if mt0 > 0 else 0
-            lb -= float(self._amp_tail[k]) * mt0
-            camp, cphase, cshift = camp[:k], cphase[:k], cshift[:k]
-            x0, x1 = t0 * cphase + cshift, t1 * cphase + cshift
-            two_pi = 2 * math.pi
-            trough = (np.floor((x1 - math.pi) / two_pi + 1e-9)
-                      >= np.ceil((x0 - math.pi) / two_pi - 1e-9))
-            cmin = np.minimum(np.cos(x0), np.cos(x1))
-            with np.errstate(under="ignore"):
-                mt0, mt1 = math.exp(t0 * self.log_m), math.exp(t1 * self.log_m)
-            lb += float(camp @ np.where(trough, -mt0, cmin * np.where(cmin >= 0, mt1, mt0)))
-        return lb
+            g1, g2, gb = g
+            coef = {"11": form(g1, g1), "22": form(g2, g2), "12": 2 * form(g1, g2),
+                    "bb": form(gb, gb), "b1": 2 * form(gb, g1), "b2": 2 * form(gb, g2)}
+            size = sum(np.abs(c) for c in coef.values())
+            # relative to the scale of q at small t (r(t) ~ 1): also catches nan
+            stepped = ~(size <= COND_MAX * np.abs(d).max(axis=(1, 2)))
+            stepped |= real & (tr <= 0)  # negative (or zero) real eigenvalues
+        if stepped.any():
+            b = np.zeros((int(stepped.sum()), 3, 3))
+            aa = a[stepped]
+            b[:, 0, 0], b[:, 0, 1] = 1 - aa, m
+            b[:, 1, 0], b[:, 1, 1] = -aa, m
+            b[:, 2, 0], b[:, 2, 1], b[:, 2, 2] = (1 - beta) * (1 - aa), (1 - beta) * m, beta
+            modes = np.stack([coef[k][stepped] for k in ("11", "22", "12", "bb", "b1", "b2")], 1)
+            r1, r2 = np.abs(l1[stepped]), np.abs(l2[stepped])
+            with np.errstate(divide="ignore"):
+                rates = np.log(np.stack([r1 * r1, r2 * r2, np.full(len(r1), m),
+                                         np.full(len(r1), beta * beta), beta * r1, beta * r2], 1))
+            self.stepped = Stepped(b, d[stepped], hh[stepped], see[stepped], modes, rates)
+        keep = ~stepped
+        lb = math.log(beta)
+        r, x = keep & real, keep & ~real
+        with np.errstate(divide="ignore"):  # m = 0: l2 = 0, its modes vanish from t = 1
+            # 1 - l1 without cancellation where tr > 0 (as for momentum)
+            log_l1 = np.log1p(-2.0 * a[r] / (a[r] + omm + sq[r]))
+            log_l2 = (math.log(m) if m > 0 else -math.inf) - log_l1
+        w = hh[r]
+        self.pool = Exponentials(
+            np.r_[w * coef["11"][r].real, w * coef["22"][r].real, w * coef["b1"][r].real,
+                  w * coef["b2"][r].real],
+            np.r_[2 * log_l1, 2 * log_l2, lb + log_l1, lb + log_l2])
+        c_bb = float(hh[keep] @ coef["bb"][keep].real)
+        self.brackets = [Bracket(2 * lb, c_bb)]
+        if m > 0:
+            lm = math.log(m)
+            c_m = float(hh[keep] @ coef["12"][keep].real)
+            oscs = []
+            if x.any():
+                w, l = hh[x], l1[x]
+                oscs.append(Oscillations(2 * w * np.abs(coef["11"][x]), 2 * np.angle(l),
+                                         np.angle(coef["11"][x])))
+                self.brackets.append(Bracket(lb + lm / 2, 0.0, [Oscillations(
+                    2 * w * np.abs(coef["b1"][x]), np.angle(l), np.angle(coef["b1"][x]))]))
+            self.brackets.insert(0, Bracket(lm, c_m, oscs))
 
     # -- the loss and its bounds -----------------------------------------------------------
 
@@ -327,30 +323,64 @@ class Dynamics:
         out = np.full(len(ts), np.inf if self.diverged else self.loss_star)
         if self.diverged:
             return out
-        ccoef, camp, cphase, cshift = self._cplx
-        for j in range(0, len(ts), 64):  # chunks keep the temporaries small
-            chunk = ts[j:j + 64]
-            tt = chunk.astype(np.float64)[:, None]
+        out[ts == 0] = self.loss0
+        pos = np.flatnonzero(ts > 0)
+        for j in range(0, len(pos), 64):  # chunks keep the temporaries small
+            idx = pos[j:j + 64]
+            tt = ts[idx].astype(np.float64)
             with np.errstate(under="ignore", invalid="ignore"):
-                v = np.exp(tt * self._mono[1]) @ self._mono[0]
-                if len(ccoef):
-                    mt = np.exp(tt * self.log_m)
-                    v = v + (mt * (ccoef + camp * np.cos(tt * cphase + cshift))).sum(axis=1)
-                v = v + self._close_eval(tt)
-            out[j:j + 64] += np.where(chunk == 0, self.loss0 - self.loss_star, v)
+                v = self.pool.values(tt)
+                for br in self.brackets:
+                    part = np.full(len(tt), br.coef)
+                    for osc in br.oscs:
+                        part += osc.values(tt)
+                    v += np.exp(tt * br.log_rho) * part
+                    for fam in br.closes:
+                        v += fam.values(tt)
+                if self.stepped is not None:
+                    v += self.stepped.values(tt)
+            out[idx] += v
         return out
+
+    def _bound(self, t0: int, t1: int, fine: bool) -> float:
+        """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1: term by term
+        (``fine``) or from aggregates (coarse). A bracket rho^t (c + oscillations) is bounded
+        as (c + their minimum) rho^(t1 if that is >= 0 else t0)."""
+        self.bound_evals += 1
+        with np.errstate(under="ignore", invalid="ignore", over="ignore", divide="ignore"):
+            lb = self.loss_star + (self.pool.lower(t0, t1) if fine else self.pool.coarse(t0, t1))
+            for br in self.brackets:
+                c = br.coef
+                for fam in br.closes:
+                    if fine:
+                        part, extra = fam.lower(t0, t1)
+                        lb, c = lb + part, c + extra
+                    else:
+                        lb += fam.coarse(t0, t1)
+                for osc in br.oscs:
+                    c += osc.lower(t0, t1) if fine else osc.coarse()
+                lb += c * math.exp((t1 if c >= 0 else t0) * br.log_rho)
+            if self.stepped is not None:
+                lb += self.stepped.lower(t0)
+        # rounding in the sums: stay on the safe side
+        return lb - 1e-12 * (abs(lb) + self.loss0) - self._safety
 
     def lower_bound(self, t0: int, t1: int) -> float:
         """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
-        self.bound_evals += 1
-        with np.errstate(under="ignore", invalid="ignore"):
-            lb = self.loss_star + float(self._pos[0] @ np.exp(t1 * self._pos[1])) + float(
-                self._neg[0] @ np.exp(t0 * self._neg[1]))
-        if self.m > 0:
-            with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
-                lb += self._close_bound(t0, t1)
-        # rounding in the sums: stay on the safe side
-        return lb - 1e-12 * (abs(lb) + self.loss0)
+        return self._bound(t0, t1, fine=True)
+
+    def _excluded(self, t0: int, t1: int, target: float) -> bool:
+        """Whether L(t) > target provably for all t in [t0, t1]: the coarse bound first where
+        the fine one is costly (many terms to bound one by one), then the fine one."""
+        if self._fine_cost(t0) > COARSE_FIRST and self._bound(t0, t1, fine=False) > target:
+            return True
+        return self._bound(t0, t1, fine=True) > target
+
+    def _fine_cost(self, t0: int) -> int:
+        """How many terms the fine bound at t0 handles one by one."""
+        return len(self.pool) + sum(sum(len(o) for o in br.oscs)
+                                    + sum(f.fine_cost(t0) for f in br.closes)
+                                    for br in self.brackets)
 
     def first_hit(self, target: float, max_steps: int) -> int | None:
         """The smallest t in [0, max_steps] with L(t) <= target, or None (see module doc)."""
@@ -360,8 +390,13 @@ class Dynamics:
             return 0
         lo = 1
         while lo <= max_steps:
+            # far from the target a block 8 x longer is often excluded at once
+            hi = min(8 * lo - 1, max_steps)
+            if hi > 2 * lo - 1 and self._excluded(lo, hi, target):
+                lo = hi + 1
+                continue
             hi = min(2 * lo - 1, max_steps)
-            if self.lower_bound(lo, hi) <= target:
+            if not self._excluded(lo, hi, target):
                 hit = self._search(lo, hi, target)
                 if hit is not None:
                     return hit
@@ -369,38 +404,84 @@ class Dynamics:
         return None
 
     def _search(self, lo: int, hi: int, target: float) -> int | None:
-        stack = [(lo, hi)]
+        """Depth-first, left half first; an interval's bound is computed when it is popped (a
+        right half is never bounded if the left one holds the answer)."""
+        stack = [(lo, hi, False)]
         while stack:
-            if self.bound_evals > MAX_BOUND_EVALS:
-                # the stack holds the unresolved intervals, leftmost on top: scan them exactly
-                while stack:
-                    a, b = stack.pop()
-                    for c in range(a, b + 1, EXACT_BLOCK):
-                        ts = np.arange(c, min(c + EXACT_BLOCK, b + 1))
-                        below = np.nonzero(self.loss(ts) <= target)[0]
-                        if len(below):
-                            return int(ts[below[0]])
-                return None
-            a, b = stack.pop()
-            if a == b:
-                if self.loss(a)[0] <= target:
-                    return a
+            a, b, bound = stack.pop()
+            if bound and self._excluded(a, b, target):
+                continue
+            if b - a + 1 <= min(WINDOW, 4 * a):
+                hit = self.scan(a, b, target)
+                if hit is not None:
+                    return hit
                 continue
             mid = (a + b) // 2
-            # right half below the left on the stack, so the left is searched first
-            for c, d in ((mid + 1, b), (a, mid)):
-                if self.lower_bound(c, d) <= target:
-                    stack.append((c, d))
+            stack += [(mid + 1, b, True), (a, mid, True)]
+        return None
+
+    def enclose(self, t: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """L at steps t .. t + w - 1 (w <= 4 t) to within the returned error bounds, from
+        Taylor groups (workloads/nqm_terms.py): O(w x groups) instead of O(w x K)."""
+        centres, coef, err, scale = self.pool.window(t, w)
+        v = self.loss_star + real_values(centres, coef, w)
+        steps = np.arange(w)
+        for br in self.brackets:
+            c = br.coef
+            rho_t = math.exp(t * br.log_rho)
+            rho_s = np.exp(steps * br.log_rho)
+            for fam in br.closes:
+                poly, e, size, extra, far = fam.window(t, w)
+                v += rho_s * np.polynomial.polynomial.polyval(steps / w, poly)
+                err, scale, c = err + e, scale + size, c + extra
+                for centres, coef, e, size in far:
+                    v += real_values(centres, coef, w)
+                    err, scale = err + e, scale + size
+            for osc in br.oscs:
+                part, e, size = osc.window(t, w)
+                v += rho_t * rho_s * part
+                err, scale = err + e * rho_t, scale + size * rho_t
+            v += c * rho_t * rho_s
+            scale += abs(c) * rho_t
+        if self.stepped is not None:
+            v += self.stepped.window(t, w)
+        return v, np.full(w, err + BAND * (scale + self.loss_star))
+
+    def scan(self, a: int, b: int, target: float) -> int | None:
+        """The first t in [a, b] with L(t) <= target, or None: all steps enclosed at once,
+        steps within the error bound of the target evaluated exactly."""
+        self.windows += 1
+        with _BLAS.limit(limits=1, user_api="blas"), np.errstate(under="ignore"):
+            v, err = self.enclose(a, b - a + 1)
+        for s in np.flatnonzero(v - err <= target):
+            if v[s] + err[s] <= target or self.loss(a + int(s))[0] <= target:
+                return a + int(s)
         return None
 
 
 def iterate(h: np.ndarray, lr: float, one_minus_momentum: float | None, batch_size: int,
-            p: float, steps: int) -> np.ndarray:
+            p: float, steps: int, ema: float = 0.0) -> np.ndarray:
     """Brute force: L(0..steps) by applying the per-direction second-moment recursion step by
-    step (DESIGN.md's 3x3 matrix). For tests: O(K x steps)."""
+    step (DESIGN.md's 3x3 matrix; with ``ema`` = beta > 0, Sigma' = B Sigma B' + n g g' on
+    (x, u, x~) with B, g as in :meth:`Dynamics._ema`). For tests: O(K x steps)."""
     m = 0.0 if one_minus_momentum is None else 1.0 - one_minus_momentum
     a = lr * h ** (1.0 - p)
     n = lr * lr * h ** (-2.0 * p) * h / batch_size
+    if ema > 0.0:
+        beta = ema
+        b = np.zeros((len(h), 3, 3))
+        b[:, 0, 0], b[:, 0, 1], b[:, 1, 0], b[:, 1, 1] = 1 - a, m, -a, m
+        b[:, 2, 0], b[:, 2, 1], b[:, 2, 2] = (1 - beta) * (1 - a), (1 - beta) * m, beta
+        g = np.array([1.0, 1.0, 1.0 - beta])
+        q = n[:, None, None] * np.outer(g, g)
+        sigma = np.zeros((len(h), 3, 3))
+        sigma[:, 0, 0] = sigma[:, 0, 2] = sigma[:, 2, 0] = sigma[:, 2, 2] = 1.0
+        out = [0.5 * h @ sigma[:, 2, 2]]
+        bt = np.transpose(b, (0, 2, 1))
+        for _ in range(steps):
+            sigma = b @ sigma @ bt + q
+            out.append(0.5 * h @ sigma[:, 2, 2])
+        return np.array(out)
     xx, uu, xu = np.ones_like(h), np.zeros_like(h), np.zeros_like(h)
     out = [0.5 * h @ xx]
     for _ in range(steps):
@@ -430,6 +511,8 @@ class NQM(Workload):
             return [("dimensions", f"{o.dimensions}; allowed: a positive integer")]
         if not 0.0 <= o.precondition_power < 1.0:
             return [("precondition_power", f"{o.precondition_power}; allowed: [0, 1)")]
+        if not 0.0 <= o.ema < 1.0:
+            return [("ema", f"{o.ema}; allowed: [0, 1) (0: no averaging)")]
         return []
 
     def check_metaparameters(self, optimizer: str, schedule: str, fixed: dict,
@@ -457,7 +540,7 @@ class NQM(Workload):
         """The closed form for one trial's metaparameters."""
         omm = req.params.get("one_minus_momentum") if req.optimizer == "momentum" else None
         return Dynamics(self.curvatures(), float(req.params["learning_rate"]), omm,
-                        req.batch_size, self.options.precondition_power)
+                        req.batch_size, self.options.precondition_power, self.options.ema)
 
     def run(self, req: TrialRequest, report: Reporter) -> TrialResult:
         """Exact steps-to-target; the curve is L at the study's evaluation steps up to it.
