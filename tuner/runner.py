@@ -6,11 +6,13 @@ import time
 from typing import Callable
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.curves import Point, point
 from tuner.analysis.load import outcome_of, record
 from tuner.objective import make_objective
+from tuner.persist import store_trial
 from tuner.pruning import build_pruner
 from tuner.sampling import build_sampler
 from tuner.space import distributions
@@ -60,7 +62,7 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
                  f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
             callbacks = [_progress(b, trials, echo)]
             if target is not study:
-                callbacks.insert(0, _persist(target, study))
+                callbacks.insert(0, _persist(target, study, storage))
             target.optimize(make_objective(spec, b, spec.workload), n_trials=need,
                             callbacks=callbacks, gc_after_trial=False)
         else:
@@ -73,7 +75,7 @@ def _buffer(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of ``study`` (trials and system attrs, e.g. the QMC position).
 
     Trials run there and :func:`_persist` stores each finished one in ``study`` with a single
-    transaction (``create_new_trial`` from a template), instead of one per reported value.
+    transaction (:func:`tuner.persist.store_trial`), instead of one per reported value.
     A killed run loses only the trial in flight. One writer per study: this is not the path for
     several workers on one storage.
     """
@@ -86,17 +88,18 @@ def _buffer(study: optuna.Study) -> optuna.Study:
     return mem
 
 
-def _persist(mem: optuna.Study, study: optuna.Study
+def _persist(mem: optuna.Study, study: optuna.Study, storage: BaseStorage
              ) -> Callable[[optuna.Study, FrozenTrial], None]:
-    storage, sid = study._storage, study._study_id
+    """Store each finished trial of ``mem`` in ``study`` with the study attributes the sampler
+    changed (its position in the quasi-random sequence), in one transaction (tuner.persist)."""
+    sid = study._study_id
     synced = dict(storage.get_study_system_attrs(sid))
 
     def callback(_: optuna.Study, t: FrozenTrial) -> None:
-        storage.create_new_trial(sid, template_trial=t)
-        for k, v in mem._storage.get_study_system_attrs(mem._study_id).items():
-            if synced.get(k) != v:
-                storage.set_study_system_attr(sid, k, v)
-                synced[k] = v
+        changed = {k: v for k, v in mem._storage.get_study_system_attrs(mem._study_id).items()
+                   if synced.get(k) != v}
+        store_trial(storage, sid, t, changed)
+        synced.update(changed)
 
     return callback
 

@@ -61,13 +61,19 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def open_storage(url: str) -> RDBStorage:
-    """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait."""
+    """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait, and
+    a SQLite file commits without waiting for the disk (:func:`tuner.persist.fast_sqlite`)."""
     from sqlalchemy.engine import make_url
+
+    from tuner.persist import fast_sqlite
 
     kwargs: dict[str, Any] = {}
     if make_url(url).get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}
-    return RDBStorage(url, engine_kwargs=kwargs)
+    storage = RDBStorage(url, engine_kwargs=kwargs)
+    if sqlite_file(url) is not None:
+        fast_sqlite(storage.engine)
+    return storage
 
 
 def study_name(spec: Spec, batch_size: int) -> str:
