@@ -75,7 +75,7 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         code = workers_mod.launch(args, n_workers, gpu_ids, echo)
         if code:
             raise SystemExit(code)
-        points = runner.points(runner.prepare(spec, url, chosen, heartbeat))
+        points = runner.points(runner.prepare(spec, url, chosen, heartbeat)[1])
     click.echo(points_table(spec, points))
 
 

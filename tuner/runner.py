@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
@@ -23,6 +24,7 @@ from tuner.analysis.curves import Point, point
 from tuner.analysis.load import outcome_of, record
 from tuner.locking import study_lock
 from tuner.objective import make_objective
+from tuner.persist import store_trial
 from tuner.pruning import build_pruner
 from tuner.sampling import build_sampler
 from tuner.space import distributions
@@ -54,7 +56,7 @@ def select_batch_sizes(spec: Spec, requested: tuple[int, ...]) -> tuple[int, ...
 
 
 def prepare(spec: Spec, url: str, batch_sizes: tuple[int, ...], heartbeat: int = HEARTBEAT
-            ) -> dict[int, optuna.Study]:
+            ) -> tuple[RDBStorage, dict[int, optuna.Study]]:
     """Check the stored studies against the spec (before writing anything), then create or load
     each batch-size study with its sampler and pruner."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -68,7 +70,7 @@ def prepare(spec: Spec, url: str, batch_sizes: tuple[int, ...], heartbeat: int =
         with study_lock(url, study_name(spec, b)):
             studies[b] = create_or_load(storage, spec, b, sampler,
                                         build_pruner(p.name, p.slack, p.lossless, p.options))
-    return studies
+    return storage, studies
 
 
 def points(studies: dict[int, optuna.Study]) -> list[Point]:
@@ -81,15 +83,15 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
         echo: Callable[[str], None] = lambda s: None, heartbeat: int = HEARTBEAT,
         poll: float = 5.0) -> list[Point]:
     """Work on the studies until each has ``trials`` finished trials; one point per batch size."""
-    studies = prepare(spec, url, batch_sizes, heartbeat)
+    storage, studies = prepare(spec, url, batch_sizes, heartbeat)
     echo(f"storage: {url}")
     with stop_cleanly():
-        _work_all(spec, url, studies, trials, echo, min(poll, heartbeat))
+        _work_all(spec, url, storage, studies, trials, echo, min(poll, heartbeat))
     return points(studies)
 
 
-def _work_all(spec: Spec, url: str, studies: dict[int, optuna.Study], trials: int,
-              echo: Callable[[str], None], poll: float) -> None:
+def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optuna.Study],
+              trials: int, echo: Callable[[str], None], poll: float) -> None:
     left = dict(studies)
     said_waiting: set[int] = set()
     while left:
@@ -102,7 +104,7 @@ def _work_all(spec: Spec, url: str, studies: dict[int, optuna.Study], trials: in
             if b not in said_waiting:
                 echo(f"{spec.name} B={b}: {n_done} trials stored, up to {trials - n_done} to run "
                      f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
-            if _work(spec, url, b, study, trials, echo):
+            if _work(spec, url, storage, b, study, trials, echo):
                 del left[b]
             elif b not in said_waiting:
                 echo(f"{spec.name} B={b}: the last trials are running in other workers; waiting")
@@ -111,7 +113,7 @@ def _work_all(spec: Spec, url: str, studies: dict[int, optuna.Study], trials: in
             time.sleep(poll)
 
 
-def _work(spec: Spec, url: str, b: int, study: optuna.Study, n: int,
+def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study, n: int,
           echo: Callable[[str], None]) -> bool:
     """Run trials of one study until none is left to claim; True when it has ``n`` finished."""
     objective = make_objective(spec, b, spec.workload)
@@ -124,7 +126,7 @@ def _work(spec: Spec, url: str, b: int, study: optuna.Study, n: int,
     with lock():
         mem = _buffer(study)
         return _drain(mem, n, objective, contextlib.nullcontext,
-                      [_persist(mem, study), *callbacks], echo)
+                      [_persist(study, storage), *callbacks], echo)
 
 
 def _drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float],
@@ -177,7 +179,7 @@ def _buffer(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of ``study`` (its trials, same numbers, and system attrs).
 
     Trials run there and :func:`_persist` stores each finished one in ``study`` with a single
-    transaction (``create_new_trial`` from a template), instead of one per reported value.
+    transaction (:func:`tuner.persist.store_trial`), instead of one per reported value.
     A killed run loses only the trial in flight.
     """
     mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",
@@ -191,11 +193,12 @@ def _buffer(study: optuna.Study) -> optuna.Study:
     return mem
 
 
-def _persist(mem: optuna.Study, study: optuna.Study) -> Callback:
-    storage, sid = study._storage, study._study_id
+def _persist(study: optuna.Study, storage: RDBStorage) -> Callback:
+    """Store each finished trial in ``study`` (of ``storage``) in one transaction."""
+    sid = study._study_id
 
     def callback(_: optuna.Study, t: FrozenTrial) -> None:
-        storage.create_new_trial(sid, template_trial=t)
+        store_trial(storage, sid, t, {})
 
     return callback
 

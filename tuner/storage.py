@@ -67,7 +67,8 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
-    """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait.
+    """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait, and
+    a SQLite file commits without waiting for the disk (:func:`tuner.persist.fast_sqlite`).
 
     With ``heartbeat`` (seconds), a running trial records a heartbeat that often; one silent
     for twice as long (its worker died) is failed and re-queued with the same params by
@@ -75,17 +76,22 @@ def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
     """
     from sqlalchemy.engine import make_url
 
+    from tuner.persist import fast_sqlite
     from tuner.trialqueue import requeue
 
     kwargs: dict[str, Any] = {}
     if make_url(url).get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}
-    if heartbeat is None:
-        return RDBStorage(url, engine_kwargs=kwargs)
+    beat: dict[str, Any] = {}
+    if heartbeat is not None:
+        beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                "heartbeat_stale_trial_callback": requeue}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                          grace_period=2 * heartbeat, heartbeat_stale_trial_callback=requeue)
+        storage = RDBStorage(url, engine_kwargs=kwargs, **beat)
+    if sqlite_file(url) is not None:
+        fast_sqlite(storage.engine)
+    return storage
 
 
 def study_name(spec: Spec, batch_size: int) -> str:
