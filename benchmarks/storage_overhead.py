@@ -40,10 +40,11 @@ def run_once(spec: spec_mod.Spec, url: str | None, trials: int) -> float:
     if url is None:
         memory = optuna.storages.InMemoryStorage()
         original = runner.open_storage
-        runner.open_storage = lambda _: memory  # type: ignore[assignment]
+        runner.open_storage = lambda *_: memory  # type: ignore[assignment]
     try:
         t0 = time.perf_counter()
-        runner.run(spec, url or "in-memory", spec.batch_sizes, trials)
+        # "sqlite://" (in-memory) only names the lock: one process needs just a thread lock
+        runner.run(spec, url or "sqlite://", spec.batch_sizes, trials)
         return time.perf_counter() - t0
     finally:
         if url is None:
