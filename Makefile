@@ -25,6 +25,10 @@ help:
 	@echo "make nqm                the five NQM studies + the two headline figures in results/"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
+	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
+	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage (benchmarks/README.md)"
+	@echo "make wheels             wheels/ for an offline install (NO_TORCH=1: without torch/lightning)"
+	@echo "make install-offline    .venv from wheels/, no network; uses an installed torch"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
 	@echo "STORAGE=<SQLAlchemy URL> selects the storage (default $(STORAGE))"
 
@@ -82,6 +86,47 @@ postgres:
 
 dashboard: $(STAMP)
 	$(TUNER) dashboard --storage $(STORAGE)
+
+# ---------------------------------------------------------------------------------------------
+# Speed (issue 6): side-by-side measurements, never part of `make test` (benchmarks/README.md),
+# and an offline install for GPU machines without a network.
+
+.PHONY: bench bench-eval bench-pruning bench-storage bench-all wheels install-offline
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/loop_speed.py
+
+bench-eval: $(STAMP) debian
+	$(BIN)/python benchmarks/eval_share.py
+
+bench-pruning: $(STAMP)
+	$(BIN)/python benchmarks/pruning_savings.py
+
+bench-storage: $(STAMP)
+	$(BIN)/python benchmarks/storage_overhead.py
+
+bench-all: bench bench-eval bench-pruning bench-storage
+
+# On a machine with a network: wheels/ gets this project's wheel and every dependency at the
+# versions of constraints.txt. NO_TORCH=1 leaves out torch, torchvision, lightning and their CUDA
+# libraries (GBs) for a machine that has them. WHEELS_PIP='--python-version 3.12 --platform
+# manylinux2014_x86_64' fetches wheels for another Python.
+WHEELS    ?= wheels
+NO_TORCH  ?=
+WHEELS_PIP ?=
+
+wheels: $(STAMP)
+	$(BIN)/python tools/wheels.py --dest $(WHEELS) $(if $(NO_TORCH),--no-torch) \
+	  $(if $(WHEELS_PIP),-- $(WHEELS_PIP))
+
+# On the machine without a network: .venv sees the system's packages (its torch, torchvision,
+# lightning), and pip installs the rest from wheels/ only; an installed torch that satisfies the
+# project's ranges is kept, never reinstalled.
+install-offline:
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/pip install --isolated --quiet --no-index --find-links $(WHEELS) 'batch-scaling-tuner[dev]'
+	$(BIN)/python -c "import torch, torchvision, lightning, optuna, sqlalchemy, alembic; print('installed offline: torch', torch.__version__, 'lightning', lightning.__version__, 'optuna', optuna.__version__)"
+	touch $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,80 @@
+"""Evaluation's share of a trial's wall time: real Fashion-MNIST CNN trials at the spec's cadence.
+
+Runs a few trials of ``studies/fashion_mnist_cnn.toml`` (its evaluation cadence: the first at step
+20, then every 20 steps until 2 % exceeds 20 steps, then every 2 %) with the budget cut to
+``--steps`` steps so that it takes minutes, not hours, on a CPU, into a temp SQLite file, and
+prints each trial's ``eval_share`` attr (``eval_seconds / wall_seconds``). Then the arithmetic
+behind it: one evaluation (the whole validation split) against one training step, and the
+interval at which evaluation would take 5 % of the time.
+
+    .venv/bin/python benchmarks/eval_share.py [--batch-size B ...] [--steps N] [--trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+from pathlib import Path
+
+import optuna
+
+from tuner import runner, spec as spec_mod
+from tuner.storage import open_storage, study_name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("spec", nargs="?", default="studies/fashion_mnist_cnn.toml")
+    ap.add_argument("--batch-size", "-b", type=int, action="append", dest="batch_sizes",
+                    help="batch sizes to run (repeatable; default 64, 512, 2048)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="budget in steps per trial (default: 120 at B <= 64, 60 at B <= 512, "
+                         "else 40; a few minutes in all on a 2-core CPU)")
+    ap.add_argument("--trials", type=int, default=2)
+    args = ap.parse_args()
+
+    spec = spec_mod.load(args.spec)
+    sizes = tuple(args.batch_sizes or (64, 512, 2048))
+    c = spec.cadence
+    print(f"{spec.path}: cadence first {c.first_step}, relative {c.relative:.0%}, min interval "
+          f"{c.min_interval}; validation {spec.workload.options.val_size} examples; "
+          f"eval batch {spec.workload.eval_batch_size}")
+    print("| B | trial | steps | evaluations | wall s | eval s | eval_share | outcome |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    summary = []
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'share.db'}"
+        for b in sizes:
+            steps = args.steps or (120 if b <= 64 else 60 if b <= 512 else 40)
+            budget = dataclasses.replace(spec.budget, max_steps=steps, max_epochs=None,
+                                         min_steps=1)
+            short = dataclasses.replace(spec, budget=budget, batch_sizes=(b,))
+            runner.run(short, url, (b,), args.trials)
+            study = optuna.load_study(study_name=study_name(short, b), storage=open_storage(url))
+            for t in study.get_trials(deepcopy=False):
+                a = t.user_attrs
+                n_evals = len(t.intermediate_values)
+                print(f"| {b} | {t.number} | {a['stopped_at_step']} | {n_evals} | "
+                      f"{a['wall_seconds']:.1f} | {a['eval_seconds']:.1f} | "
+                      f"{a['eval_share']:.1%} | {a['outcome']} |", flush=True)
+                if n_evals and a["stopped_at_step"]:
+                    per_eval = a["eval_seconds"] / n_evals
+                    per_step = (a["wall_seconds"] - a["eval_seconds"]) / a["stopped_at_step"]
+                    summary.append((b, per_eval, per_step))
+    print()
+    print("| B | s per evaluation | s per step | steps of training one evaluation costs | "
+          "share at 20 steps apart | interval for a 5 % share |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for b in sizes:
+        rows = [(e, s) for bb, e, s in summary if bb == b]
+        if not rows:
+            continue
+        e, s = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+        at20 = e / (e + c.min_interval * s)
+        print(f"| {b} | {e:.2f} | {s:.4f} | {e / s:.0f} | {at20:.0%} | {19 * e / s:.0f} steps |")
+
+
+if __name__ == "__main__":
+    main()
