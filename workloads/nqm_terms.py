@@ -229,6 +229,7 @@ class Oscillations:
         self.total = float(self._amp_sum[-1])
         self._last: tuple[int, np.ndarray, int] | None = None
         self._rotations: dict[int, np.ndarray] = {}
+        self._grids: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.amp)
@@ -275,12 +276,20 @@ class Oscillations:
         """
         n = 1 << (2 * w - 1).bit_length()
         z = self._phases(t)
-        bins = np.rint(self.phi * (n / (2 * math.pi))).astype(np.int64)  # non-increasing
-        starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
-        d = (self.phi - bins * (2 * math.pi / n)) * w  # |d| <= pi w / n <= pi / 2
-        m = taylor_moments(z, d, starts, OSC_DEGREE, imaginary=True)
+        grid = self._grids.get(w)
+        if grid is None:  # depends on w only: kept for the next window of this length
+            bins = np.rint(self.phi * (n / (2 * math.pi))).astype(np.int64)  # non-increasing
+            starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
+            d = (self.phi - bins * (2 * math.pi / n)) * w  # |d| <= pi w / n <= pi / 2
+            powers = np.ones((OSC_DEGREE + 1, len(d)))
+            for k in range(1, OSC_DEGREE + 1):
+                np.multiply(powers[k - 1], d / k, out=powers[k])
+            grid = self._grids[w] = (bins[starts] % n, starts, powers,
+                                     (1j ** np.arange(OSC_DEGREE + 1))[:, None])
+        cols, starts, powers, ik = grid
+        m = np.add.reduceat(powers * z, starts, axis=1) * ik
         spectrum = np.zeros((OSC_DEGREE + 1, n), dtype=complex)
-        np.add.at(spectrum, (slice(None), bins[starts] % n), m)
+        np.add.at(spectrum, (slice(None), cols), m)
         f = np.fft.ifft(spectrum, axis=1)[:, :w] * n
         u = np.arange(w) / w
         acc = f[OSC_DEGREE]
