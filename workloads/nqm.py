@@ -52,8 +52,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
-from workloads.nqm_terms import (Bracket, Close, Exponentials, Oscillations, Stepped, _sinc,
-                                 _sinhc, real_values)
+from workloads.nqm_terms import (TINY, UNDERFLOW, Bracket, Close, Exponentials, Oscillations,
+                                 Stepped, real_values)
 
 #: Intervals of at most this many steps (and at most 4 x their first step) are not bisected
 #: further: all their steps are enclosed at once by a Taylor-group window (nqm_terms.py).
@@ -78,6 +78,12 @@ class NQMOptions:
     dimensions: int = 10_000  # K: h_i = 1/i, i = 1..K
     precondition_power: float = 0.0  # p: preconditioner H^-p, 0 <= p < 1
     ema: float = 0.0  # beta: loss at x~' = beta x~ + (1 - beta) x' (x~0 = x0); 0: at x itself
+
+
+def _sinc_series(x: np.ndarray, hyperbolic: bool) -> np.ndarray:
+    """sinh(x)/x (or sin(x)/x) for |x| <= 0.1 by its series to x^10 (next term < 2e-22)."""
+    y = x * x if hyperbolic else -x * x
+    return 1 + y / 6 * (1 + y / 20 * (1 + y / 42 * (1 + y / 72 * (1 + y / 110))))
 
 
 def spectrum(k: int) -> np.ndarray:
@@ -160,13 +166,12 @@ class Dynamics:
         g22 = m * m * dxx
         tr, disc = self._eigen(a, m, omm)
         ratio = np.sqrt(np.abs(disc)) / np.maximum(np.abs(tr), 1e-300)
-        ell = np.where(disc > 0, 2.0 * np.arctanh(np.minimum(ratio, 1 - 1e-16)),
-                       2.0 * np.arctan(ratio))  # |log(l1/l2)|; theta = arg(l1/l2) if complex
+        # |ell| = |log(l1/l2)| = 2 atanh(ratio) (real), theta = arg(l1/l2) = 2 atan(ratio).
         # Real pairs with |ell| < 0.05 use the (P, S, C) form, whose unimodal terms bound tightly
         # where the three exponentials would nearly cancel.
         # Complex pairs use it only when the rotation theta is tiny (cancellation in c1, c3);
         # otherwise the exact sinusoid's trough-aware bound is the tighter one.
-        close = np.where(disc > 0, ell < 0.05, ell < 1e-3)
+        close = np.where(disc > 0, ratio < math.tanh(0.025), ratio < math.tan(5e-4))
         real, cplx = (disc > 0) & ~close, (disc <= 0) & ~close
         c_m = 0.0
         oscs: list[Oscillations] = []
@@ -205,9 +210,10 @@ class Dynamics:
             sel = close & ((disc > 0) if is_real else (disc <= 0))
             if not sel.any():
                 continue
-            e = ell[sel]
-            f = _sinhc if is_real else _sinc  # S(t) = t f(t ell), C(t) = t^2 f(t ell / 2)^2
-            s_1, s_2, c_1, c_2 = f(e), 2 * f(2 * e), f(e / 2) ** 2, 4 * f(e) ** 2
+            e = 2.0 * (np.arctanh(ratio[sel]) if is_real else np.arctan(ratio[sel]))
+            # S(t) = t f(t ell), C(t) = t^2 f(t ell / 2)^2, f = sinh(x)/x or sin(x)/x, |x| <= 0.1
+            f1, f2, f_half = (_sinc_series(x, is_real) for x in (e, 2 * e, e / 2))
+            s_1, s_2, c_1, c_2 = f1, 2 * f2, f_half ** 2, 4 * f1 ** 2
             q0 = dxx[sel]
             q1 = g11[sel]
             q2 = g11[sel] * tr[sel] ** 2 + 2 * g12[sel] * tr[sel] + g22[sel]
@@ -388,13 +394,16 @@ class Dynamics:
             return None
         if self.loss0 <= target:
             return 0
-        lo = 1
+        lo, gallop = 1, True
         while lo <= max_steps:
-            # far from the target a block 8 x longer is often excluded at once
+            # far from the target a block 8 x longer is often excluded at once by the coarse
+            # bound; once it is not, the target is near: doubling blocks from there on
             hi = min(8 * lo - 1, max_steps)
-            if hi > 2 * lo - 1 and self._excluded(lo, hi, target):
-                lo = hi + 1
-                continue
+            if gallop and hi > 2 * lo - 1:
+                if self._bound(lo, hi, fine=False) > target:
+                    lo = hi + 1
+                    continue
+                gallop = False
             hi = min(2 * lo - 1, max_steps)
             if not self._excluded(lo, hi, target):
                 hit = self._search(lo, hi, target)
@@ -428,15 +437,19 @@ class Dynamics:
         steps = np.arange(w)
         for br in self.brackets:
             c = br.coef
-            rho_t = math.exp(t * br.log_rho)
-            rho_s = np.exp(steps * br.log_rho)
-            for fam in br.closes:
+            rho_t = math.exp(max(t * br.log_rho, -UNDERFLOW))
+            rho_s = np.exp(np.maximum(steps * br.log_rho, -UNDERFLOW))
+            for fam in br.closes:  # their values carry rho^t themselves (in stable forms)
                 poly, e, size, extra, far = fam.window(t, w)
                 v += rho_s * np.polynomial.polynomial.polyval(steps / w, poly)
                 err, scale, c = err + e, scale + size, c + extra
                 for centres, coef, e, size in far:
                     v += real_values(centres, coef, w)
                     err, scale = err + e, scale + size
+            size = (abs(c) + sum(o.total for o in br.oscs)) * rho_t
+            if size < TINY:  # below any loss's resolution (and subnormal): into the error bound
+                err += size
+                continue
             for osc in br.oscs:
                 part, e, size = osc.window(t, w)
                 v += rho_t * rho_s * part

@@ -42,15 +42,19 @@ OSC_DEGREE = 14
 CLOSE_KAPPA = 4.0
 CLOSE_TERMS = 16
 #: Close real pairs with t0 ell >= EXP_FORM are bounded as three exponentials (which then no
-#: longer cancel: the two slower ones are below e^-EXP_FORM of the fastest-growing one).
-EXP_FORM = 10.0
+#: longer cancel: rho^t is below e^-EXP_FORM, and rho^t e^(-t ell) below e^-(2 EXP_FORM), of
+#: rho^t e^(t ell)); close complex pairs with t0 theta >= OSC_FORM as c + R cos(t theta - delta).
+EXP_FORM = 3.0
+OSC_FORM = 1.0
 #: Equal-count buckets for the coarse bounds of close pairs.
 BUCKETS = 32
 #: Groups of exponentials for their coarse bound: rates within a factor exp(RATE_GROUP).
 RATE_GROUP = 0.05
 #: In a window, terms already below exp(-DROP) x |coefficient| at its start are not grouped: their
-#: sizes go into the error bound instead.
+#: sizes go into the error bound instead; so are terms below TINY in absolute value (no loss is
+#: that small, and arithmetic on subnormal numbers is ~100x slower).
 DROP = 45.0
+TINY = 1e-250
 
 
 def _sinhc(x: np.ndarray) -> np.ndarray:
@@ -115,12 +119,22 @@ def real_window(z: np.ndarray, rates: np.ndarray, w: int,
     Returns centres, coefficients, error bound, sum |z|."""
     size = np.abs(z)
     scale = float(size.sum())
-    keep = size > math.exp(-DROP) * (size.max() if len(z) else 0.0)
+    keep = size > max(math.exp(-DROP) * (size.max() if len(z) else 0.0), TINY)
     dropped = scale - float(size[keep].sum())
     if not keep.any():
         return np.empty(0), np.empty((TAYLOR_DEGREE + 1, 0)), dropped, scale
     centres, m, err = taylor_groups(z[keep], rates[keep], w)
     return centres, m, err + dropped + 1e-15 * scale, scale
+
+
+def cos_min(amp: np.ndarray, phi: np.ndarray, psi: np.ndarray, t0: float, t1: float) -> float:
+    """sum_j min over t in [t0, t1] of amp_j cos(t phi_j + psi_j) (phi_j >= 0): -amp_j where a
+    trough (an odd multiple of pi) lies in the phase interval, else the smaller end."""
+    x0, x1 = t0 * phi + psi, t1 * phi + psi
+    two_pi = 2 * math.pi
+    trough = (np.floor((x1 - math.pi) / two_pi + 1e-9)
+              >= np.ceil((x0 - math.pi) / two_pi - 1e-9))
+    return float(amp @ np.where(trough, -1.0, np.minimum(np.cos(x0), np.cos(x1))))
 
 
 class Exponentials:
@@ -215,6 +229,7 @@ class Oscillations:
         self.total = float(self._amp_sum[-1])
         self._last: tuple[int, np.ndarray, int] | None = None
         self._rotations: dict[int, np.ndarray] = {}
+        self._grids: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.amp)
@@ -228,13 +243,7 @@ class Oscillations:
         trough (an odd multiple of pi) lies in the phase interval, else the smaller end."""
         # phases advancing by >= 2 pi over the interval surely pass a trough: a prefix
         k = int(np.searchsorted(self._key, -2 * math.pi / max(t1 - t0, 1e-300)))
-        lb = -float(self._amp_sum[k])
-        phi, psi, amp = self.phi[k:], self.psi[k:], self.amp[k:]
-        x0, x1 = t0 * phi + psi, t1 * phi + psi
-        two_pi = 2 * math.pi
-        trough = (np.floor((x1 - math.pi) / two_pi + 1e-9)
-                  >= np.ceil((x0 - math.pi) / two_pi - 1e-9))
-        return lb + float(amp @ np.where(trough, -1.0, np.minimum(np.cos(x0), np.cos(x1))))
+        return -float(self._amp_sum[k]) + cos_min(self.amp[k:], self.phi[k:], self.psi[k:], t0, t1)
 
     def coarse(self) -> float:
         """-sum A_j: a lower bound at every t."""
@@ -267,12 +276,20 @@ class Oscillations:
         """
         n = 1 << (2 * w - 1).bit_length()
         z = self._phases(t)
-        bins = np.rint(self.phi * (n / (2 * math.pi))).astype(np.int64)  # non-increasing
-        starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
-        d = (self.phi - bins * (2 * math.pi / n)) * w  # |d| <= pi w / n <= pi / 2
-        m = taylor_moments(z, d, starts, OSC_DEGREE, imaginary=True)
+        grid = self._grids.get(w)
+        if grid is None:  # depends on w only: kept for the next window of this length
+            bins = np.rint(self.phi * (n / (2 * math.pi))).astype(np.int64)  # non-increasing
+            starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
+            d = (self.phi - bins * (2 * math.pi / n)) * w  # |d| <= pi w / n <= pi / 2
+            powers = np.ones((OSC_DEGREE + 1, len(d)))
+            for k in range(1, OSC_DEGREE + 1):
+                np.multiply(powers[k - 1], d / k, out=powers[k])
+            grid = self._grids[w] = (bins[starts] % n, starts, powers,
+                                     (1j ** np.arange(OSC_DEGREE + 1))[:, None])
+        cols, starts, powers, ik = grid
+        m = np.add.reduceat(powers * z, starts, axis=1) * ik
         spectrum = np.zeros((OSC_DEGREE + 1, n), dtype=complex)
-        np.add.at(spectrum, (slice(None), bins[starts] % n), m)
+        np.add.at(spectrum, (slice(None), cols), m)
         f = np.fft.ifft(spectrum, axis=1)[:, :w] * n
         u = np.arange(w) / w
         acc = f[OSC_DEGREE]
@@ -314,6 +331,14 @@ class Close:
             self._exp_parts = [(np.maximum(c, 0.0), np.minimum(c, 0.0), log_rho + sign * e,
                                 np.r_[0.0, np.cumsum(np.minimum(c, 0.0))])
                                for c, sign in ((self._e1, 1.0), (self._e2, -1.0))]
+        else:
+            # b1 S + b2 C = 2 b2/theta^2 + R cos(t theta - delta) (used where t theta >= OSC_FORM)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                const, sin_c = 2 * self.b2 / self.ell ** 2, self.b1 / self.ell
+                amp = np.hypot(const, sin_c)
+                self._osc_form = (amp, -np.arctan2(sin_c, -const))
+                self._osc_sums = (np.r_[0.0, np.cumsum(const)],
+                                  np.r_[0.0, np.cumsum(np.abs(const) + amp)])
         self._buckets()
 
     def __len__(self) -> int:
@@ -361,7 +386,7 @@ class Close:
             mc = (np.sqrt(e1) - np.sqrt(e2)) ** 2 / (ell * ell)
             small = x < 1e-3
             if small.any():
-                mt = np.exp(t * lr)
+                mt = np.exp(np.maximum(t * lr, -UNDERFLOW))
                 ms = np.where(small, mt * t * (1 + x * x / 6), ms)
                 mc = np.where(small, mt * t * t * (1 + x * x / 12), mc)
             return ms, mc
@@ -406,7 +431,16 @@ class Close:
         """(a lower bound of the sum over [t0, t1] except a part c rho^t, c) term by term."""
         if self.is_real:
             return self._lower_real(t0, t1)
-        return self._lower_cplx(t0, t1), 0.0
+        # pairs with t0 theta >= OSC_FORM (a prefix): 2 b2/theta^2 + R cos(t theta - delta),
+        # summed into c; the rest by envelopes. Rounding allowance: the sums' and the phases'
+        # (~1e-16 x (30 + t theta) x sum of the terms' sizes).
+        k = int(np.searchsorted(self._key, -OSC_FORM / t0, side="right"))
+        amp, psi = self._osc_form
+        const, size = self._osc_sums
+        c = float(const[k]) - 1e-15 * (30 + t1 * float(self.ell[0])) * float(size[k])
+        if k:
+            c += cos_min(amp[:k], self.ell[:k], psi[:k], t0, t1)
+        return (self._lower_cplx(t0, t1, k) if k < len(self.ell) else 0.0), c
 
     def _lower_real(self, t0: float, t1: float) -> tuple[float, float]:
         # pairs with t0 ell >= EXP_FORM (a prefix): three monotone exponentials each
@@ -444,9 +478,10 @@ class Close:
                 lb += math.exp(-DROP) * float(ncum[a0])
         return lb
 
-    def _lower_cplx(self, t0: float, t1: float) -> float:
+    def _lower_cplx(self, t0: float, t1: float, k: int) -> float:
+        """Envelope bound of pairs k.. (t0 theta < OSC_FORM)."""
         lr = self.lr
-        b1, b2, th = self.b1, self.b2, self.ell
+        b1, b2, th = self.b1[k:], self.b2[k:], self.ell[k:]
         if t0 >= 2 / -lr:
             # past the peaks of rho^t t and rho^t t^2:
             # |b1 S| + |b2 C| <= rho^t0 (t0 |b1| + t0^2 |b2|)
