@@ -41,6 +41,7 @@ def main() -> None:
     print(f"{spec.path}: cadence first {c.first_step}, relative {c.relative:.0%}, min interval "
           f"{c.min_interval}; validation {spec.workload.options.val_size} examples; "
           f"eval batch {spec.workload.eval_batch_size}")
+    spec.workload.data()  # read the files now, not inside the first trial's wall time
     print("| B | trial | steps | evaluations | wall s | eval s | eval_share | outcome |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     summary = []
