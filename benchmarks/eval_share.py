@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -40,7 +41,9 @@ def main() -> None:
     c = spec.cadence
     print(f"{spec.path}: cadence first {c.first_step}, relative {c.relative:.0%}, min interval "
           f"{c.min_interval}; validation {spec.workload.options.val_size} examples; "
-          f"eval batch {spec.workload.eval_batch_size}")
+          f"eval batch {spec.workload.eval_batch_size}; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    spec.workload.data()  # read the files now, not inside the first trial's wall time
     print("| B | trial | steps | evaluations | wall s | eval s | eval_share | outcome |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     summary = []

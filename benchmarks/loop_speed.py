@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import os
 import statistics
 import subprocess
 import tempfile
@@ -286,7 +287,8 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # our loop sets it (process-wide): the same for every loop
     print(f"device {device}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
-          f"reps {args.reps}  clock {args.clock}")
+          f"reps {args.reps}  clock {args.clock}  load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
     runners = {
         "raw": run_raw, "ours": run_ours,
         "trainer": lambda c, w, d, s: run_trainer(c, w, d, s, batched=False),
@@ -308,6 +310,7 @@ def main() -> None:
             calibrate(case, wl, device, args.seconds)
             rows.append(measure(case, wl, device, loops, runners, args.reps))
     print_table(rows, loops)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
 def measure(case: Case, wl: TrainedWorkload, device: torch.device, loops: list[str],

@@ -12,6 +12,7 @@ wall time of each run and whether the best trial (number, steps, params) is iden
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def main() -> None:
     sizes = tuple(args.batch_sizes or spec.batch_sizes)
     trials = args.trials or spec.trials
     print(f"{spec.path}: pruner {spec.pruner.name} (slack {spec.pruner.slack}), "
-          f"{trials} trials at B = {', '.join(map(str, sizes))}")
+          f"{trials} trials at B = {', '.join(map(str, sizes))}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for b in sizes:  # one batch size at a time, so each row's two runs are close in time

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import statistics
 import tempfile
@@ -35,17 +36,17 @@ PARTS = [
 ]
 
 
-def run_once(spec: spec_mod.Spec, url: str | None, trials: int) -> float:
-    """Seconds for ``runner.run`` into ``url`` (None: Optuna's in-memory storage)."""
+def run_once(spec: spec_mod.Spec, url: str | None, trials: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for ``runner.run`` into ``url`` (None: Optuna's in-memory storage)."""
     if url is None:
         memory = optuna.storages.InMemoryStorage()
         original = runner.open_storage
         runner.open_storage = lambda *_: memory  # type: ignore[assignment]
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         # "sqlite://" (in-memory) only names the lock: one process needs just a thread lock
         runner.run(spec, url or "sqlite://", spec.batch_sizes, trials)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
     finally:
         if url is None:
             runner.open_storage = original  # type: ignore[assignment]
@@ -75,29 +76,32 @@ def main() -> None:
     trials = args.trials or spec.trials
     n = trials * len(spec.batch_sizes)
     print(f"{spec.path}: {len(spec.batch_sizes)} batch sizes x {trials} trials = {n} trials, "
-          f"optuna {optuna.__version__}")
-    times: dict[str, list[float]] = {"sqlite file": [], "in-memory": []}
+          f"optuna {optuna.__version__}, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    times: dict[str, list[tuple[float, float]]] = {"sqlite file": [], "in-memory": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for rep in range(args.reps):
             times["sqlite file"].append(
                 run_once(spec, f"sqlite:///{Path(tmp) / f'rep{rep}.db'}", trials))
             times["in-memory"].append(run_once(spec, None, trials))
-            print(f"  rep {rep}: sqlite {times['sqlite file'][-1]:.2f} s, "
-                  f"in-memory {times['in-memory'][-1]:.2f} s", flush=True)
+            print(f"  rep {rep}: sqlite {times['sqlite file'][-1][0]:.2f} s, "
+                  f"in-memory {times['in-memory'][-1][0]:.2f} s", flush=True)
         prof = cProfile.Profile()
         prof.enable()
-        profiled = run_once(spec, f"sqlite:///{Path(tmp) / 'profiled.db'}", trials)
+        profiled, _ = run_once(spec, f"sqlite:///{Path(tmp) / 'profiled.db'}", trials)
         prof.disable()
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    wall = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     print()
-    print("| storage | median s | per trial ms | runs (s) |")
-    print("|---|---:|---:|---|")
+    print("| storage | median wall s | per trial ms | median CPU s | runs (wall s) |")
+    print("|---|---:|---:|---:|---|")
     for k, v in times.items():
-        print(f"| {k} | {med[k]:.2f} | {med[k] / n * 1e3:.2f} | "
-              f"{', '.join(f'{t:.2f}' for t in v)} |")
-    print(f"\nstorage overhead: {(med['sqlite file'] - med['in-memory']) / n * 1e3:.2f} ms per "
-          f"trial ({med['sqlite file'] - med['in-memory']:.2f} s for {n} trials)")
+        print(f"| {k} | {wall[k]:.2f} | {wall[k] / n * 1e3:.2f} | {cpu[k]:.2f} | "
+              f"{', '.join(f'{t:.2f}' for t, _ in v)} |")
+    extra = wall["sqlite file"] - wall["in-memory"]
+    print(f"\nstorage overhead: {extra / n * 1e3:.2f} ms per trial ({extra:.2f} s for {n} "
+          f"trials; CPU {(cpu['sqlite file'] - cpu['in-memory']) / n * 1e3:.2f} ms per trial)")
     print(f"\nwhere a SQLite run's time goes (cProfile, {profiled:.2f} s with the profiler on):")
     print("| part | cumulative s | calls |")
     print("|---|---:|---:|")
