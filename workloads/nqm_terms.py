@@ -149,7 +149,7 @@ class Exponentials:
         self._neg = (self.c[~pos], self.l[~pos], self._key[~pos])
         self._abs_tail = np.r_[np.cumsum(np.abs(self.c)[::-1])[::-1], 0.0]
         self._neg_tail = np.r_[np.cumsum(self._neg[0][::-1])[::-1], 0.0]
-        self._groups()
+        self._jensen: tuple[np.ndarray, ...] | None = None  # built by the first coarse()
 
     def _groups(self) -> None:
         """Aggregates for :meth:`coarse`: terms grouped by log(-rate) in steps of RATE_GROUP.
@@ -178,6 +178,8 @@ class Exponentials:
     def coarse(self, t0: float, t1: float) -> float:
         """A lower bound from the groups of :meth:`_groups` (looser than :meth:`lower` by a
         relative ~(t (l_hi - l_lo))^2 / 8 per group, O(groups))."""
+        if self._jensen is None:
+            self._groups()
         cp, lbar = self._jensen[:2]
         a, b, l_lo, l_hi = self._chord
         with np.errstate(under="ignore"):
