@@ -36,7 +36,9 @@ UNDERFLOW = 700.0
 TAYLOR_KAPPA = 0.5
 TAYLOR_DEGREE = 8
 #: Oscillations: frequencies gridded for FFTs, |s delta| <= pi / 2; this degree errs by < 7e-10.
+#: Families of at most OSC_DIRECT terms are evaluated directly instead.
 OSC_DEGREE = 14
+OSC_DIRECT = 96
 #: Close pairs: one polynomial in s while W |ell| <= CLOSE_KAPPA, with CLOSE_TERMS terms of the
 #: series of S and of C (relative error < 1e-14 at the limit).
 CLOSE_KAPPA = 4.0
@@ -276,8 +278,14 @@ class Oscillations:
         sum_g exp(i s phi_g) P_g(s / w) = sum_k (s / w)^k N ifft(M_k)[s]: OSC_DEGREE + 1 FFTs,
         whatever the number of groups.
         """
-        n = 1 << (2 * w - 1).bit_length()
         z = self._phases(t)
+        if len(z) <= OSC_DIRECT:  # few terms: exactly, through two tables of rotations
+            b = max(1, math.isqrt(w))
+            hi = np.exp(1j * np.outer(np.arange(0, w, b), self.phi)) * z
+            lo = np.exp(1j * np.outer(np.arange(b), self.phi))
+            values = np.einsum("aj,bj->ab", hi, lo).reshape(-1)[:w].real
+            return values, 1e-14 * self.total, self.total
+        n = 1 << (2 * w - 1).bit_length()
         grid = self._grids.get(w)
         if grid is None:  # depends on w only: kept for the next window of this length
             bins = np.rint(self.phi * (n / (2 * math.pi))).astype(np.int64)  # non-increasing
