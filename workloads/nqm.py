@@ -65,7 +65,8 @@ BAND = 1e-10
 #: more than this many terms one by one.
 COARSE_FIRST = 256
 #: EMA: directions whose modal coefficients sum (in absolute value) to more than this many times
-#: their transient at t = 0 are evaluated by exact matrix powers instead.
+#: the largest entry of their D = Sigma_0 - Sigma* (the scale of q at small t) are evaluated by
+#: exact matrix powers instead.
 COND_MAX = 1e4
 #: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
 _BLAS = ThreadpoolController()

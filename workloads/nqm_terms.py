@@ -14,11 +14,14 @@ and ``window(T, W)``: over the steps T .. T + W - 1 the family is written as
 sum_g Re(exp(s mu_g) P_g(s / W)) with a few groups g and polynomials P_g of low degree, plus a
 certified bound on the error. Terms whose rates lie within kappa / W of a group's centre mu_g
 share it: exp(s lambda) = exp(s mu_g) exp(s delta), |s delta| <= kappa, and exp(s delta) is its
-Taylor polynomial of degree ``TAYLOR_DEGREE`` to within kappa^(p+1) / (p+1)! (times |z|, the term's
-size at T). Close pairs are expanded through the addition theorems of S and C (stable: no
-cancelling exponentials), or, once W ell > ``CLOSE_KAPPA`` (so T ell >= 1 for windows with
-W <= 4 T), as their three exponentials, which no longer cancel. A window thus evaluates all W
-steps in O(W x groups x degree) instead of O(W x K) (K ~ 10^4 directions).
+Taylor polynomial of degree ``TAYLOR_DEGREE`` to within kappa^(p+1) / (p+1)! (times |z|, the
+term's size at T). Oscillations put their groups' centres on the frequencies of an FFT
+(2 pi k / N, N >= 2 W), so that the sum over groups is a few FFTs whatever their number (a
+small family is evaluated directly). Close pairs are expanded through the addition theorems of
+S and C (stable: no cancelling exponentials), or, once W ell > ``CLOSE_KAPPA`` (so T ell >= 1
+for windows with W <= 4 T), as their three exponentials, which no longer cancel. A window thus
+evaluates all W steps in O(W x groups x degree) (oscillations: O(degree x N log N)) instead of
+O(W x K) (K ~ 10^4 directions). :class:`Stepped` directions (EMA only) are evaluated exactly.
 """
 
 from __future__ import annotations
