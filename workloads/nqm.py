@@ -65,7 +65,8 @@ BAND = 1e-10
 #: more than this many terms one by one.
 COARSE_FIRST = 256
 #: EMA: directions whose modal coefficients sum (in absolute value) to more than this many times
-#: their transient at t = 0 are evaluated by exact matrix powers instead.
+#: the largest entry of their D = Sigma_0 - Sigma* (the scale of q at small t) are evaluated by
+#: exact matrix powers instead.
 COND_MAX = 1e4
 #: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
 _BLAS = ThreadpoolController()
@@ -138,6 +139,9 @@ class Dynamics:
                 self.pool = Exponentials(hh * (1.0 - sxx), 2.0 * np.log(np.abs(1.0 - a)))
         else:
             self._momentum(hh, a, n, m, omm)
+        # only monotone exponentials (SGD): bisection with their exact bounds down to single
+        # steps costs less than setting up a window
+        self._pure = not self.brackets and self.stepped is None
         self._safety = 1e-14 * (float(np.abs(self.pool.c).sum())
                                 + sum(abs(b.coef) + sum(o.total for o in b.oscs)
                                       for b in self.brackets))
@@ -378,9 +382,14 @@ class Dynamics:
     def _excluded(self, t0: int, t1: int, target: float) -> bool:
         """Whether L(t) > target provably for all t in [t0, t1]: the coarse bound first where
         the fine one is costly (many terms to bound one by one), then the fine one."""
-        if self._fine_cost(t0) > COARSE_FIRST and self._bound(t0, t1, fine=False) > target:
+        if self._coarse_first(t0) and self._bound(t0, t1, fine=False) > target:
             return True
         return self._bound(t0, t1, fine=True) > target
+
+    def _coarse_first(self, t0: int) -> bool:
+        """Worth trying the coarse bound first? Not for plain exponentials (SGD): their fine
+        bound is two sums of exponentials already."""
+        return not self._pure and self._fine_cost(t0) > COARSE_FIRST
 
     def _fine_cost(self, t0: int) -> int:
         """How many terms the fine bound at t0 handles one by one."""
@@ -400,7 +409,7 @@ class Dynamics:
             # bound; once it is not, the target is near: doubling blocks from there on
             hi = min(8 * lo - 1, max_steps)
             if gallop and hi > 2 * lo - 1:
-                if self._bound(lo, hi, fine=False) > target:
+                if self._bound(lo, hi, fine=not self._coarse_first(lo)) > target:
                     lo = hi + 1
                     continue
                 gallop = False
@@ -420,7 +429,7 @@ class Dynamics:
             a, b, bound = stack.pop()
             if bound and self._excluded(a, b, target):
                 continue
-            if b - a + 1 <= min(WINDOW, 4 * a):
+            if b - a + 1 <= (1 if self._pure else min(WINDOW, 4 * a)):
                 hit = self.scan(a, b, target)
                 if hit is not None:
                     return hit
@@ -462,8 +471,12 @@ class Dynamics:
 
     def scan(self, a: int, b: int, target: float) -> int | None:
         """The first t in [a, b] with L(t) <= target, or None: all steps enclosed at once,
-        steps within the error bound of the target evaluated exactly."""
+        steps within the error bound of the target evaluated exactly (a few steps: all)."""
         self.windows += 1
+        if b - a < 8:
+            v = self.loss(np.arange(a, b + 1))
+            below = np.flatnonzero(v <= target)
+            return a + int(below[0]) if len(below) else None
         with _BLAS.limit(limits=1, user_api="blas"), np.errstate(under="ignore"):
             v, err = self.enclose(a, b - a + 1)
         for s in np.flatnonzero(v - err <= target):

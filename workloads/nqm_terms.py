@@ -14,11 +14,14 @@ and ``window(T, W)``: over the steps T .. T + W - 1 the family is written as
 sum_g Re(exp(s mu_g) P_g(s / W)) with a few groups g and polynomials P_g of low degree, plus a
 certified bound on the error. Terms whose rates lie within kappa / W of a group's centre mu_g
 share it: exp(s lambda) = exp(s mu_g) exp(s delta), |s delta| <= kappa, and exp(s delta) is its
-Taylor polynomial of degree ``TAYLOR_DEGREE`` to within kappa^(p+1) / (p+1)! (times |z|, the term's
-size at T). Close pairs are expanded through the addition theorems of S and C (stable: no
-cancelling exponentials), or, once W ell > ``CLOSE_KAPPA`` (so T ell >= 1 for windows with
-W <= 4 T), as their three exponentials, which no longer cancel. A window thus evaluates all W
-steps in O(W x groups x degree) instead of O(W x K) (K ~ 10^4 directions).
+Taylor polynomial of degree ``TAYLOR_DEGREE`` to within kappa^(p+1) / (p+1)! (times |z|, the
+term's size at T). Oscillations put their groups' centres on the frequencies of an FFT
+(2 pi k / N, N >= 2 W), so that the sum over groups is a few FFTs whatever their number (a
+small family is evaluated directly). Close pairs are expanded through the addition theorems of
+S and C (stable: no cancelling exponentials), or, once W ell > ``CLOSE_KAPPA`` (so T ell >= 1
+for windows with W <= 4 T), as their three exponentials, which no longer cancel. A window thus
+evaluates all W steps in O(W x groups x degree) (oscillations: O(degree x N log N)) instead of
+O(W x K) (K ~ 10^4 directions). :class:`Stepped` directions (EMA only) are evaluated exactly.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ UNDERFLOW = 700.0
 TAYLOR_KAPPA = 0.5
 TAYLOR_DEGREE = 8
 #: Oscillations: frequencies gridded for FFTs, |s delta| <= pi / 2; this degree errs by < 7e-10.
+#: Families of at most OSC_DIRECT terms are evaluated directly instead.
 OSC_DEGREE = 14
+OSC_DIRECT = 96
 #: Close pairs: one polynomial in s while W |ell| <= CLOSE_KAPPA, with CLOSE_TERMS terms of the
 #: series of S and of C (relative error < 1e-14 at the limit).
 CLOSE_KAPPA = 4.0
@@ -149,7 +154,7 @@ class Exponentials:
         self._neg = (self.c[~pos], self.l[~pos], self._key[~pos])
         self._abs_tail = np.r_[np.cumsum(np.abs(self.c)[::-1])[::-1], 0.0]
         self._neg_tail = np.r_[np.cumsum(self._neg[0][::-1])[::-1], 0.0]
-        self._groups()
+        self._jensen: tuple[np.ndarray, ...] | None = None  # built by the first coarse()
 
     def _groups(self) -> None:
         """Aggregates for :meth:`coarse`: terms grouped by log(-rate) in steps of RATE_GROUP.
@@ -178,6 +183,8 @@ class Exponentials:
     def coarse(self, t0: float, t1: float) -> float:
         """A lower bound from the groups of :meth:`_groups` (looser than :meth:`lower` by a
         relative ~(t (l_hi - l_lo))^2 / 8 per group, O(groups))."""
+        if self._jensen is None:
+            self._groups()
         cp, lbar = self._jensen[:2]
         a, b, l_lo, l_hi = self._chord
         with np.errstate(under="ignore"):
@@ -274,8 +281,14 @@ class Oscillations:
         sum_g exp(i s phi_g) P_g(s / w) = sum_k (s / w)^k N ifft(M_k)[s]: OSC_DEGREE + 1 FFTs,
         whatever the number of groups.
         """
-        n = 1 << (2 * w - 1).bit_length()
         z = self._phases(t)
+        if len(z) <= OSC_DIRECT:  # few terms: exactly, through two tables of rotations
+            b = max(1, math.isqrt(w))
+            hi = np.exp(1j * np.outer(np.arange(0, w, b), self.phi)) * z
+            lo = np.exp(1j * np.outer(np.arange(b), self.phi))
+            values = np.einsum("aj,bj->ab", hi, lo).reshape(-1)[:w].real
+            return values, 1e-14 * self.total, self.total
+        n = 1 << (2 * w - 1).bit_length()
         grid = self._grids.get(w)
         if grid is None:  # depends on w only: kept for the next window of this length
             bins = np.rint(self.phi * (n / (2 * math.pi))).astype(np.int64)  # non-increasing
