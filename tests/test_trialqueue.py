@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -43,6 +44,12 @@ def test_slots_follow_the_quasi_random_sequence_and_stop_at_n(tmp_path: Path) ->
     for t in trials:
         r = ref.ask(SPACE)
         assert r.params == pytest.approx(t.params, rel=1e-12)
+    # the cached block of the sequence gives Optuna's own fast-forwarded points
+    sampler = build_sampler("qmc", 7, {}, SPACE)
+    for slot in (0, 3, 200, 5):
+        sampler._slot = slot
+        ours = sampler._sample_qmc(study, SPACE)
+        assert np.array_equal(ours, optuna.samplers.QMCSampler._sample_qmc(sampler, study, SPACE))
 
 
 def test_a_failed_trial_is_rerun_with_its_slot_and_params(tmp_path: Path) -> None:
