@@ -21,7 +21,8 @@ from pathlib import Path
 
 import optuna
 
-from tuner import runner, spec as spec_mod
+from tuner import runner
+from tuner import spec as spec_mod
 from tuner.storage import open_storage, study_name
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import optuna
 
-from tuner import runner, spec as spec_mod
+from tuner import runner
+from tuner import spec as spec_mod
 
 #: (label, file suffix, function name) of the parts of a run the profile breaks out.
 PARTS = [

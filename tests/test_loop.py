@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from tuner.cadence import eval_steps
 from tuner.workload import Target, TrialRequest
@@ -80,10 +81,8 @@ def test_batch_larger_than_training_set_wraps_epochs(digits: Digits) -> None:
     assert r.stopped_at_step == 20 and r.examples_seen == 20 * big
 
 
-def raw_order(n: int, seed: int, epochs: int) -> "torch.Tensor":
+def raw_order(n: int, seed: int, epochs: int) -> torch.Tensor:
     """The example order our loop uses: seeded permutations, one per epoch, back to back."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(epochs)])
 
