@@ -556,7 +556,7 @@ class Close:
         beta = b1 * (m_t + e * mc / 2) + 2 * b2 * ms
         gamma = b2 * m_t + e * alpha / 2
         y = w * w * e  # |y| <= CLOSE_KAPPA^2
-        n = CLOSE_TERMS
+        n = _series_terms(w * float(self.ell[k]) if len(self.ell) > k else 0.0)
         ypow = np.empty((len(y), n))
         ypow[:, 0] = 1.0
         ypow[:, 1:] = y[:, None]
@@ -573,6 +573,15 @@ class Close:
                        * cosh).sum())
         scale = float(np.abs(alpha).sum() + w * np.abs(beta).sum() + w * w * np.abs(gamma).sum())
         return poly, err + 1e-15 * scale * math.cosh(CLOSE_KAPPA), scale, extra, far
+
+
+def _series_terms(x: float) -> int:
+    """Terms of the series of S and C (in (s ell)^2) for |s ell| <= x: the first n with
+    x^(2n) / (2n + 1)! cosh(x) <= 1e-13 (far below BAND), at most CLOSE_TERMS (x = CLOSE_KAPPA)."""
+    for n in range(2, CLOSE_TERMS):
+        if x ** (2 * n) / math.factorial(2 * n + 1) * math.cosh(x) <= 1e-13:
+            return n
+    return CLOSE_TERMS
 
 
 @dataclass
