@@ -11,7 +11,7 @@ TUNER    := $(BIN)/tuner
 DEBIAN_PACKAGES := dataset-fashion-mnist chromium postgresql
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075
+NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075 nqm_momentum_ema
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
         $(NQM_SPECS) bench-nqm postgres dashboard clean
@@ -22,7 +22,7 @@ help:
 	@echo "make digits-mlp         reproduce studies/digits_mlp.toml"
 	@echo "make fashion-mnist-cnn  reproduce studies/fashion_mnist_cnn.toml (hours on CPU)"
 	@echo "make fashion-mnist-mlp  reproduce studies/fashion_mnist_mlp.toml"
-	@echo "make nqm                the five NQM studies + the two headline figures in results/"
+	@echo "make nqm                the six NQM studies + the two headline figures in results/"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
