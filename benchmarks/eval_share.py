@@ -35,14 +35,18 @@ def main() -> None:
                     help="budget in steps per trial (default: 120 at B <= 64, 60 at B <= 512, "
                          "else 40; a few minutes in all on a 2-core CPU)")
     ap.add_argument("--trials", type=int, default=2)
+    ap.add_argument("--eval-batch", type=int, help="override the evaluation batch size")
     args = ap.parse_args()
 
     spec = spec_mod.load(args.spec)
+    if args.eval_batch:
+        spec.workload.eval_batch_size = spec.workload.eval_batch_size_cpu = args.eval_batch
     sizes = tuple(args.batch_sizes or (64, 512, 2048))
     c = spec.cadence
     print(f"{spec.path}: cadence first {c.first_step}, relative {c.relative:.0%}, min interval "
           f"{c.min_interval}; validation {spec.workload.options.val_size} examples; "
-          f"eval batch {spec.workload.eval_batch_size}; load average {os.getloadavg()[0]:.1f} "
+          f"eval batch {spec.workload.eval_batch_size} ({spec.workload.eval_batch_size_cpu} on the "
+          f"CPU); load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
     spec.workload.data()  # read the files now, not inside the first trial's wall time
     print("| B | trial | steps | evaluations | wall s | eval s | eval_share | outcome |")

@@ -2,8 +2,9 @@
 
 Same model, same data (tensors on the device), same optimizer and schedule, same batch size and
 the same process for every loop; repetitions are interleaved (raw, ours, trainer, trainer/batched,
-raw, ours, ...) so load from other processes hits them alike. Each measurement times a fixed number
-of steps after a warm-up, and excludes set-up and teardown.
+then ours, trainer, trainer/batched, raw, ...: each loop takes its turn first) so load from other
+processes hits them alike. Each measurement times a fixed number of steps (about 0.4 s of the
+raw loop) after a warm-up, and excludes set-up and teardown.
 
 - raw: a hand-written loop: a shuffled index per epoch, ``x[idx]``, forward, cross-entropy,
   ``zero_grad``, ``backward``, ``step`` (and the schedule's ``step`` when the spec decays the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import io
 import os
@@ -76,11 +78,16 @@ WORKLOADS = {  # name: (workload, schedule, metaparameters), as in the shipped s
 
 
 def calibrate(case: Case, wl: TrainedWorkload, device: torch.device, seconds: float) -> None:
-    """Pick the steps of one measurement: about ``seconds`` of the raw loop (at least 3)."""
-    case.steps, case.warmup = 3, 2
-    rate = run_raw(case, wl, device, seed=0)
-    case.steps = max(3, round(seconds * rate))
-    case.warmup = max(2, min(50, case.steps // 10))
+    """Pick the steps of one measurement: about ``seconds`` of the raw loop (at least 5), from a
+    raw run of at least 0.2 s after a warm-up."""
+    case.steps, case.warmup = 5, 5
+    while True:
+        rate = run_raw(case, wl, device, seed=0)
+        if case.steps / rate >= 0.2:
+            break
+        case.steps *= 4
+    case.steps = max(5, round(seconds * rate))
+    case.warmup = max(3, min(50, case.steps // 10))
 
 
 def sync(device: torch.device) -> None:
@@ -259,9 +266,9 @@ def loop_at(rev: str) -> Callable:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 512])
-    ap.add_argument("--seconds", type=float, default=0.5,
+    ap.add_argument("--seconds", type=float, default=0.4,
                     help="length of one measurement (of the raw loop; calibrated per row)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", nargs="*", help="workload names to run (substring match)")
@@ -318,7 +325,8 @@ def measure(case: Case, wl: TrainedWorkload, device: torch.device, loops: list[s
     """Interleaved repetitions of every loop: (case, median steps/s, median ratio to raw)."""
     got: dict[str, list[float]] = {lp: [] for lp in loops}
     for rep in range(reps):
-        for lp in loops:
+        for lp in loops[rep % len(loops):] + loops[:rep % len(loops)]:  # each loop goes first
+            gc.collect()
             got[lp].append(runners[lp](case, wl, device, rep))
     med = {lp: statistics.median(v) for lp, v in got.items()}
     ratio = {lp: statistics.median(a / r for a, r in zip(got[lp], got["raw"]))

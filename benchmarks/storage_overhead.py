@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial
 
 from tuner import runner
 from tuner import spec as spec_mod
@@ -37,20 +39,35 @@ PARTS = [
 ]
 
 
-def run_once(spec: spec_mod.Spec, url: str | None, trials: int) -> tuple[float, float]:
-    """(wall, CPU) seconds for ``runner.run`` into ``url`` (None: Optuna's in-memory storage)."""
+def optuna_store(storage: BaseStorage, study_id: int, trial: FrozenTrial,
+                 study_system_attrs: dict) -> int:
+    """What runner stored each buffered trial with before tuner/persist.py: Optuna's own
+    create_new_trial(template_trial=...), then each changed study attr in its own transaction."""
+    tid = storage.create_new_trial(study_id, template_trial=trial)
+    for key, value in study_system_attrs.items():
+        storage.set_study_system_attr(study_id, key, value)
+    return tid
+
+
+def run_once(spec: spec_mod.Spec, url: str | None, trials: int, before: bool = False
+             ) -> tuple[float, float]:
+    """(wall, CPU) seconds for ``runner.run`` into ``url`` (None: Optuna's in-memory storage;
+    ``before``: Optuna's row-by-row storing and SQLite's default journal, as before)."""
+    saved = runner.open_storage, runner.store_trial
     if url is None:
         memory = optuna.storages.InMemoryStorage()
-        original = runner.open_storage
         runner.open_storage = lambda *_: memory  # type: ignore[assignment]
+    if before:
+        runner.store_trial = optuna_store  # type: ignore[assignment]
+        runner.open_storage = lambda u, *_: RDBStorage(  # type: ignore[assignment]
+            u, engine_kwargs={"connect_args": {"timeout": 60}})
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         # "sqlite://" (in-memory) only names the lock: one process needs just a thread lock
         runner.run(spec, url or "sqlite://", spec.batch_sizes, trials)
         return time.perf_counter() - t0, time.process_time() - c0
     finally:
-        if url is None:
-            runner.open_storage = original  # type: ignore[assignment]
+        runner.open_storage, runner.store_trial = saved  # type: ignore[assignment]
 
 
 def breakdown(stats: pstats.Stats) -> list[tuple[str, float, int]]:
@@ -71,6 +88,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--trials", type=int, help="trials per batch size (default: the spec's)")
     ap.add_argument("--dir", help="folder for the SQLite files (default: a temp folder)")
+    ap.add_argument("--before", action="store_true",
+                    help="also time the way trials were stored before tuner/persist.py "
+                         "(Optuna's create_new_trial, SQLite's default rollback journal)")
     args = ap.parse_args()
 
     spec = spec_mod.load(args.spec)
@@ -80,13 +100,18 @@ def main() -> None:
           f"optuna {optuna.__version__}, load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs")
     times: dict[str, list[tuple[float, float]]] = {"sqlite file": [], "in-memory": []}
+    if args.before:
+        times["sqlite file, before"] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for rep in range(args.reps):
             times["sqlite file"].append(
                 run_once(spec, f"sqlite:///{Path(tmp) / f'rep{rep}.db'}", trials))
             times["in-memory"].append(run_once(spec, None, trials))
-            print(f"  rep {rep}: sqlite {times['sqlite file'][-1][0]:.2f} s, "
-                  f"in-memory {times['in-memory'][-1][0]:.2f} s", flush=True)
+            if args.before:
+                times["sqlite file, before"].append(run_once(
+                    spec, f"sqlite:///{Path(tmp) / f'before{rep}.db'}", trials, before=True))
+            print(f"  rep {rep}: " + ", ".join(f"{k} {v[-1][0]:.2f} s" for k, v in times.items()),
+                  flush=True)
         prof = cProfile.Profile()
         prof.enable()
         profiled, _ = run_once(spec, f"sqlite:///{Path(tmp) / 'profiled.db'}", trials)

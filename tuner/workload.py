@@ -161,8 +161,11 @@ class TrainedWorkload(Workload):
         "accuracy": "maximize",
         "loss": "minimize",
     }
-    #: Validation examples per forward pass during evaluation.
+    #: Validation examples per forward pass during evaluation on an accelerator (large), and on
+    #: the CPU, where a batch small enough for its activations to stay in cache is faster (the
+    #: simple CNN evaluated 10,000 images in 2.7 s at 128, 4.3 s at 4096 on this 2-core CPU).
     eval_batch_size: ClassVar[int] = 4096
+    eval_batch_size_cpu: ClassVar[int] = 128
 
     _data: Data | None = None
     _on_device: tuple[str, Data] | None = None
@@ -214,9 +217,10 @@ class TrainedWorkload(Workload):
 
         loss_sum = torch.zeros((), device=x.device)
         wrong = torch.zeros((), device=x.device, dtype=torch.long)
-        for i in range(0, len(x), self.eval_batch_size):
-            logits = model(x[i:i + self.eval_batch_size]).float()
-            yy = y[i:i + self.eval_batch_size]
+        bs = self.eval_batch_size_cpu if x.device.type == "cpu" else self.eval_batch_size
+        for i in range(0, len(x), bs):
+            logits = model(x[i:i + bs]).float()
+            yy = y[i:i + bs]
             loss_sum += F.cross_entropy(logits, yy, reduction="sum")
             wrong += (logits.argmax(dim=1) != yy).sum()
         n = len(x)
