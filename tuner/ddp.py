@@ -50,6 +50,8 @@ def _relay(up: Queue, down: Queue, report: Reporter) -> None:
 
 
 def _rank_main(fabric: Any, job: bytes, up: Queue, down: Queue) -> TrialResult:
+    import torch.distributed
+
     from tuner.loop import train_on
 
     workload, req = pickle.loads(job)
@@ -58,4 +60,9 @@ def _rank_main(fabric: Any, job: bytes, up: Queue, down: Queue) -> TrialResult:
         up.put((step, metrics))
         return down.get()
 
-    return train_on(fabric, workload, req, report)
+    result = train_on(fabric, workload, req, report)
+    # Leave together and close the process group before the process exits: a rank that exits
+    # while gloo's threads still run aborts ("terminate called without an active exception").
+    fabric.barrier()
+    torch.distributed.destroy_process_group()
+    return result
