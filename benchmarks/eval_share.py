@@ -5,9 +5,15 @@ Runs a few trials of ``studies/fashion_mnist_cnn.toml`` (its evaluation cadence:
 ``--steps`` steps so that it takes minutes, not hours, on a CPU, into a temp SQLite file, and
 prints each trial's ``eval_share`` attr (``eval_seconds / wall_seconds``). Then the arithmetic
 behind it: one evaluation (the whole validation split) against one training step, and the
-interval at which evaluation would take 5 % of the time.
+interval at which evaluation would take 5 % of the time, and the share projected from those two
+measured costs for trials that run 10 % and all of the spec's whole budget, at the spec's cadence
+and with ``[eval] max_share`` (``--max-share``, default 0.05; see tuner/cadence.py).
 
     .venv/bin/python benchmarks/eval_share.py [--batch-size B ...] [--steps N] [--trials N]
+                                              [--max-share S] [--run-max-share]
+
+``--run-max-share`` runs the trials themselves with ``max_share`` (give ``--steps`` well above its
+interval, or the budget's end is the one evaluation).
 """
 
 from __future__ import annotations
@@ -36,15 +42,22 @@ def main() -> None:
                          "else 40; a few minutes in all on a 2-core CPU)")
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--eval-batch", type=int, help="override the evaluation batch size")
+    ap.add_argument("--max-share", type=float, default=0.05,
+                    help="the [eval] max_share to project (default 0.05)")
+    ap.add_argument("--run-max-share", action="store_true",
+                    help="run the trials with [eval] max_share = --max-share")
     args = ap.parse_args()
 
-    spec = spec_mod.load(args.spec)
+    full = spec_mod.load(args.spec)
+    shared = dataclasses.replace(full, cadence=dataclasses.replace(full.cadence,
+                                                                   max_share=args.max_share))
+    spec = shared if args.run_max_share else full
     if args.eval_batch:
         spec.workload.eval_batch_size = spec.workload.eval_batch_size_cpu = args.eval_batch
     sizes = tuple(args.batch_sizes or (64, 512, 2048))
     c = spec.cadence
     print(f"{spec.path}: cadence first {c.first_step}, relative {c.relative:.0%}, min interval "
-          f"{c.min_interval}; validation {spec.workload.options.val_size} examples; "
+          f"{c.min_interval}, max_share {c.max_share}; validation {spec.workload.options.val_size} examples; "
           f"eval batch {spec.workload.eval_batch_size} ({spec.workload.eval_batch_size_cpu} on the "
           f"CPU); load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
@@ -82,6 +95,26 @@ def main() -> None:
         e, s = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         at20 = e / (e + c.min_interval * s)
         print(f"| {b} | {e:.2f} | {s:.4f} | {e / s:.0f} | {at20:.0%} | {19 * e / s:.0f} steps |")
+
+    print()
+    print("Projected from those costs, for trials that stop at 10 % and at 100 % of the spec's "
+          "budget (evaluations, share):")
+    print(f"| B | budget steps | spec cadence, 10 % | spec cadence, 100 % | max_share "
+          f"{args.max_share}, 10 % | max_share {args.max_share}, 100 % |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for b in sizes:
+        rows = [(e, s) for bb, e, s in summary if bb == b]
+        if not rows:
+            continue
+        e, s = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+        budget = full.max_steps(b)
+        cells = []
+        for sp in (full, shared):
+            evals = sp.eval_steps(b)
+            for stop in (max(1, budget // 10), budget):
+                n = sum(1 for x in evals if x <= stop) or 1
+                cells.append(f"{n}, {n * e / (n * e + stop * s):.1%}")
+        print(f"| {b} | {budget} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

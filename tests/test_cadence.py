@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.cadence import eval_steps, resolution
+from tuner.cadence import EVAL_COST, eval_steps, resolution, share_interval
 
 
 @pytest.mark.parametrize("max_steps", [10, 137, 100_000])
@@ -35,3 +35,17 @@ def test_budget_before_first_evaluation_has_no_steps() -> None:
 def test_resolution_is_previous_evaluation() -> None:
     steps = (10, 20, 35)
     assert resolution(steps, 10) == 0 and resolution(steps, 35) == 20
+
+
+@pytest.mark.parametrize(("val", "batch", "share"), [(10_000, 32, 0.05), (359, 16, 0.1),
+                                                      (10_000, 4096, 0.05), (100, 1024, 0.5)])
+def test_share_interval_is_the_fewest_steps_that_keep_the_share(val: int, batch: int,
+                                                                share: float) -> None:
+    n = share_interval(val, batch, share)
+    eval_cost = EVAL_COST * val / batch  # in training steps
+
+    def share_at(steps: int) -> float:
+        return eval_cost / (eval_cost + steps)
+
+    assert share_at(n) <= share + 1e-12
+    assert n == 1 or share_at(n - 1) > share

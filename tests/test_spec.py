@@ -69,6 +69,10 @@ INVALID = {
                                 "workload.depth", "allowed: name, hidden"),
     "slack_below_one": (SMALL_DIGITS + "[pruner]\nslack = 0.5\n", "pruner.slack", ">= 1"),
     "not_toml": ("seed = = 1\n", "", "not valid TOML"),
+    "max_share_not_a_fraction": (replace("min_interval = 5", "min_interval = 5\nmax_share = 1.5"),
+                                 "eval.max_share", "a fraction in (0, 1)"),
+    "max_share_not_a_number": (replace("min_interval = 5", "min_interval = 5\nmax_share = 'x'"),
+                               "eval.max_share", "must be number"),
 }
 
 
@@ -155,3 +159,35 @@ def test_fingerprint_ignores_trials_but_not_search_space() -> None:
     b = spec_mod.parse(tomllib.loads(replace("trials = 4", "trials = 9")), "x.toml")
     c = spec_mod.parse(tomllib.loads(replace("high = 1.0", "high = 2.0")), "x.toml")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_max_share_spaces_evaluations_and_keeps_old_fingerprints() -> None:
+    import tomllib
+
+    from tuner.cadence import share_interval
+
+    plain = spec_mod.parse(tomllib.loads(SMALL_DIGITS), "x.toml")
+    # Studies stored before max_share existed keep their fingerprint (it is left out when unset).
+    assert "max_share" not in plain.identity()["eval_cadence"]
+    text = replace("min_interval = 5", "min_interval = 5\nmax_share = 0.05")
+    shared = spec_mod.parse(tomllib.loads(text), "x.toml")
+    assert shared.fingerprint() != plain.fingerprint()
+    val = shared.workload.num_val_examples()
+    assert val == 359  # digits: 20 % of 1,797 images
+    for b in shared.batch_sizes:
+        floor = share_interval(val, b, 0.05)
+        steps = shared.eval_steps(b)
+        assert floor > 5 and steps[0] == floor and steps[-1] == shared.max_steps(b)
+        assert all(later - s >= floor for s, later in zip(steps[:-2], steps[1:-1]))
+        assert len(steps) < len(plain.eval_steps(b))
+
+
+def test_max_share_needs_a_validation_pass(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    text = Path("studies/nqm_sgd.toml").read_text().replace("[eval]", "[eval]\nmax_share = 0.05")
+    path = write(tmp_path, text, "nqm.toml")
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{tmp_path / 'x.db'}"],
+                             capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"{path}: eval.max_share: " in err and "only for trained workloads" in err
+    assert not (tmp_path / "x.db").exists()

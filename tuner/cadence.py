@@ -4,6 +4,13 @@ Steps grow geometrically: the next evaluation is at least ``relative`` (e.g. 2 %
 the last, and at least ``min_interval`` steps later. So steps-to-target has a bounded *relative*
 resolution at every batch size, and all trials of one study evaluate at the same steps (which is
 what pruners comparing values at equal steps need). The budget's last step is always evaluated.
+
+An evaluation costs a forward pass over the validation set; on a CPU, where a small model is
+compute-bound, that is as much as ``val_examples / (3 B)`` training steps (a forward pass is about
+a third of a training step's forward + backward). ``max_share`` bounds evaluation's share of a
+trial's time under that model by spacing evaluations at least :func:`share_interval` steps apart
+(the first one too): cheaper trials, coarser steps-to-target. The measured share is each trial's
+``eval_share`` attr.
 """
 
 from __future__ import annotations
@@ -25,6 +32,17 @@ def eval_steps(max_steps: int, first_step: int, relative: float, min_interval: i
     if steps[-1] != max_steps:
         steps.append(max_steps)
     return tuple(steps)
+
+
+#: An evaluated example's cost in training examples' cost (forward only vs forward + backward).
+EVAL_COST = 1 / 3
+
+
+def share_interval(val_examples: int, batch_size: int, max_share: float) -> int:
+    """The fewest steps between evaluations for evaluation to take at most ``max_share`` of a
+    trial's time, when evaluating one example costs ``EVAL_COST`` of training on one."""
+    eval_cost_in_steps = EVAL_COST * val_examples / batch_size
+    return max(1, math.ceil(eval_cost_in_steps * (1 - max_share) / max_share - 1e-9))
 
 
 def resolution(steps: tuple[int, ...], step: int) -> int:

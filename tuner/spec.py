@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.cadence import eval_steps
+from tuner.cadence import eval_steps, share_interval
 from tuner.errors import SpecError
 from tuner.optim import OPTIONAL_PARAMS, OPTIMIZERS, SCHEDULES, allowed_params
 from tuner.space import Param
@@ -94,6 +94,7 @@ class Cadence:
     first_step: int = 10
     relative: float = 0.02
     min_interval: int = 10
+    max_share: float | None = None  # evaluation's share of a trial, bounded by spacing evaluations
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,12 @@ class Spec:
     def eval_steps(self, batch_size: int) -> tuple[int, ...]:
         """The evaluation steps every trial at this batch size uses."""
         c = self.cadence
-        return eval_steps(self.max_steps(batch_size), c.first_step, c.relative, c.min_interval)
+        max_steps = self.max_steps(batch_size)
+        first, interval = c.first_step, c.min_interval
+        if c.max_share is not None:
+            floor = share_interval(self.workload.num_val_examples(), batch_size, c.max_share)
+            first, interval = min(max(first, floor), max_steps), max(interval, floor)
+        return eval_steps(max_steps, first, c.relative, interval)
 
     def identity(self) -> dict[str, Any]:
         """Everything that makes two runs' trials comparable (the study fingerprint's input).
@@ -165,7 +171,7 @@ class Spec:
             "search_space": {p.name: p.to_attr() for p in self.space},
             "target": dataclasses.asdict(self.target),
             "budget": dataclasses.asdict(self.budget),
-            "eval_cadence": dataclasses.asdict(self.cadence),
+            "eval_cadence": _cadence_identity(self.cadence),
             "sampler": dataclasses.asdict(self.sampler),
             "pruner": dataclasses.asdict(self.pruner),
             "precision": self.precision,
@@ -392,12 +398,29 @@ def _budget(t: _Table) -> Budget:
     )
 
 
-def _cadence(t: _Table) -> Cadence:
-    t.only(["first_step", "relative", "min_interval"])
+def _cadence_identity(cadence: Cadence) -> dict[str, Any]:
+    """The cadence's part of a spec's identity; ``max_share`` only when set, so that studies
+    stored before it existed keep their fingerprint."""
+    out = dataclasses.asdict(cadence)
+    if out["max_share"] is None:
+        del out["max_share"]
+    return out
+
+
+def _cadence(t: _Table, workload: Workload) -> Cadence:
+    t.only(["first_step", "relative", "min_interval", "max_share"])
     relative = t.get("relative", "number", 0.02)
     if relative < 0:
         raise t.error("relative", f"must be >= 0, got {relative}")
-    return Cadence(t.positive_int("first_step", 10), relative, t.positive_int("min_interval", 10))
+    max_share = t.get("max_share", "number", None)
+    if max_share is not None:
+        if not 0 < max_share < 1:
+            raise t.error("max_share", f"{max_share}; allowed: a fraction in (0, 1), e.g. 0.05")
+        if workload.num_val_examples() == 0:
+            raise t.error("max_share", "this workload has no validation pass to space out; "
+                          "allowed: only for trained workloads")
+    return Cadence(t.positive_int("first_step", 10), relative, t.positive_int("min_interval", 10),
+                   max_share)
 
 
 def _sampler(t: _Table, seed: int) -> SamplerSpec:
@@ -490,7 +513,7 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
     if budget.max_epochs is not None and workload.num_train_examples() == 0:
         raise SpecError(path, "budget.max_epochs", f"workload {wname!r} has no data set; "
                         "allowed: max_steps")
-    cadence = _cadence(top.table("eval"))
+    cadence = _cadence(top.table("eval"), workload)
     trainer = top.table("trainer")
     trainer.only(["accelerator", "precision", "devices"])
 

@@ -131,6 +131,10 @@ class Workload(ABC):
     def num_train_examples(self) -> int:
         """Size of the training split (to turn a budget in epochs into steps)."""
 
+    def num_val_examples(self) -> int:
+        """Size of the validation split one evaluation runs over (0: no validation pass)."""
+        return 0
+
     @abstractmethod
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
         """Train (or compute) until the target is reached, the budget is spent, the loss

@@ -59,6 +59,10 @@ class Digits(TrainedWorkload):
     def _n_val(self) -> int:
         return max(1, round(self.options.val_fraction * self.N_IMAGES))
 
+    def num_val_examples(self) -> int:
+        """Images held out for validation."""
+        return self._n_val()
+
     def num_train_examples(self) -> int:
         """Training images after the validation hold-out."""
         return self.N_IMAGES - self._n_val()

@@ -130,6 +130,10 @@ class FashionMNIST(TrainedWorkload):
                                                    "train-labels-idx1-ubyte")
         return idx_count(labels) if labels is not None else N_TRAIN_FILE
 
+    def num_val_examples(self) -> int:
+        """Images held out for validation."""
+        return self.options.val_size
+
     def num_train_examples(self) -> int:
         """Training images after the hold-out (and the optional ``train_size`` cut)."""
         o = self.options
