@@ -57,7 +57,7 @@ def main() -> None:
     sizes = tuple(args.batch_sizes or (64, 512, 2048))
     c = spec.cadence
     print(f"{spec.path}: cadence first {c.first_step}, relative {c.relative:.0%}, min interval "
-          f"{c.min_interval}, max_share {c.max_share}; validation {spec.workload.options.val_size} examples; "
+          f"{c.min_interval}, max_share {c.max_share}; validation {spec.workload.num_val_examples()} examples; "
           f"eval batch {spec.workload.eval_batch_size} ({spec.workload.eval_batch_size_cpu} on the "
           f"CPU); load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
@@ -86,13 +86,15 @@ def main() -> None:
                     summary.append((b, per_eval, per_step))
     print()
     print("| B | s per evaluation | s per step | steps of training one evaluation costs | "
-          "share at 20 steps apart | interval for a 5 % share |")
+          f"share at {c.min_interval} steps apart | interval for a 5 % share |")
     print("|---:|---:|---:|---:|---:|---:|")
+    costs = {}  # B: median (s per evaluation, s per step)
     for b in sizes:
         rows = [(e, s) for bb, e, s in summary if bb == b]
-        if not rows:
-            continue
-        e, s = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+        if rows:
+            costs[b] = (statistics.median(r[0] for r in rows),
+                        statistics.median(r[1] for r in rows))
+    for b, (e, s) in costs.items():
         at20 = e / (e + c.min_interval * s)
         print(f"| {b} | {e:.2f} | {s:.4f} | {e / s:.0f} | {at20:.0%} | {19 * e / s:.0f} steps |")
 
@@ -102,11 +104,7 @@ def main() -> None:
     print(f"| B | budget steps | spec cadence, 10 % | spec cadence, 100 % | max_share "
           f"{args.max_share}, 10 % | max_share {args.max_share}, 100 % |")
     print("|---:|---:|---:|---:|---:|---:|")
-    for b in sizes:
-        rows = [(e, s) for bb, e, s in summary if bb == b]
-        if not rows:
-            continue
-        e, s = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+    for b, (e, s) in costs.items():
         budget = full.max_steps(b)
         cells = []
         for sp in (full, shared):
