@@ -136,10 +136,14 @@ def cos_min(amp: np.ndarray, phi: np.ndarray, psi: np.ndarray, t0: float, t1: fl
     """sum_j min over t in [t0, t1] of amp_j cos(t phi_j + psi_j) (phi_j >= 0): -amp_j where a
     trough (an odd multiple of pi) lies in the phase interval, else the smaller end."""
     x0, x1 = t0 * phi + psi, t1 * phi + psi
-    two_pi = 2 * math.pi
-    trough = (np.floor((x1 - math.pi) / two_pi + 1e-9)
-              >= np.ceil((x0 - math.pi) / two_pi - 1e-9))
-    return float(amp @ np.where(trough, -1.0, np.minimum(np.cos(x0), np.cos(x1))))
+    inv_two_pi = 1 / (2 * math.pi)
+    trough = (np.floor((x1 - math.pi) * inv_two_pi + 1e-9)
+              >= np.ceil((x0 - math.pi) * inv_two_pi - 1e-9))
+    ends = np.flatnonzero(~trough)  # the cosines are the cost: only where there is no trough
+    if len(ends) == len(amp):
+        return float(amp @ np.minimum(np.cos(x0), np.cos(x1)))
+    return float(amp[ends] @ np.minimum(np.cos(x0[ends]), np.cos(x1[ends]))
+                 - amp[trough].sum())
 
 
 class Exponentials:
@@ -302,15 +306,15 @@ class Oscillations:
         cols, starts, powers, ik = grid
         m = np.add.reduceat(powers * z, starts, axis=1) * ik
         spectrum = np.zeros((OSC_DEGREE + 1, n), dtype=complex)
-        np.add.at(spectrum, (slice(None), cols), m)
-        f = np.fft.ifft(spectrum, axis=1)[:, :w] * n
+        spectrum[:, cols] = m  # distinct bins: phi sorted, grouped by bin, in [0, n / 2]
+        f = np.fft.ifft(spectrum, axis=1)[:, :w].real * n  # u is real: Re of the sum is all
         u = np.arange(w) / w
         acc = f[OSC_DEGREE]
         for k in range(OSC_DEGREE - 1, -1, -1):  # Horner in u
             acc = acc * u + f[k]
         kappa = math.pi * w / n
         err = self.total * kappa ** (OSC_DEGREE + 1) / math.factorial(OSC_DEGREE + 1)
-        return acc.real, err + 1e-14 * self.total, self.total
+        return acc, err + 1e-14 * self.total, self.total
 
 
 class Close:
