@@ -334,3 +334,33 @@ def test_ema_windows_and_bounds() -> None:
             assert np.all(np.abs(v - d.loss(np.arange(t, t + w))) <= err), (lr, omm, b, p, beta, t)
             lowest = d.loss(np.unique(np.linspace(t, 2 * t, 100).astype(int))).min()
             assert d._bound(t, 2 * t, fine=True) <= lowest and d._bound(t, 2 * t, False) <= lowest
+
+
+def test_oscillation_window_with_frequencies_near_0_and_2pi() -> None:
+    """Frequencies phi in (0, 2 pi): those rounding to bin 0 and to bin n (the same frequency on
+    the FFT grid) both count. More than OSC_DIRECT terms, so the FFT path runs."""
+    from workloads.nqm_terms import OSC_DIRECT, Oscillations
+
+    rng = np.random.default_rng(5)
+    k = OSC_DIRECT + 104
+    phi = np.r_[0.01, 2 * np.pi - 0.01, rng.uniform(0.001, 2 * np.pi - 0.001, k - 2)]
+    osc = Oscillations(rng.uniform(0.1, 1.0, k), phi, rng.uniform(-np.pi, np.pi, k))
+    for t, w in ((1, 4), (7, 30), (1000, 2048)):
+        v, err, _ = osc.window(t, w)
+        exact = osc.values(np.arange(t, t + w, dtype=np.float64))
+        assert np.all(np.abs(v - exact) <= err), (t, w, np.abs(v - exact).max(), err)
+
+
+def test_momentum_at_the_stability_edge_is_exact() -> None:
+    """A learning rate just inside the momentum stability limit (1 + sqrt(m))^2: the eigenvalues
+    are complex with argument near pi, so 2 x their argument is near 2 pi."""
+    h = spectrum(10_000)
+    omm = 1e-3
+    lr = (1 + np.sqrt(1 - omm)) ** 2 * (1 - 1e-6)
+    d = Dynamics(h, lr, omm, 4, 0.0)
+    assert not d.diverged
+    v, err = d.enclose(50, 16)
+    assert np.all(np.abs(v - d.loss(np.arange(50, 66))) <= err)
+    brute = iterate(h, lr, omm, 4, 0.0, 400)
+    expected = next((t for t, x in enumerate(brute) if x <= 0.01), None)
+    assert d.first_hit(0.01, 400) == expected

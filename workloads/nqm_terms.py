@@ -229,8 +229,9 @@ class Exponentials:
 
 
 class Oscillations:
-    """sum_j A_j cos(t phi_j + psi_j), A_j >= 0, phi_j in (0, pi]: the oscillating part of
-    complex-conjugate pairs sharing one modulus (the caller multiplies by rho^t)."""
+    """sum_j A_j cos(t phi_j + psi_j), A_j >= 0, phi_j in (0, 2 pi) (twice the argument of an
+    eigenvalue in the upper half-plane): the oscillating part of complex-conjugate pairs sharing
+    one modulus (the caller multiplies by rho^t)."""
 
     def __init__(self, amp: np.ndarray, phi: np.ndarray, psi: np.ndarray) -> None:
         order = np.argsort(-phi, kind="stable")  # fastest first
@@ -301,13 +302,16 @@ class Oscillations:
             powers = np.ones((OSC_DEGREE + 1, len(d)))
             for k in range(1, OSC_DEGREE + 1):
                 np.multiply(powers[k - 1], d / k, out=powers[k])
-            grid = self._grids[w] = (bins[starts] % n, starts, powers,
+            grid = self._grids[w] = (bins[starts], starts, powers,
                                      (1j ** np.arange(OSC_DEGREE + 1))[:, None])
         cols, starts, powers, ik = grid
         m = np.add.reduceat(powers * z, starts, axis=1) * ik
-        spectrum = np.zeros((OSC_DEGREE + 1, n), dtype=complex)
-        spectrum[:, cols] = m  # distinct bins: phi sorted, grouped by bin, in [0, n / 2]
-        f = np.fft.ifft(spectrum, axis=1)[:, :w].real * n  # u is real: Re of the sum is all
+        # The groups' bins are distinct and in [0, n] (phi sorted, in (0, 2 pi)): assigned into
+        # n + 1 columns, then bin n (the frequency 2 pi) added onto bin 0, the same frequency.
+        spectrum = np.zeros((OSC_DEGREE + 1, n + 1), dtype=complex)
+        spectrum[:, cols] = m
+        spectrum[:, 0] += spectrum[:, n]
+        f = np.fft.ifft(spectrum[:, :n], axis=1)[:, :w].real * n  # u is real: Re of the sum
         u = np.arange(w) / w
         acc = f[OSC_DEGREE]
         for k in range(OSC_DEGREE - 1, -1, -1):  # Horner in u
