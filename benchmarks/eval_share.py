@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--run-max-share", action="store_true",
                     help="run the trials with [eval] max_share = --max-share")
     args = ap.parse_args()
+    if not 0.001 <= args.max_share < 1:
+        ap.error(f"--max-share {args.max_share}: allowed: a fraction in [0.001, 1)")
 
     full = spec_mod.load(args.spec)
     shared = dataclasses.replace(full, cadence=dataclasses.replace(full.cadence,
@@ -57,7 +59,8 @@ def main() -> None:
     sizes = tuple(args.batch_sizes or (64, 512, 2048))
     c = spec.cadence
     print(f"{spec.path}: cadence first {c.first_step}, relative {c.relative:.0%}, min interval "
-          f"{c.min_interval}, max_share {c.max_share}; validation {spec.workload.num_val_examples()} examples; "
+          f"{c.min_interval}, max_share {c.max_share}; validation "
+          f"{spec.workload.num_val_examples()} examples; "
           f"eval batch {spec.workload.eval_batch_size} ({spec.workload.eval_batch_size_cpu} on the "
           f"CPU); load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
@@ -86,7 +89,7 @@ def main() -> None:
                     summary.append((b, per_eval, per_step))
     print()
     print("| B | s per evaluation | s per step | steps of training one evaluation costs | "
-          f"share at {c.min_interval} steps apart | interval for a 5 % share |")
+          f"share at {c.min_interval} steps apart | interval for a {args.max_share:.0%} share |")
     print("|---:|---:|---:|---:|---:|---:|")
     costs = {}  # B: median (s per evaluation, s per step)
     for b in sizes:
@@ -96,7 +99,8 @@ def main() -> None:
                         statistics.median(r[1] for r in rows))
     for b, (e, s) in costs.items():
         at20 = e / (e + c.min_interval * s)
-        print(f"| {b} | {e:.2f} | {s:.4f} | {e / s:.0f} | {at20:.0%} | {19 * e / s:.0f} steps |")
+        print(f"| {b} | {e:.2f} | {s:.4f} | {e / s:.0f} | {at20:.0%} | "
+              f"{(1 / args.max_share - 1) * e / s:.0f} steps |")
 
     print()
     print("Projected from those costs, for trials that stop at 10 % and at 100 % of the spec's "

@@ -42,7 +42,8 @@ PARTS = [
 def optuna_store(storage: BaseStorage, study_id: int, trial: FrozenTrial,
                  study_system_attrs: dict) -> int:
     """What runner stored each buffered trial with before tuner/persist.py: Optuna's own
-    create_new_trial(template_trial=...), then each changed study attr in its own transaction."""
+    create_new_trial(template_trial=...), row by row (study attrs, none given here, each in its
+    own transaction)."""
     tid = storage.create_new_trial(study_id, template_trial=trial)
     for key, value in study_system_attrs.items():
         storage.set_study_system_attr(study_id, key, value)

@@ -70,7 +70,9 @@ INVALID = {
     "slack_below_one": (SMALL_DIGITS + "[pruner]\nslack = 0.5\n", "pruner.slack", ">= 1"),
     "not_toml": ("seed = = 1\n", "", "not valid TOML"),
     "max_share_not_a_fraction": (replace("min_interval = 5", "min_interval = 5\nmax_share = 1.5"),
-                                 "eval.max_share", "a fraction in (0, 1)"),
+                                 "eval.max_share", "a fraction in [0.001, 1)"),
+    "max_share_tiny": (replace("min_interval = 5", "min_interval = 5\nmax_share = 1e-320"),
+                       "eval.max_share", "a fraction in [0.001, 1)"),
     "max_share_not_a_number": (replace("min_interval = 5", "min_interval = 5\nmax_share = 'x'"),
                                "eval.max_share", "must be number"),
 }
@@ -165,6 +167,7 @@ def test_max_share_spaces_evaluations_and_keeps_old_fingerprints() -> None:
     import tomllib
 
     from tuner.cadence import share_interval
+    from tuner.storage import study_attrs
 
     plain = spec_mod.parse(tomllib.loads(SMALL_DIGITS), "x.toml")
     # Studies stored before max_share existed keep their fingerprint (it is left out when unset).
@@ -180,6 +183,10 @@ def test_max_share_spaces_evaluations_and_keeps_old_fingerprints() -> None:
         assert floor > 5 and steps[0] == floor and steps[-1] == shared.max_steps(b)
         assert all(later - s >= floor for s, later in zip(steps[:-2], steps[1:-1]))
         assert len(steps) < len(plain.eval_steps(b))
+        # the study records the resolution it really has
+        cadence = study_attrs(shared, b)["eval_cadence"]
+        assert cadence["min_interval_here"] == floor
+        assert f"max({floor}, 5%)" in cadence["resolution"]
 
 
 def test_max_share_needs_a_validation_pass(tmp_path: Path,

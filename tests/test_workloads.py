@@ -107,3 +107,12 @@ def test_register_makes_a_name(plugin: str) -> None:
     workloads.register(cls)
     assert workloads.get("my_digits") is cls
     workloads._REGISTERED.pop("my_digits")
+
+
+def test_a_trained_plugin_counts_its_validation_examples(plugin: str) -> None:
+    """``[eval] max_share`` needs the validation size: a plugin gets it from its data."""
+    import importlib
+
+    module, cls = plugin.split(":")
+    wl = getattr(importlib.import_module(module), cls)()
+    assert wl.num_val_examples() == len(wl.data().val_y) == Digits().num_val_examples() > 0

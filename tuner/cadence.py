@@ -8,10 +8,12 @@ what pruners comparing values at equal steps need). The budget's last step is al
 An evaluation costs a forward pass over the validation set: by FLOPs a third of training on as
 many examples (forward vs forward + backward), but measured on the 2-core CPU here, the
 Fashion-MNIST CNN evaluated an example at 0.29-0.50 of the cost of training on one (B = 2048 ..
-64; ``benchmarks/eval_share.py``), so it is counted as half: ``val_examples / (2 B)`` steps. ``max_share`` bounds evaluation's share of a
-trial's time under that model by spacing evaluations at least :func:`share_interval` steps apart
-(the first one too): cheaper trials, coarser steps-to-target. The measured share is each trial's
-``eval_share`` attr.
+64; ``benchmarks/eval_share.py``), so it is counted as half: ``val_examples / (2 B)`` steps.
+``max_share`` bounds evaluation's share of a trial's time under that model by spacing evaluations
+at least :func:`share_interval` steps apart (the first one too), except the budget's last step,
+which is always evaluated, however soon after the one before: a trial that runs its whole budget
+may spend up to one more evaluation. Cheaper trials, coarser steps-to-target. The measured share
+is each trial's ``eval_share`` attr.
 """
 
 from __future__ import annotations

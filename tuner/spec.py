@@ -146,15 +146,21 @@ class Spec:
         """Budget in steps at this batch size."""
         return self.budget.steps_for(batch_size, self.workload.num_train_examples())
 
-    def eval_steps(self, batch_size: int) -> tuple[int, ...]:
-        """The evaluation steps every trial at this batch size uses."""
+    def eval_spacing(self, batch_size: int) -> tuple[int, int]:
+        """(first evaluation step, fewest steps between evaluations) at this batch size: the
+        cadence's, or wider where ``max_share`` asks for it."""
         c = self.cadence
-        max_steps = self.max_steps(batch_size)
         first, interval = c.first_step, c.min_interval
         if c.max_share is not None:
             floor = share_interval(self.workload.num_val_examples(), batch_size, c.max_share)
-            first, interval = min(max(first, floor), max_steps), max(interval, floor)
-        return eval_steps(max_steps, first, c.relative, interval)
+            first = min(max(first, floor), self.max_steps(batch_size))
+            interval = max(interval, floor)
+        return first, interval
+
+    def eval_steps(self, batch_size: int) -> tuple[int, ...]:
+        """The evaluation steps every trial at this batch size uses."""
+        first, interval = self.eval_spacing(batch_size)
+        return eval_steps(self.max_steps(batch_size), first, self.cadence.relative, interval)
 
     def identity(self) -> dict[str, Any]:
         """Everything that makes two runs' trials comparable (the study fingerprint's input).
@@ -414,8 +420,9 @@ def _cadence(t: _Table, workload: Workload) -> Cadence:
         raise t.error("relative", f"must be >= 0, got {relative}")
     max_share = t.get("max_share", "number", None)
     if max_share is not None:
-        if not 0 < max_share < 1:
-            raise t.error("max_share", f"{max_share}; allowed: a fraction in (0, 1), e.g. 0.05")
+        if not 0.001 <= max_share < 1:
+            raise t.error("max_share", f"{max_share}; allowed: a fraction in [0.001, 1), "
+                          "e.g. 0.05")
         if workload.num_val_examples() == 0:
             raise t.error("max_share", "this workload has no validation pass to space out; "
                           "allowed: only for trained workloads")

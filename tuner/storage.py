@@ -116,6 +116,7 @@ def study_attrs(spec: Spec, batch_size: int) -> dict[str, Any]:
     c = spec.cadence
     max_steps = spec.max_steps(batch_size)
     n_evals = len(spec.eval_steps(batch_size))
+    first, interval = spec.eval_spacing(batch_size)  # max_share may widen the cadence's
     return {
         "spec_name": spec.name,
         "batch_size": batch_size,
@@ -132,8 +133,9 @@ def study_attrs(spec: Spec, batch_size: int) -> dict[str, Any]:
         "sampler": dataclasses.asdict(spec.sampler),
         "pruner": dataclasses.asdict(spec.pruner),
         "eval_cadence": {**dataclasses.asdict(c), "n_evals": n_evals,
+                         "first_step_here": first, "min_interval_here": interval,
                          "resolution": (f"steps-to-target is the first evaluation step at or "
-                                        f"past the crossing: at most max({c.min_interval}, "
+                                        f"past the crossing: at most max({interval}, "
                                         f"{c.relative:.0%}) steps late")},
         "precision": spec.precision,
         "versions": versions(),

@@ -182,6 +182,11 @@ class TrainedWorkload(Workload):
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model (the caller has seeded the RNGs)."""
 
+    def num_val_examples(self) -> int:
+        """Validation examples: counted in the loaded data (override it where the count is
+        known without loading)."""
+        return len(self.data().val_y)
+
     def data(self) -> Data:
         """The data, loaded once and kept."""
         if self._data is None:
