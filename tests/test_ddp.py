@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tomllib
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -48,3 +50,28 @@ def test_devices_must_split_every_batch_size(tmp_path: Path,
                            capsys)
     assert code == 2 and "batch_sizes: 16 does not split over trainer.devices = 3" in err
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.slow
+def test_an_error_in_report_stops_every_rank_and_is_raised() -> None:
+    """Reporting runs in the process that holds the trial; if it raises (a storage error, say),
+    rank 0 must not wait forever for the answer, and the error reaches the objective."""
+    from tuner import spec as spec_mod
+    from tuner.loop import train
+    from tuner.workload import TrialRequest
+
+    spec = spec_mod.parse(tomllib.loads(DDP), "ddp.toml")
+    req = TrialRequest(
+        params={"learning_rate": 0.1, "one_minus_momentum": 0.1, "weight_decay": 0.0},
+        optimizer=spec.optimizer, schedule=spec.schedule, batch_size=16,
+        max_steps=spec.max_steps(16), eval_steps=spec.eval_steps(16), target=spec.target, seed=0,
+        accelerator="cpu", devices=2)
+    calls = []
+
+    def report(step: int, metrics: dict[str, float]) -> bool:
+        calls.append(step)
+        raise RuntimeError("storage went away")
+
+    with pytest.raises(RuntimeError, match="storage went away"):
+        train(spec.workload, req, report)
+    assert calls == [req.eval_steps[0]]

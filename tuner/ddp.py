@@ -31,22 +31,33 @@ def train_ddp(workload: TrainedWorkload, req: TrialRequest, report: Reporter) ->
     ctx = mp.get_context("spawn")
     up: Queue = ctx.Queue()  # rank 0 -> here: (step, metrics), then None when done
     down: Queue = ctx.Queue()  # here -> rank 0: stop?
-    relay = threading.Thread(target=_relay, args=(up, down, report), daemon=True)
+    errors: list[BaseException] = []  # what report raised (the trial then stops, and raises it)
+    relay = threading.Thread(target=_relay, args=(up, down, report, errors), daemon=True)
     relay.start()
     fabric = Fabric(accelerator=req.accelerator, devices=req.devices, strategy="ddp_spawn",
                     precision=req.precision, loggers=[])
     try:
         # pickled: Fabric's launcher walks its arguments and refuses frozen dataclasses
-        return fabric.launch(_rank_main, pickle.dumps((workload, req)), up, down)
+        result = fabric.launch(_rank_main, pickle.dumps((workload, req)), up, down)
     finally:
         up.put(None)
         relay.join(timeout=10)
+    if errors:
+        raise errors[0]
+    return result
 
 
-def _relay(up: Queue, down: Queue, report: Reporter) -> None:
+def _relay(up: Queue, down: Queue, report: Reporter, errors: list[BaseException]) -> None:
+    """Answer rank 0's reports. If ``report`` raises (e.g. the storage is gone), the answer is
+    "stop", so that no rank waits forever, and the error is kept for :func:`train_ddp`."""
     while (msg := up.get()) is not None:
         step, metrics = msg
-        down.put(bool(report(step, metrics)))
+        try:
+            stop = bool(report(step, metrics))
+        except BaseException as e:  # noqa: BLE001 - re-raised by train_ddp
+            errors.append(e)
+            stop = True
+        down.put(stop)
 
 
 def _rank_main(fabric: Any, job: bytes, up: Queue, down: Queue) -> TrialResult:
