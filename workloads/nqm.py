@@ -375,10 +375,6 @@ class Dynamics:
         # rounding in the sums: stay on the safe side
         return lb - 1e-12 * (abs(lb) + self.loss0) - self._safety
 
-    def lower_bound(self, t0: int, t1: int) -> float:
-        """A certified lower bound of L(t) for all integers t in [t0, t1], t0 >= 1."""
-        return self._bound(t0, t1, fine=True)
-
     def _excluded(self, t0: int, t1: int, target: float) -> bool:
         """Whether L(t) > target provably for all t in [t0, t1]: the coarse bound first where
         the fine one is costly (many terms to bound one by one), then the fine one."""

@@ -62,12 +62,6 @@ DROP = 45.0
 TINY = 1e-250
 
 
-def _sinhc(x: np.ndarray) -> np.ndarray:
-    """sinh(x)/x, 1 at 0."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(np.abs(x) < 1e-6, 1.0 + x * x / 6.0, np.sinh(x) / np.where(x == 0, 1, x))
-
-
 def _sinc(x: np.ndarray) -> np.ndarray:
     """sin(x)/x, 1 at 0."""
     return np.where(np.abs(x) < 1e-6, 1.0 - x * x / 6.0, np.sin(x) / np.where(x == 0, 1, x))
