@@ -201,7 +201,8 @@ def axis_plots(study: BatchStudy) -> bytes:
         _log2_axis(ax.yaxis)
         ax.set_ylabel("steps (to target / at stop / budget)")
         ax.grid(True, alpha=0.3)
-    axes.flat[0].legend(fontsize=6)
+    if axes.flat[0].get_legend_handles_labels()[0]:  # no finished trial: nothing to label
+        axes.flat[0].legend(fontsize=6)
     fig.suptitle(f"B = {study.batch_size}: steps vs each parameter")
     fig.tight_layout()
     return _png(fig)
