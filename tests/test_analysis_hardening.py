@@ -248,3 +248,9 @@ def test_a_bootstrap_interval_over_100x_is_flagged() -> None:
     assert hi / lo > 100 and not f.reliable
     assert any("interval of B_crit spans" in w for w in f.unreliable_because)
     assert f.n_boot + sum(f.boot_dropped.values()) == 100
+    # a bend well inside the batch sizes pins B_crit down: reliable
+    good = {b: [TrialRecord(i, "reached", {}, int(120 * (1 + 900 / b) * f))
+                for i, f in enumerate((1.0, 1.05, 1.1, 1.2))]
+            for b in (2 ** k for k in range(4, 15))}
+    g = fit_with_bootstrap(good, n_boot=100, seed=0)
+    assert g is not None and g.reliable and g.to_json()["unreliable_because"] is None

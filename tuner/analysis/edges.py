@@ -29,7 +29,8 @@ class EdgeFinding:
     value: float | None
     position: float | None  # 0 = low edge, 1 = high edge (log space for log params)
     edge: str | None  # "low" | "high" | None
-    verdict: str  # "ok" | "at edge" | "unstable beyond edge" | "no reached trial" | "not in best trial"
+    # "ok" | "at edge" | "unstable beyond edge" | "no reached trial" | "not in best trial"
+    verdict: str
     top_k: int = 0  # trials within top_frac of the best steps
     top_k_at_edge: str | None = None  # "low"/"high" when most near-best trials sit at that edge
     suggestion: str = ""

@@ -63,7 +63,8 @@ def _verdict_box(name: str, v: Verdict, n_batch: int) -> str:
         html.escape(p) for p in v.fit_problems))
     lis = "".join(f"<li>{i}</li>" for i in items)
     return (f'<div class="verdict {"ok" if good else "bad"}"><b>Verdict for '
-            f'{html.escape(name)}: {"sound" if good else "needs attention"}</b><ul>{lis}</ul></div>')
+            f'{html.escape(name)}: {"sound" if good else "needs attention"}</b>'
+            f'<ul>{lis}</ul></div>')
 
 
 def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
