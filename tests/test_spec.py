@@ -75,6 +75,47 @@ INVALID = {
                        "eval.max_share", "a fraction in [0.001, 1)"),
     "max_share_not_a_number": (replace("min_interval = 5", "min_interval = 5\nmax_share = 'x'"),
                                "eval.max_share", "must be number"),
+    # seeds numpy would refuse at the first trial
+    "seed_negative": (replace("seed = 0", "seed = -1"), "seed", "[0, 2^32 - 1]"),
+    "seed_too_big": (replace("seed = 0", "seed = 4294967296"), "seed", "[0, 2^32 - 1]"),
+    "sampler_seed_too_big": (SMALL_DIGITS + "[sampler]\nseed = 99999999999\n", "sampler.seed",
+                             "[0, 2^32 - 1]"),
+    # sampler and pruner options Optuna checks only when it builds them (or never)
+    "tpe_negative_startup": (SMALL_DIGITS + "[sampler]\nname = 'tpe'\nn_startup_trials = -3\n",
+                             "sampler.n_startup_trials", ">= 0"),
+    "pruner_option_out_of_range": (
+        SMALL_DIGITS + "[pruner]\nname = 'median'\noptions = { n_warmup_steps = -1 }\n",
+        "pruner.options", "cannot be negative"),
+    "pruner_option_wrong_type": (
+        SMALL_DIGITS + "[pruner]\nname = 'median'\noptions = { n_warmup_steps = 'a' }\n",
+        "pruner.options.n_warmup_steps", "must be integer"),
+    "pruner_option_missing": (SMALL_DIGITS + "[pruner]\nname = 'percentile'\n",
+                              "pruner.options.percentile", "required by Optuna's PercentilePruner"),
+    "pruner_percentile_200": (
+        SMALL_DIGITS + "[pruner]\nname = 'percentile'\noptions = { percentile = 200.0 }\n",
+        "pruner.options", "between 0 and 100"),
+    "pruner_reduction_factor_1": (
+        SMALL_DIGITS + "[pruner]\nname = 'successive_halving'\n"
+        "options = { reduction_factor = 1 }\n", "pruner.options", "reduction_factor >= 2"),
+    "pruner_string_not_auto": (
+        SMALL_DIGITS + "[pruner]\nname = 'hyperband'\noptions = { max_resource = 'x' }\n",
+        "pruner.options.max_resource", "must be 'auto' or integer"),
+    "pruner_options_not_a_table": (SMALL_DIGITS + "[pruner]\nname = 'median'\noptions = 3\n",
+                                   "pruner.options", "must be a table"),
+    # numeric overflow and storage limits in the budget and cadence
+    "max_steps_beyond_int32": (replace("max_steps = 400", "max_steps = 100000000000000000000"),
+                               "budget", "at most 2147483647"),
+    "min_steps_beyond_int32": (replace("max_steps = 400", "max_steps = 400\n"
+                                       "min_steps = 100000000000"), "budget", "at most 2147483647"),
+    "max_epochs_overflow": (replace("max_steps = 400", "max_epochs = 1e300"), "budget",
+                            "at most 2147483647"),
+    "scaling_power_overflow": (replace("max_steps = 400", "max_steps = 400\n"
+                                       "reference_batch_size = 128\nscaling_power = 1e300"),
+                               "budget", "gives an overflow at batch size 16"),
+    "relative_overflow": (replace("relative = 0.05", "relative = 1e308"), "eval.relative",
+                          "[0, 1000]"),
+    "name_too_long": (replace("seed = 0", "name = '" + "a" * 300 + "'\nseed = 0"), "name",
+                      "at most 200"),
 }
 
 
@@ -100,6 +141,25 @@ def test_invalid_spec_is_one_line_exit_2_and_no_storage(
 def test_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["run", str(tmp_path / "nope.toml")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot read" in err
+
+
+@pytest.mark.parametrize("kind", ["png", "latin1", "directory", "missing"])
+def test_unreadable_spec_file_is_one_line(kind: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    if kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    elif kind == "latin1":
+        path.write_bytes(SMALL_DIGITS.replace("seed = 0", "description = 'caf\xe9'\nseed = 0")
+                         .encode("latin-1"))
+    elif kind == "directory":
+        path.mkdir()
+    db = tmp_path / "x.db"
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{db}"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {path}: ") and "allowed: a TOML file" in err
+    assert ("not UTF-8" in err) == (kind in ("png", "latin1"))
+    assert not db.exists()
 
 
 def test_epochs_budget_converts_per_batch_size(tmp_path: Path) -> None:

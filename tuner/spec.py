@@ -13,7 +13,9 @@ import json
 import math
 import re
 import tomllib
+import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,15 @@ PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "decay_fraction": (0.0, 1.0, False, True),
     "decay_steps": (1.0, math.inf, True, False),
 }
+
+#: Seeds numpy (and so Optuna's samplers and the trial seeds) accept.
+SEED_MAX = 2**32 - 1
+#: The most steps a budget may have: Optuna stores a reported step in a 32-bit INTEGER column
+#: (``trial_intermediate_values.step``; PostgreSQL refuses larger values).
+MAX_STEPS = 2**31 - 1
+#: The longest spec name: a study is named ``NAME.B<batch size>.seed<seed>`` in Optuna's
+#: 512-character ``study_name`` column.
+MAX_NAME = 200
 
 TOP_KEYS = ("name", "description", "seed", "batch_sizes", "trials", "workload", "optimizer",
             "search_space", "target", "budget", "eval", "sampler", "pruner", "trainer")
@@ -236,6 +247,12 @@ class _Table:
             raise self.error(k, f"must be a positive integer, got {v}")
         return v
 
+    def seed(self, k: str, default: Any = ...) -> int:
+        v = self.get(k, "integer", default)
+        if not 0 <= v <= SEED_MAX:
+            raise self.error(k, f"{v}; allowed: an integer in [0, 2^32 - 1] = [0, {SEED_MAX}]")
+        return v
+
     def table(self, k: str) -> _Table:
         return _Table(self.path, self.key(k), self.data.get(k, {}))
 
@@ -416,8 +433,9 @@ def _cadence_identity(cadence: Cadence) -> dict[str, Any]:
 def _cadence(t: _Table, workload: Workload) -> Cadence:
     t.only(["first_step", "relative", "min_interval", "max_share"])
     relative = t.get("relative", "number", 0.02)
-    if relative < 0:
-        raise t.error("relative", f"must be >= 0, got {relative}")
+    if not 0 <= relative <= 1000:
+        raise t.error("relative", f"{relative}; allowed: a number in [0, 1000] (0.02: each "
+                      "evaluation at least 2 % after the last)")
     max_share = t.get("max_share", "number", None)
     if max_share is not None:
         if not 0.001 <= max_share < 1:
@@ -442,11 +460,71 @@ def _sampler(t: _Table, seed: int) -> SamplerSpec:
     options = {k: t.get(k, kind) for k, kind in kinds.items() if k in t.data}
     if options.get("qmc_type", "halton") not in ("halton", "sobol"):
         raise t.error("qmc_type", f"{options['qmc_type']!r}; allowed: halton, sobol")
-    return SamplerSpec(name, t.get("seed", "integer", seed), options)
+    if options.get("n_startup_trials", 0) < 0:
+        raise t.error("n_startup_trials", f"{options['n_startup_trials']}; allowed: an integer "
+                      ">= 0")
+    sampler = SamplerSpec(name, t.seed("seed", seed), options)
+    from tuner.sampling import build_sampler
+
+    try:  # Optuna checks some options only here: build it once, as the runner will
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_sampler(name, sampler.seed, options, {})
+    except (ValueError, TypeError) as exc:
+        raise SpecError(t.path, t.where or "sampler", f"Optuna's {name} sampler refuses these "
+                        f"options: {exc}") from None
+    return sampler
+
+
+def _union_args(hint: Any) -> tuple[Any, ...]:
+    """``int | str`` -> ``(int, str)``; ``int`` -> ``(int,)``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _option_kinds(hint: Any) -> tuple[type, ...]:
+    """The TOML value types an Optuna constructor argument annotated ``hint`` takes."""
+    args = _union_args(hint)
+    out: list[type] = []
+    for a in args:
+        out += [int, float] if a is float else [a]
+    return tuple(out)
+
+
+def _optuna_options(options: _Table, cls: type) -> dict[str, Any]:
+    """``[pruner] options`` checked against the signature of Optuna's ``cls``: names, required
+    arguments, and each value's type; string values only where Optuna's default is that string
+    (e.g. ``"auto"``)."""
+    sig = inspect.signature(cls)
+    hints = typing.get_type_hints(cls.__init__)
+    accepted = [p for p in sig.parameters if p != "self"]
+    options.only(accepted)
+    for k in accepted:
+        param = sig.parameters[k]
+        hint = hints.get(k, Any)
+        kinds = _option_kinds(hint)
+        names = " or ".join(
+            {int: "integer", float: "number", str: f"{param.default!r}", bool: "boolean"}
+            .get(x, getattr(x, "__name__", str(x))) for x in _union_args(hint))
+        if k not in options.data:
+            if param.default is inspect.Parameter.empty:
+                raise options.error(k, f"required by Optuna's {cls.__name__} ({names})")
+            continue
+        v = options.data[k]
+        ok = any(isinstance(v, x) and not (isinstance(v, bool) and x is not bool)
+                 for x in kinds if x is not Any) or Any in kinds
+        if isinstance(v, str) and ok and v != param.default:
+            ok = False
+        if not ok:
+            raise options.error(k, f"must be {names}, got {_tname(v)} {v!r}")
+    return dict(options.data)
 
 
 def _pruner(t: _Table, target: Target) -> PrunerSpec:
     import optuna
+
+    from tuner.pruning import build_pruner
 
     name = t.get("name", "string", "lossless", choices=PRUNERS)
     t.only(["name", "slack", "lossless", "options"])
@@ -455,10 +533,10 @@ def _pruner(t: _Table, target: Target) -> PrunerSpec:
         raise t.error("slack", f"{slack} < 1 could prune the best trial; allowed: >= 1")
     lossless = t.get("lossless", "boolean", name != "none")
     options = t.table("options")
+    values: dict[str, Any] = {}
     if name in OPTUNA_PRUNERS:
         cls = getattr(optuna.pruners, OPTUNA_PRUNERS[name])
-        accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
-        options.only(accepted)
+        values = _optuna_options(options, cls)
         if target.direction != "minimize":
             raise t.error("name", f"Optuna's {name} pruner compares intermediate values as "
                           "a minimised objective; use a minimised target metric (e.g. error) "
@@ -467,7 +545,14 @@ def _pruner(t: _Table, target: Target) -> PrunerSpec:
         options.only([])
     if name == "none" and lossless:
         raise t.error("lossless", "pruner 'none' with lossless = true; use name = 'lossless'")
-    return PrunerSpec(name, slack, lossless, dict(options.data))
+    try:  # Optuna checks ranges in its constructors: build the pruner once, as the runner will
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_pruner(name, slack, lossless, values)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(t.path, options.where, f"Optuna's {name} pruner refuses these options: "
+                        f"{exc}") from None
+    return PrunerSpec(name, slack, lossless, values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,9 +566,14 @@ def load(path: str | Path) -> Spec:
     """
     p = str(path)
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
-        raise SpecError(p, "", f"cannot read: {exc.strerror}") from None
+        raise SpecError(p, "", f"cannot read: {exc.strerror}; allowed: a TOML file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(p, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                        f"{exc.start}); allowed: a TOML file in UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -498,7 +588,10 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
     name = top.get("name", "string", Path(path).stem)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise top.error("name", f"{name!r}; allowed: letters, digits, '_', '.', '-'")
-    seed = top.get("seed", "integer", 0)
+    if len(name) > MAX_NAME:
+        raise top.error("name", f"{len(name)} characters; allowed: at most {MAX_NAME} (study names "
+                        "are stored in a 512-character column)")
+    seed = top.seed("seed", 0)
     batch_sizes = top.get("batch_sizes", "list of integers")
     if not batch_sizes:
         raise top.error("batch_sizes", "must list at least one batch size")
@@ -546,7 +639,15 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
                             f"= {spec.devices}; allowed: multiples of {spec.devices} (a step is "
                             "one global batch, split evenly across devices)")
     for b in spec.batch_sizes:
-        steps = spec.max_steps(b)
+        try:
+            steps = spec.max_steps(b)
+        except (OverflowError, ValueError):
+            steps = math.inf
+        if not steps <= MAX_STEPS:
+            raise SpecError(path, "budget", f"{budget.rule()} gives "
+                            f"{'an overflow' if steps == math.inf else f'{steps:.4g} steps'} at batch "
+                            f"size {b}; allowed: at most {MAX_STEPS} = 2^31 - 1 steps (Optuna "
+                            "stores steps as 32-bit integers)")
         if steps < cadence.first_step:
             raise SpecError(path, "budget", f"{steps} steps at batch size {b} ends before the "
                             f"first evaluation (eval.first_step = {cadence.first_step}); allowed: "
