@@ -392,6 +392,17 @@ def _target(t: _Table, workload: Workload) -> Target:
                       f"{workload.name!r}; allowed: {', '.join(metrics)}")
     value = t.get("value", "number")
     direction = t.get("direction", "string", metrics[metric], choices=DIRECTIONS)
+    lo, hi = workload.metric_ranges.get(metric, (-math.inf, math.inf))
+    if not lo <= value <= hi:
+        raise t.error("value", f"{value} is outside the range of {metric} ([{lo:g}, {hi:g}]); "
+                      f"allowed: a target in [{lo:g}, {hi:g}]")
+    start = workload.initial_metric(metric)
+    if start is not None and direction == metrics[metric] and Target(metric, value,
+                                                                      direction).reached(start):
+        better = "below" if direction == "minimize" else "above"
+        raise t.error("value", f"{value} is already met at initialisation ({metric} is about "
+                      f"{start:.4g} before the first step, so every trial would reach it at its "
+                      f"first evaluation); allowed: a target {better} {start:.4g}")
     return Target(metric, value, direction)
 
 

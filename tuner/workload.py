@@ -106,6 +106,8 @@ class Workload(ABC):
     metrics: ClassVar[dict[str, str]] = {}
     #: Trials so fast that storage writes dominate: run each in memory and store it whole.
     buffered: ClassVar[bool] = False
+    #: Metric name -> the closed range its values lie in (a target outside it is refused).
+    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -126,6 +128,12 @@ class Workload(ABC):
         """Problems with the optimizer/schedule/metaparameters for this workload, as
         (spec key, message); empty when fine (trained workloads take them all)."""
         return []
+
+    def initial_metric(self, metric: str) -> float | None:
+        """The metric's value before the first step (for an untrained model, its expected value),
+        or None when unknown. A target already met there is refused: every trial would reach
+        it at its first evaluation. Called while the spec is validated: keep it cheap."""
+        return None
 
     @abstractmethod
     def num_train_examples(self) -> int:
@@ -165,6 +173,14 @@ class TrainedWorkload(Workload):
         "accuracy": "maximize",
         "loss": "minimize",
     }
+    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "error": (0.0, 1.0),
+        "accuracy": (0.0, 1.0),
+        "loss": (0.0, float("inf")),
+    }
+    #: Classes of a classification task, when known without loading the data: an untrained
+    #: classifier's error is then about 1 - 1/num_classes (chance), its accuracy 1/num_classes.
+    num_classes: ClassVar[int | None] = None
     #: Validation examples per forward pass during evaluation on an accelerator (large), and on
     #: the CPU, where a batch small enough for its activations to stay in cache is faster (the
     #: simple CNN evaluated 10,000 images in 2.7 s at 128, 4.3 s at 4096 on this 2-core CPU).
@@ -181,6 +197,13 @@ class TrainedWorkload(Workload):
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model (the caller has seeded the RNGs)."""
+
+    def initial_metric(self, metric: str) -> float | None:
+        """Chance error / accuracy of an untrained classifier (when ``num_classes`` is set)."""
+        c = self.num_classes
+        if not c or self.metrics is not TrainedWorkload.metrics:
+            return None
+        return {"error": 1.0 - 1.0 / c, "accuracy": 1.0 / c}.get(metric)
 
     def num_val_examples(self) -> int:
         """Validation examples: counted in the loaded data (override it where the count is
