@@ -277,3 +277,88 @@ def test_max_share_needs_a_validation_pass(tmp_path: Path,
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert f"{path}: eval.max_share: " in err and "only for trained workloads" in err
     assert not (tmp_path / "x.db").exists()
+
+
+GOOD_PLUGIN = """\
+from dataclasses import dataclass
+import torch
+from tuner.workload import Data, TrainedWorkload
+
+@dataclass
+class Options:
+    width: int = 8
+
+class Tiny(TrainedWorkload):
+    name = "tiny"
+    Options = Options
+    num_classes = 2
+
+    def num_train_examples(self):
+        return 64
+
+    def load_data(self):
+        x = torch.randn(96, 4, generator=torch.Generator().manual_seed(0))
+        y = (x[:, 0] > 0).long()
+        return Data(x[:64], y[:64], x[64:], y[64:])
+
+    def build_model(self):
+        return torch.nn.Linear(4, 2)
+"""
+
+# module source, class, the key the message names, a fragment of the message
+PLUGINS = {
+    "syntax_error": ("def broken(:\n", "X", "workload.name", "SyntaxError: invalid syntax ("),
+    "missing_dependency": ("import no_such_dependency_xyz\n", "X", "workload.name",
+                           "No module named 'no_such_dependency_xyz'"),
+    "raises_at_import": ("raise RuntimeError('boom at import')\n", "X", "workload.name",
+                         "RuntimeError: boom at import"),
+    "abstract": ("from tuner.workload import TrainedWorkload\n"
+                 "class Half(TrainedWorkload):\n    def num_train_examples(self):\n"
+                 "        return 10\n", "Half", "workload.name",
+                 "is abstract: it does not implement build_model, load_data"),
+    "dict_option": (GOOD_PLUGIN.replace("width: int = 8", "sizes: dict = None"), "Tiny",
+                    "workload.sizes", "has type dict, which a spec cannot express"),
+    "optional_option": (GOOD_PLUGIN.replace("width: int = 8", "width: int | None = None"), "Tiny",
+                        "workload.width", "which a spec cannot express; allowed field types: int"),
+    "options_not_dataclass": (GOOD_PLUGIN.replace("@dataclass\n", ""), "Tiny", "workload.name",
+                              "is not a dataclass"),
+    "unresolvable_annotation": (GOOD_PLUGIN.replace("width: int = 8", "width: 'Undefined' = 8"),
+                                "Tiny", "workload.name", "cannot resolve the types"),
+    "required_option_not_given": (GOOD_PLUGIN.replace("width: int = 8", "width: int"), "Tiny",
+                                  "workload.width", "required (integer)"),
+    "not_a_workload": ("class X:\n    pass\n", "X", "workload.name",
+                       "is not a tuner.workload.Workload subclass"),
+    "no_such_class": (GOOD_PLUGIN, "Nope", "workload.name", "has no attribute 'Nope'"),
+    "raises_in_constructor": (GOOD_PLUGIN + "    def __init__(self, options=None):\n"
+                              "        raise ValueError('no GPU driver')\n", "Tiny",
+                              "workload.name", "failed to start: ValueError: no GPU driver"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLUGINS))
+def test_broken_plugin_workload_is_one_line(case: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    source, cls, key, fragment = PLUGINS[case]
+    module = f"plugin_{case}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = replace('name = "digits"\nhidden = [32]', f'name = "{module}:{cls}"')
+    path = write(tmp_path, text.replace("value = 0.12", "value = 0.3"), "bad.toml")
+    db = tmp_path / "x.db"
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{db}"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"{path}: {key}: " in err and fragment in err, err
+    assert not db.exists()
+
+
+def test_good_plugin_workload_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "plugin_good.py").write_text(GOOD_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = replace('name = "digits"\nhidden = [32]', 'name = "plugin_good:Tiny"\nwidth = 4')
+    path = write(tmp_path, text.replace("value = 0.12", "value = 0.3"), "good.toml")
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+                              "-n", "1", "-b", "16", "-q"], capsys)
+    assert code == 0, err
+    assert "batch_size" in out

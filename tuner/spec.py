@@ -282,11 +282,16 @@ def _tname(v: Any) -> str:
             dict: "table"}.get(type(v), type(v).__name__)
 
 
-def _kind_of(tp: Any) -> str:
-    """Spec kind for a dataclass field type (workload options)."""
-    return {int: "integer", float: "number", str: "string", bool: "boolean",
-            list[int]: "list of integers", list[float]: "list of numbers",
-            list[str]: "list of strings"}[tp]
+def _type_name(tp: Any) -> str:
+    """``int`` -> "int", ``list[int]`` -> "list[int]"."""
+    return tp.__name__ if isinstance(tp, type) and not isinstance(tp, types.GenericAlias) \
+        else str(tp).replace("typing.", "")
+
+
+#: Workload option types (dataclass field annotations) -> the spec kind that expresses them.
+_KINDS: dict[Any, str] = {int: "integer", float: "number", str: "string", bool: "boolean",
+                          list[int]: "list of integers", list[float]: "list of numbers",
+                          list[str]: "list of strings"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,16 +306,35 @@ def _workload(t: _Table) -> tuple[str, Workload]:
         cls = workloads.get(name)
     except KeyError as exc:
         raise t.error("name", exc.args[0]) from None
-    hints = typing.get_type_hints(cls.Options)
-    fields = [f.name for f in dataclasses.fields(cls.Options)]
-    t.only(["name", *fields])
+    opts = cls.Options
+    if not dataclasses.is_dataclass(opts):
+        raise t.error("name", f"workload {name!r}: its Options ({opts!r}) is not a dataclass; "
+                      "allowed: a @dataclass whose fields are the [workload] options")
+    try:
+        hints = typing.get_type_hints(opts)
+    except Exception as exc:  # noqa: BLE001 - a plug-in's annotation may fail to resolve
+        raise t.error("name", f"workload {name!r}: cannot resolve the types of its Options: "
+                      f"{type(exc).__name__}: {exc}") from None
+    fields = dataclasses.fields(opts)
+    for f in fields:
+        if hints.get(f.name) not in _KINDS:
+            raise t.error(f.name, f"workload {name!r}: Options field {f.name} has type "
+                          f"{_type_name(hints.get(f.name))}, which a spec cannot express; allowed "
+                          f"field types: {', '.join(map(_type_name, _KINDS))}")
+    t.only(["name", *(f.name for f in fields)])
     values = {}
     for f in fields:
-        if f in t.data:
-            v = t.get(f, _kind_of(hints[f]))
-            values[f] = float(v) if hints[f] is float else v
-    workload = cls(cls.Options(**values))
-    for k, message in workload.check_options():
+        required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if f.name in t.data or required:
+            v = t.get(f.name, _KINDS[hints[f.name]])
+            values[f.name] = float(v) if hints[f.name] is float else v
+    try:
+        workload = cls(opts(**values))
+        problems = workload.check_options()
+    except Exception as exc:  # noqa: BLE001 - plug-in code
+        raise t.error("name", f"workload {name!r} failed to start: {type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())}") from None
+    for k, message in problems:
         raise t.error(k, message)
     return name, workload
 
