@@ -559,6 +559,10 @@ class NQM(Workload):
             return 0.5 * float(spectrum(k).sum())
         return 0.5 * (math.log(k) + 0.5772156649015329 + 1 / (2 * k))  # H_k, error < 1/k^2
 
+    def memory_bytes(self, batch_size: int, optimizer: str, precision: str) -> int | None:
+        """A trial keeps a few dozen float64 arrays of K entries (64 counted)."""
+        return 64 * 8 * self.options.dimensions
+
     def num_train_examples(self) -> int:
         """The NQM has no data set (so no budget in epochs)."""
         return 0
