@@ -117,8 +117,8 @@ def test_gpus_option_without_a_gpu(extra: list[str], small_spec: Path, tmp_path:
 TOO_LARGE = {
     "batch_size": (SMALL_DIGITS.replace("[16, 128]", "[16, 100000000000]"),
                    ["-b", "100000000000"], ["batch size 100000000000 needs about", "--allow-large"]),
-    "model": (SMALL_DIGITS.replace("hidden = [32]", "hidden = [100000000]"), ["-b", "16"],
-              ["batch size 16 needs about", "GB", "--allow-large"]),
+    "model": (SMALL_DIGITS.replace("hidden = [32]", "hidden = [1000000000]"), ["-b", "16"],
+              ["batch size 16 needs about", "TB", "--allow-large"]),
     "nqm_dimensions": (Path("studies/nqm_sgd.toml").read_text().replace(
         "precondition_power = 0.0", "precondition_power = 0.0\ndimensions = 100000000000"),
         ["-b", "4"], ["workload 'nqm' at batch size 4 needs about 51.2 TB"]),

@@ -362,3 +362,22 @@ def test_good_plugin_workload_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                               "-n", "1", "-b", "16", "-q"], capsys)
     assert code == 0, err
     assert "batch_size" in out
+
+
+def test_evaluation_count_matches_the_cadence() -> None:
+    import dataclasses
+
+    from tuner.resources import count_evals
+
+    for path in sorted(Path("studies").glob("*.toml")):
+        s = spec_mod.load(path)
+        for b in s.batch_sizes:
+            assert count_evals(s, b, 10**6) == len(s.eval_steps(b))
+    s = spec_mod.load("studies/digits_mlp.toml")
+    for first, relative, interval in [(1, 0.0, 1), (5, 0.05, 5), (3, 0.5, 2), (1, 1.0, 1)]:
+        for max_steps in [3, 10, 57, 1000]:
+            t = dataclasses.replace(s, cadence=dataclasses.replace(
+                s.cadence, first_step=first, relative=relative, min_interval=interval),
+                budget=dataclasses.replace(s.budget, max_steps=max_steps))
+            assert count_evals(t, 8, 10**6) == len(t.eval_steps(8))
+    assert count_evals(t, 8, 5) == 6  # counting stops past the limit
