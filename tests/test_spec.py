@@ -75,6 +75,66 @@ INVALID = {
                        "eval.max_share", "a fraction in [0.001, 1)"),
     "max_share_not_a_number": (replace("min_interval = 5", "min_interval = 5\nmax_share = 'x'"),
                                "eval.max_share", "must be number"),
+    # seeds numpy would refuse at the first trial
+    "seed_negative": (replace("seed = 0", "seed = -1"), "seed", "[0, 2^32 - 1]"),
+    "seed_too_big": (replace("seed = 0", "seed = 4294967296"), "seed", "[0, 2^32 - 1]"),
+    "sampler_seed_too_big": (SMALL_DIGITS + "[sampler]\nseed = 99999999999\n", "sampler.seed",
+                             "[0, 2^32 - 1]"),
+    # sampler and pruner options Optuna checks only when it builds them (or never)
+    "tpe_negative_startup": (SMALL_DIGITS + "[sampler]\nname = 'tpe'\nn_startup_trials = -3\n",
+                             "sampler.n_startup_trials", ">= 0"),
+    "pruner_option_out_of_range": (
+        SMALL_DIGITS + "[pruner]\nname = 'median'\noptions = { n_warmup_steps = -1 }\n",
+        "pruner.options", "cannot be negative"),
+    "pruner_option_wrong_type": (
+        SMALL_DIGITS + "[pruner]\nname = 'median'\noptions = { n_warmup_steps = 'a' }\n",
+        "pruner.options.n_warmup_steps", "must be integer"),
+    "pruner_option_missing": (SMALL_DIGITS + "[pruner]\nname = 'percentile'\n",
+                              "pruner.options.percentile", "required by Optuna's PercentilePruner"),
+    "pruner_percentile_200": (
+        SMALL_DIGITS + "[pruner]\nname = 'percentile'\noptions = { percentile = 200.0 }\n",
+        "pruner.options", "between 0 and 100"),
+    "pruner_reduction_factor_1": (
+        SMALL_DIGITS + "[pruner]\nname = 'successive_halving'\n"
+        "options = { reduction_factor = 1 }\n", "pruner.options", "reduction_factor >= 2"),
+    "pruner_string_not_auto": (
+        SMALL_DIGITS + "[pruner]\nname = 'hyperband'\noptions = { max_resource = 'x' }\n",
+        "pruner.options.max_resource", "must be 'auto' or integer"),
+    "pruner_options_not_a_table": (SMALL_DIGITS + "[pruner]\nname = 'median'\noptions = 3\n",
+                                   "pruner.options", "must be a table"),
+    # numeric overflow and storage limits in the budget and cadence
+    "max_steps_beyond_int32": (replace("max_steps = 400", "max_steps = 100000000000000000000"),
+                               "budget", "at most 2147483647"),
+    "min_steps_beyond_int32": (replace("max_steps = 400", "max_steps = 400\n"
+                                       "min_steps = 100000000000"), "budget", "at most 2147483647"),
+    "max_epochs_overflow": (replace("max_steps = 400", "max_epochs = 1e300"), "budget",
+                            "at most 2147483647"),
+    "scaling_power_overflow": (replace("max_steps = 400", "max_steps = 400\n"
+                                       "reference_batch_size = 128\nscaling_power = 1e300"),
+                               "budget", "gives an overflow at batch size 16"),
+    "relative_overflow": (replace("relative = 0.05", "relative = 1e308"), "eval.relative",
+                          "[0, 1000]"),
+    # targets outside the metric's range, or met before the first step
+    "error_target_negative": (replace("value = 0.12", "value = -0.1"), "target.value",
+                              "allowed: a target in [0, 1]"),
+    "error_target_above_one": (replace("value = 0.12", "value = 2.0"), "target.value",
+                               "allowed: a target in [0, 1]"),
+    "accuracy_target_above_one": (replace('metric = "error"\nvalue = 0.12',
+                                          'metric = "accuracy"\nvalue = 1.5'), "target.value",
+                                  "allowed: a target in [0, 1]"),
+    "loss_target_negative": (replace('metric = "error"\nvalue = 0.12',
+                                     'metric = "loss"\nvalue = -1.0'), "target.value",
+                             "allowed: a target in [0, inf]"),
+    "error_target_at_chance": (replace("value = 0.12", "value = 0.95"), "target.value",
+                               "already met at initialisation"),
+    "accuracy_target_at_chance": (replace('metric = "error"\nvalue = 0.12',
+                                          'metric = "accuracy"\nvalue = 0.1'), "target.value",
+                                  "allowed: a target above 0.1"),
+    "nqm_target_above_initial_loss": (
+        Path("studies/nqm_sgd.toml").read_text().replace("value = 0.01", "value = 5.0"),
+        "target.value", "allowed: a target below 4.894"),
+    "name_too_long": (replace("seed = 0", "name = '" + "a" * 300 + "'\nseed = 0"), "name",
+                      "at most 200"),
 }
 
 
@@ -100,6 +160,25 @@ def test_invalid_spec_is_one_line_exit_2_and_no_storage(
 def test_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["run", str(tmp_path / "nope.toml")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot read" in err
+
+
+@pytest.mark.parametrize("kind", ["png", "latin1", "directory", "missing"])
+def test_unreadable_spec_file_is_one_line(kind: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    if kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    elif kind == "latin1":
+        path.write_bytes(SMALL_DIGITS.replace("seed = 0", "description = 'caf\xe9'\nseed = 0")
+                         .encode("latin-1"))
+    elif kind == "directory":
+        path.mkdir()
+    db = tmp_path / "x.db"
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{db}"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {path}: ") and "allowed: a TOML file" in err
+    assert ("not UTF-8" in err) == (kind in ("png", "latin1"))
+    assert not db.exists()
 
 
 def test_epochs_budget_converts_per_batch_size(tmp_path: Path) -> None:
@@ -198,3 +277,107 @@ def test_max_share_needs_a_validation_pass(tmp_path: Path,
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert f"{path}: eval.max_share: " in err and "only for trained workloads" in err
     assert not (tmp_path / "x.db").exists()
+
+
+GOOD_PLUGIN = """\
+from dataclasses import dataclass
+import torch
+from tuner.workload import Data, TrainedWorkload
+
+@dataclass
+class Options:
+    width: int = 8
+
+class Tiny(TrainedWorkload):
+    name = "tiny"
+    Options = Options
+    num_classes = 2
+
+    def num_train_examples(self):
+        return 64
+
+    def load_data(self):
+        x = torch.randn(96, 4, generator=torch.Generator().manual_seed(0))
+        y = (x[:, 0] > 0).long()
+        return Data(x[:64], y[:64], x[64:], y[64:])
+
+    def build_model(self):
+        return torch.nn.Linear(4, 2)
+"""
+
+# module source, class, the key the message names, a fragment of the message
+PLUGINS = {
+    "syntax_error": ("def broken(:\n", "X", "workload.name", "SyntaxError: invalid syntax ("),
+    "missing_dependency": ("import no_such_dependency_xyz\n", "X", "workload.name",
+                           "No module named 'no_such_dependency_xyz'"),
+    "raises_at_import": ("raise RuntimeError('boom at import')\n", "X", "workload.name",
+                         "RuntimeError: boom at import"),
+    "abstract": ("from tuner.workload import TrainedWorkload\n"
+                 "class Half(TrainedWorkload):\n    def num_train_examples(self):\n"
+                 "        return 10\n", "Half", "workload.name",
+                 "is abstract: it does not implement build_model, load_data"),
+    "dict_option": (GOOD_PLUGIN.replace("width: int = 8", "sizes: dict = None"), "Tiny",
+                    "workload.sizes", "has type dict, which a spec cannot express"),
+    "optional_option": (GOOD_PLUGIN.replace("width: int = 8", "width: int | None = None"), "Tiny",
+                        "workload.width", "which a spec cannot express; allowed field types: int"),
+    "options_not_dataclass": (GOOD_PLUGIN.replace("@dataclass\n", ""), "Tiny", "workload.name",
+                              "is not a dataclass"),
+    "unresolvable_annotation": (GOOD_PLUGIN.replace("width: int = 8", "width: 'Undefined' = 8"),
+                                "Tiny", "workload.name", "cannot resolve the types"),
+    "required_option_not_given": (GOOD_PLUGIN.replace("width: int = 8", "width: int"), "Tiny",
+                                  "workload.width", "required (integer)"),
+    "not_a_workload": ("class X:\n    pass\n", "X", "workload.name",
+                       "is not a tuner.workload.Workload subclass"),
+    "no_such_class": (GOOD_PLUGIN, "Nope", "workload.name", "has no attribute 'Nope'"),
+    "raises_in_constructor": (GOOD_PLUGIN + "    def __init__(self, options=None):\n"
+                              "        raise ValueError('no GPU driver')\n", "Tiny",
+                              "workload.name", "failed to start: ValueError: no GPU driver"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLUGINS))
+def test_broken_plugin_workload_is_one_line(case: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    source, cls, key, fragment = PLUGINS[case]
+    module = f"plugin_{case}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = replace('name = "digits"\nhidden = [32]', f'name = "{module}:{cls}"')
+    path = write(tmp_path, text.replace("value = 0.12", "value = 0.3"), "bad.toml")
+    db = tmp_path / "x.db"
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{db}"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"{path}: {key}: " in err and fragment in err, err
+    assert not db.exists()
+
+
+def test_good_plugin_workload_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "plugin_good.py").write_text(GOOD_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = replace('name = "digits"\nhidden = [32]', 'name = "plugin_good:Tiny"\nwidth = 4')
+    path = write(tmp_path, text.replace("value = 0.12", "value = 0.3"), "good.toml")
+    code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+                              "-n", "1", "-b", "16", "-q"], capsys)
+    assert code == 0, err
+    assert "batch_size" in out
+
+
+def test_evaluation_count_matches_the_cadence() -> None:
+    import dataclasses
+
+    from tuner.resources import count_evals
+
+    for path in sorted(Path("studies").glob("*.toml")):
+        s = spec_mod.load(path)
+        for b in s.batch_sizes:
+            assert count_evals(s, b, 10**6) == len(s.eval_steps(b))
+    s = spec_mod.load("studies/digits_mlp.toml")
+    for first, relative, interval in [(1, 0.0, 1), (5, 0.05, 5), (3, 0.5, 2), (1, 1.0, 1)]:
+        for max_steps in [3, 10, 57, 1000]:
+            t = dataclasses.replace(s, cadence=dataclasses.replace(
+                s.cadence, first_step=first, relative=relative, min_interval=interval),
+                budget=dataclasses.replace(s.budget, max_steps=max_steps))
+            assert count_evals(t, 8, 10**6) == len(t.eval_steps(8))
+    assert count_evals(t, 8, 5) == 6  # counting stops past the limit

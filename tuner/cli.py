@@ -9,6 +9,9 @@ import click
 
 from tuner.errors import UsageError
 
+#: Seeds numpy accepts (tuner.spec.SEED_MAX; not imported here to keep `tuner --help` fast).
+SEED_RANGE = click.IntRange(0, 2**32 - 1)
+
 STORAGE_HELP = ("SQLAlchemy URL of the Optuna storage (default: $TUNER_STORAGE, else "
                 "sqlite:///results/tuner.db).")
 
@@ -26,7 +29,8 @@ def cli() -> None:
 @click.option("--trials", "-n", type=click.IntRange(min=1),
               help="Top each batch-size study up to N finished trials (default: the spec's).")
 @click.option("--storage", help=STORAGE_HELP)
-@click.option("--seed", type=int, help="Override the spec's seed (a separate set of studies).")
+@click.option("--seed", type=SEED_RANGE,
+              help="Override the spec's seed (a separate set of studies), in [0, 2^32 - 1].")
 @click.option("--workers", "-w", type=click.IntRange(min=1),
               help="Start this many local worker processes (default 1, or one per --gpus).")
 @click.option("--gpus", help="GPU indices, e.g. 0,1,2,3: one worker per GPU, each pinned to "
@@ -35,9 +39,12 @@ def cli() -> None:
               help="Seconds between a running trial's heartbeats; a trial silent for twice as "
               "long (its worker died) is re-run by another worker.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
+@click.option("--allow-large", is_flag=True,
+              help="Run even where a trial's estimated memory exceeds what is free here, or it "
+              "would evaluate more than 10,000 times.")
 def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storage: str | None,
         seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
-        quiet: bool) -> None:
+        quiet: bool, allow_large: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
     Re-running a finished spec adds nothing. Progress goes to stderr; the summary table
@@ -48,7 +55,8 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     at exactly N per batch size, and re-run the trial of a worker that died. Ctrl-C or SIGTERM
     re-queues the running trial and stops.
     """
-    from tuner import runner, spec as spec_mod, storage as storage_mod, workers as workers_mod
+    from tuner import resources, runner, spec as spec_mod, storage as storage_mod
+    from tuner import workers as workers_mod
     from tuner.tables import points_table
 
     spec = spec_mod.load(spec_path)
@@ -56,6 +64,9 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         spec = spec_mod.with_seed(spec, seed)
     chosen = runner.select_batch_sizes(spec, batch_sizes)
     gpu_ids = workers_mod.parse_gpus(gpus)
+    resources.check_devices(spec, gpu_ids)
+    if not allow_large:
+        resources.check_sizes(spec, chosen)
     n_workers = workers or max(1, len(gpu_ids))
     url = storage_mod.resolve_url(storage)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
@@ -69,7 +80,8 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         runner.prepare(spec, url, chosen, heartbeat)  # refuse a changed spec once, up front
         args = ["run", spec_path, "--trials", str(n), "--storage", url, "--heartbeat",
                 str(heartbeat), *(["--seed", str(seed)] if seed is not None else []),
-                *[a for b in chosen for a in ("-b", str(b))], *(["-q"] if quiet else [])]
+                *[a for b in chosen for a in ("-b", str(b))], *(["-q"] if quiet else []),
+                *(["--allow-large"] if allow_large else [])]
         echo(f"storage: {url}; starting {n_workers} workers"
              + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else ""))
         code = workers_mod.launch(args, n_workers, gpu_ids, echo)
@@ -81,9 +93,61 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),
                       default="table", show_default=True, help="Output format.")
-SEED = click.option("--seed", type=int, help="Which seed's studies (default: the spec's, or the "
+SEED = click.option("--seed", type=SEED_RANGE, help="Which seed's studies (default: the spec's, or the "
                     "only one stored).")
 SPECS = click.argument("specs", metavar="SPEC...", nargs=-1, required=True)
+
+
+def _check_output(option: str, path: str | None, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work is done: its folder
+    missing or not a folder, no permission, a read-only file system, a name too long.
+
+    A file is opened for appending (created and removed again if it was not there); a folder
+    (created later if missing) must be one, or have an existing, writable parent.
+
+    Raises:
+        UsageError: one line naming the option, the path and the cause.
+    """
+    import errno
+    import os
+    import tempfile
+
+    if path is None:
+        return
+    p = Path(path)
+    allowed = "a folder" if folder else "a file"
+    try:
+        if path == "":
+            raise OSError(errno.ENOENT, "empty path")
+        if folder:
+            if p.exists() and not p.is_dir():
+                raise OSError(errno.ENOTDIR, "exists and is not a folder")
+            parent = p if p.is_dir() else p.parent
+            _folder_exists(parent)
+            if not p.is_dir() and len(os.fsencode(p.name)) > os.pathconf(parent, "PC_NAME_MAX"):
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+            tempfile.TemporaryFile(dir=parent).close()
+        else:
+            if p.is_dir():
+                raise OSError(errno.EISDIR, "is a folder")
+            _folder_exists(p.parent)
+            existed = p.exists()
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+            if not existed:
+                p.unlink()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write there: {exc.strerror}; allowed: "
+                         f"{allowed} in an existing, writable folder") from None
+
+
+def _folder_exists(folder: Path) -> None:
+    """Raise OSError unless ``folder`` is an existing folder."""
+    import errno
+
+    if folder.exists() and not folder.is_dir():
+        raise OSError(errno.ENOTDIR, f"{str(folder)!r} is a file, not a folder")
+    if not folder.is_dir():
+        raise OSError(errno.ENOENT, f"folder {str(folder)!r} does not exist")
 
 
 def _load(specs: tuple[str, ...], storage: str | None, seed: int | None):  # noqa: ANN202
@@ -140,6 +204,8 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     from tuner.analysis.summary import curve_json, spec_curve
     from tuner.tables import curve_rows, fit_line
 
+    _check_output("--plot", plot)
+    _check_output("--lr-plot", lr_plot)
     _, loaded = _load(specs, storage, seed)
     curves = [spec_curve(s, n_boot) for s in loaded]
     objs = [curve_json(c) for c in curves]
@@ -206,6 +272,7 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
     from tuner.analysis.sensitivity import sensitivity as sens
     from tuner.tables import sensitivity_rows
 
+    _check_output("--plots", plot_dir, folder=True)
     _, loaded = _load(specs, storage, seed)
     results = {s.name: [sens(st, factor) for st in s.studies] for s in loaded}
     blocks = [(name, *sensitivity_rows(r)) for name, r in results.items()]
@@ -245,6 +312,7 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
     from tuner.analysis import report as report_mod
     from tuner.analysis.summary import spec_curve
 
+    _check_output("--out", out, folder=True)
     st, loaded = _load(specs, storage, seed)
     curves = [spec_curve(s, n_boot) for s in loaded]
     page = report_mod.write(Path(out), loaded, curves)

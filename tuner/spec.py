@@ -13,7 +13,9 @@ import json
 import math
 import re
 import tomllib
+import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,15 @@ PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "decay_fraction": (0.0, 1.0, False, True),
     "decay_steps": (1.0, math.inf, True, False),
 }
+
+#: Seeds numpy (and so Optuna's samplers and the trial seeds) accept.
+SEED_MAX = 2**32 - 1
+#: The most steps a budget may have: Optuna stores a reported step in a 32-bit INTEGER column
+#: (``trial_intermediate_values.step``; PostgreSQL refuses larger values).
+MAX_STEPS = 2**31 - 1
+#: The longest spec name: a study is named ``NAME.B<batch size>.seed<seed>`` in Optuna's
+#: 512-character ``study_name`` column.
+MAX_NAME = 200
 
 TOP_KEYS = ("name", "description", "seed", "batch_sizes", "trials", "workload", "optimizer",
             "search_space", "target", "budget", "eval", "sampler", "pruner", "trainer")
@@ -236,6 +247,12 @@ class _Table:
             raise self.error(k, f"must be a positive integer, got {v}")
         return v
 
+    def seed(self, k: str, default: Any = ...) -> int:
+        v = self.get(k, "integer", default)
+        if not 0 <= v <= SEED_MAX:
+            raise self.error(k, f"{v}; allowed: an integer in [0, 2^32 - 1] = [0, {SEED_MAX}]")
+        return v
+
     def table(self, k: str) -> _Table:
         return _Table(self.path, self.key(k), self.data.get(k, {}))
 
@@ -265,11 +282,16 @@ def _tname(v: Any) -> str:
             dict: "table"}.get(type(v), type(v).__name__)
 
 
-def _kind_of(tp: Any) -> str:
-    """Spec kind for a dataclass field type (workload options)."""
-    return {int: "integer", float: "number", str: "string", bool: "boolean",
-            list[int]: "list of integers", list[float]: "list of numbers",
-            list[str]: "list of strings"}[tp]
+def _type_name(tp: Any) -> str:
+    """``int`` -> "int", ``list[int]`` -> "list[int]"."""
+    return tp.__name__ if isinstance(tp, type) and not isinstance(tp, types.GenericAlias) \
+        else str(tp).replace("typing.", "")
+
+
+#: Workload option types (dataclass field annotations) -> the spec kind that expresses them.
+_KINDS: dict[Any, str] = {int: "integer", float: "number", str: "string", bool: "boolean",
+                          list[int]: "list of integers", list[float]: "list of numbers",
+                          list[str]: "list of strings"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,16 +306,35 @@ def _workload(t: _Table) -> tuple[str, Workload]:
         cls = workloads.get(name)
     except KeyError as exc:
         raise t.error("name", exc.args[0]) from None
-    hints = typing.get_type_hints(cls.Options)
-    fields = [f.name for f in dataclasses.fields(cls.Options)]
-    t.only(["name", *fields])
+    opts = cls.Options
+    if not dataclasses.is_dataclass(opts):
+        raise t.error("name", f"workload {name!r}: its Options ({opts!r}) is not a dataclass; "
+                      "allowed: a @dataclass whose fields are the [workload] options")
+    try:
+        hints = typing.get_type_hints(opts)
+    except Exception as exc:  # noqa: BLE001 - a plug-in's annotation may fail to resolve
+        raise t.error("name", f"workload {name!r}: cannot resolve the types of its Options: "
+                      f"{type(exc).__name__}: {exc}") from None
+    fields = dataclasses.fields(opts)
+    for f in fields:
+        if hints.get(f.name) not in _KINDS:
+            raise t.error(f.name, f"workload {name!r}: Options field {f.name} has type "
+                          f"{_type_name(hints.get(f.name))}, which a spec cannot express; allowed "
+                          f"field types: {', '.join(map(_type_name, _KINDS))}")
+    t.only(["name", *(f.name for f in fields)])
     values = {}
     for f in fields:
-        if f in t.data:
-            v = t.get(f, _kind_of(hints[f]))
-            values[f] = float(v) if hints[f] is float else v
-    workload = cls(cls.Options(**values))
-    for k, message in workload.check_options():
+        required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if f.name in t.data or required:
+            v = t.get(f.name, _KINDS[hints[f.name]])
+            values[f.name] = float(v) if hints[f.name] is float else v
+    try:
+        workload = cls(opts(**values))
+        problems = workload.check_options()
+    except Exception as exc:  # noqa: BLE001 - plug-in code
+        raise t.error("name", f"workload {name!r} failed to start: {type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())}") from None
+    for k, message in problems:
         raise t.error(k, message)
     return name, workload
 
@@ -375,6 +416,17 @@ def _target(t: _Table, workload: Workload) -> Target:
                       f"{workload.name!r}; allowed: {', '.join(metrics)}")
     value = t.get("value", "number")
     direction = t.get("direction", "string", metrics[metric], choices=DIRECTIONS)
+    lo, hi = workload.metric_ranges.get(metric, (-math.inf, math.inf))
+    if not lo <= value <= hi:
+        raise t.error("value", f"{value} is outside the range of {metric} ([{lo:g}, {hi:g}]); "
+                      f"allowed: a target in [{lo:g}, {hi:g}]")
+    start = workload.initial_metric(metric)
+    if start is not None and direction == metrics[metric] and Target(metric, value,
+                                                                      direction).reached(start):
+        better = "below" if direction == "minimize" else "above"
+        raise t.error("value", f"{value} is already met at initialisation ({metric} is about "
+                      f"{start:.4g} before the first step, so every trial would reach it at its "
+                      f"first evaluation); allowed: a target {better} {start:.4g}")
     return Target(metric, value, direction)
 
 
@@ -416,8 +468,9 @@ def _cadence_identity(cadence: Cadence) -> dict[str, Any]:
 def _cadence(t: _Table, workload: Workload) -> Cadence:
     t.only(["first_step", "relative", "min_interval", "max_share"])
     relative = t.get("relative", "number", 0.02)
-    if relative < 0:
-        raise t.error("relative", f"must be >= 0, got {relative}")
+    if not 0 <= relative <= 1000:
+        raise t.error("relative", f"{relative}; allowed: a number in [0, 1000] (0.02: each "
+                      "evaluation at least 2 % after the last)")
     max_share = t.get("max_share", "number", None)
     if max_share is not None:
         if not 0.001 <= max_share < 1:
@@ -442,11 +495,71 @@ def _sampler(t: _Table, seed: int) -> SamplerSpec:
     options = {k: t.get(k, kind) for k, kind in kinds.items() if k in t.data}
     if options.get("qmc_type", "halton") not in ("halton", "sobol"):
         raise t.error("qmc_type", f"{options['qmc_type']!r}; allowed: halton, sobol")
-    return SamplerSpec(name, t.get("seed", "integer", seed), options)
+    if options.get("n_startup_trials", 0) < 0:
+        raise t.error("n_startup_trials", f"{options['n_startup_trials']}; allowed: an integer "
+                      ">= 0")
+    sampler = SamplerSpec(name, t.seed("seed", seed), options)
+    from tuner.sampling import build_sampler
+
+    try:  # Optuna checks some options only here: build it once, as the runner will
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_sampler(name, sampler.seed, options, {})
+    except (ValueError, TypeError) as exc:
+        raise SpecError(t.path, t.where or "sampler", f"Optuna's {name} sampler refuses these "
+                        f"options: {exc}") from None
+    return sampler
+
+
+def _union_args(hint: Any) -> tuple[Any, ...]:
+    """``int | str`` -> ``(int, str)``; ``int`` -> ``(int,)``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _option_kinds(hint: Any) -> tuple[type, ...]:
+    """The TOML value types an Optuna constructor argument annotated ``hint`` takes."""
+    args = _union_args(hint)
+    out: list[type] = []
+    for a in args:
+        out += [int, float] if a is float else [a]
+    return tuple(out)
+
+
+def _optuna_options(options: _Table, cls: type) -> dict[str, Any]:
+    """``[pruner] options`` checked against the signature of Optuna's ``cls``: names, required
+    arguments, and each value's type; string values only where Optuna's default is that string
+    (e.g. ``"auto"``)."""
+    sig = inspect.signature(cls)
+    hints = typing.get_type_hints(cls.__init__)
+    accepted = [p for p in sig.parameters if p != "self"]
+    options.only(accepted)
+    for k in accepted:
+        param = sig.parameters[k]
+        hint = hints.get(k, Any)
+        kinds = _option_kinds(hint)
+        names = " or ".join(
+            {int: "integer", float: "number", str: f"{param.default!r}", bool: "boolean"}
+            .get(x, getattr(x, "__name__", str(x))) for x in _union_args(hint))
+        if k not in options.data:
+            if param.default is inspect.Parameter.empty:
+                raise options.error(k, f"required by Optuna's {cls.__name__} ({names})")
+            continue
+        v = options.data[k]
+        ok = any(isinstance(v, x) and not (isinstance(v, bool) and x is not bool)
+                 for x in kinds if x is not Any) or Any in kinds
+        if isinstance(v, str) and ok and v != param.default:
+            ok = False
+        if not ok:
+            raise options.error(k, f"must be {names}, got {_tname(v)} {v!r}")
+    return dict(options.data)
 
 
 def _pruner(t: _Table, target: Target) -> PrunerSpec:
     import optuna
+
+    from tuner.pruning import build_pruner
 
     name = t.get("name", "string", "lossless", choices=PRUNERS)
     t.only(["name", "slack", "lossless", "options"])
@@ -455,10 +568,10 @@ def _pruner(t: _Table, target: Target) -> PrunerSpec:
         raise t.error("slack", f"{slack} < 1 could prune the best trial; allowed: >= 1")
     lossless = t.get("lossless", "boolean", name != "none")
     options = t.table("options")
+    values: dict[str, Any] = {}
     if name in OPTUNA_PRUNERS:
         cls = getattr(optuna.pruners, OPTUNA_PRUNERS[name])
-        accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
-        options.only(accepted)
+        values = _optuna_options(options, cls)
         if target.direction != "minimize":
             raise t.error("name", f"Optuna's {name} pruner compares intermediate values as "
                           "a minimised objective; use a minimised target metric (e.g. error) "
@@ -467,7 +580,14 @@ def _pruner(t: _Table, target: Target) -> PrunerSpec:
         options.only([])
     if name == "none" and lossless:
         raise t.error("lossless", "pruner 'none' with lossless = true; use name = 'lossless'")
-    return PrunerSpec(name, slack, lossless, dict(options.data))
+    try:  # Optuna checks ranges in its constructors: build the pruner once, as the runner will
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_pruner(name, slack, lossless, values)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(t.path, options.where, f"Optuna's {name} pruner refuses these options: "
+                        f"{exc}") from None
+    return PrunerSpec(name, slack, lossless, values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,9 +601,14 @@ def load(path: str | Path) -> Spec:
     """
     p = str(path)
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
-        raise SpecError(p, "", f"cannot read: {exc.strerror}") from None
+        raise SpecError(p, "", f"cannot read: {exc.strerror}; allowed: a TOML file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(p, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                        f"{exc.start}); allowed: a TOML file in UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -498,7 +623,10 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
     name = top.get("name", "string", Path(path).stem)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise top.error("name", f"{name!r}; allowed: letters, digits, '_', '.', '-'")
-    seed = top.get("seed", "integer", 0)
+    if len(name) > MAX_NAME:
+        raise top.error("name", f"{len(name)} characters; allowed: at most {MAX_NAME} (study names "
+                        "are stored in a 512-character column)")
+    seed = top.seed("seed", 0)
     batch_sizes = top.get("batch_sizes", "list of integers")
     if not batch_sizes:
         raise top.error("batch_sizes", "must list at least one batch size")
@@ -546,7 +674,15 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
                             f"= {spec.devices}; allowed: multiples of {spec.devices} (a step is "
                             "one global batch, split evenly across devices)")
     for b in spec.batch_sizes:
-        steps = spec.max_steps(b)
+        try:
+            steps = spec.max_steps(b)
+        except (OverflowError, ValueError):
+            steps = math.inf
+        if not steps <= MAX_STEPS:
+            raise SpecError(path, "budget", f"{budget.rule()} gives "
+                            f"{'an overflow' if steps == math.inf else f'{steps:.4g} steps'} at batch "
+                            f"size {b}; allowed: at most {MAX_STEPS} = 2^31 - 1 steps (Optuna "
+                            "stores steps as 32-bit integers)")
         if steps < cadence.first_step:
             raise SpecError(path, "budget", f"{steps} steps at batch size {b} ends before the "
                             f"first evaluation (eval.first_step = {cadence.first_step}); allowed: "

@@ -106,6 +106,8 @@ class Workload(ABC):
     metrics: ClassVar[dict[str, str]] = {}
     #: Trials so fast that storage writes dominate: run each in memory and store it whole.
     buffered: ClassVar[bool] = False
+    #: Metric name -> the closed range its values lie in (a target outside it is refused).
+    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -126,6 +128,17 @@ class Workload(ABC):
         """Problems with the optimizer/schedule/metaparameters for this workload, as
         (spec key, message); empty when fine (trained workloads take them all)."""
         return []
+
+    def initial_metric(self, metric: str) -> float | None:
+        """The metric's value before the first step (for an untrained model, its expected value),
+        or None when unknown. A target already met there is refused: every trial would reach
+        it at its first evaluation. Called while the spec is validated: keep it cheap."""
+        return None
+
+    def memory_bytes(self, batch_size: int, optimizer: str, precision: str) -> int | None:
+        """About how many bytes one trial at ``batch_size`` needs on its device, or None when
+        unknown. ``tuner run`` refuses batch sizes that do not fit (unless ``--allow-large``)."""
+        return None
 
     @abstractmethod
     def num_train_examples(self) -> int:
@@ -165,6 +178,14 @@ class TrainedWorkload(Workload):
         "accuracy": "maximize",
         "loss": "minimize",
     }
+    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "error": (0.0, 1.0),
+        "accuracy": (0.0, 1.0),
+        "loss": (0.0, float("inf")),
+    }
+    #: Classes of a classification task, when known without loading the data: an untrained
+    #: classifier's error is then about 1 - 1/num_classes (chance), its accuracy 1/num_classes.
+    num_classes: ClassVar[int | None] = None
     #: Validation examples per forward pass during evaluation on an accelerator (large), and on
     #: the CPU, where a batch small enough for its activations to stay in cache is faster (the
     #: simple CNN evaluated 10,000 images in 2.7 s at 128, 4.3 s at 4096 on this 2-core CPU).
@@ -181,6 +202,48 @@ class TrainedWorkload(Workload):
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model (the caller has seeded the RNGs)."""
+
+    def initial_metric(self, metric: str) -> float | None:
+        """Chance error / accuracy of an untrained classifier (when ``num_classes`` is set)."""
+        c = self.num_classes
+        if not c or self.metrics is not TrainedWorkload.metrics:
+            return None
+        return {"error": 1.0 - 1.0 / c, "accuracy": 1.0 / c}.get(metric)
+
+    def memory_bytes(self, batch_size: int, optimizer: str, precision: str) -> int | None:
+        """Parameters, gradients and optimizer state, plus a batch of inputs and indices and its
+        activations (each saved for backward and its gradient), from the model built on torch's
+        meta device (nothing allocated) and one forward pass there; the data is loaded (and
+        kept for the trials). None when the model cannot be built or run on the meta device."""
+        import torch
+
+        x = self.data().train_x
+        try:
+            with torch.device("meta"):
+                model = self.build_model()
+            params = sum(p.numel() for p in model.parameters())
+        except Exception:  # noqa: BLE001 - plug-in models may not build on the meta device
+            return None
+        outputs = [0]
+
+        def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            outputs[0] += sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()
+                   if not list(m.children())]
+        try:
+            with torch.no_grad():
+                model(torch.empty((1, *x.shape[1:]), dtype=x.dtype, device="meta"))
+        except Exception:  # noqa: BLE001 - a forward that needs real data: parameters only
+            outputs[0] = 0
+        finally:
+            for h in handles:
+                h.remove()
+        width = 8 if precision.startswith("64") else 4
+        states = {"sgd": 0, "adam": 2}.get(optimizer, 1)  # momentum buffers: 1
+        per_example = x[:1].numel() * x.element_size() + 8 + 2 * outputs[0] * width
+        return params * width * (2 + states) + batch_size * per_example
 
     def num_val_examples(self) -> int:
         """Validation examples: counted in the loaded data (override it where the count is

@@ -7,6 +7,7 @@ Built-in workloads are imported only when asked for. A spec may also name any im
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from tuner.workload import Workload
 
@@ -44,10 +45,28 @@ def get(name: str) -> type[Workload]:
         raise KeyError(f"unknown workload {name!r}; allowed: {', '.join(names())} "
                        "or 'package.module:Class'")
     module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise KeyError(f"{name!r}: allowed: a registered name ({', '.join(names())}) or "
+                       "'package.module:Class'")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise KeyError(f"cannot import workload {name!r}: {exc}") from None
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - a plug-in's import may raise anything
+        raise KeyError(f"cannot import workload {name!r}: {_one_line(exc)}") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise KeyError(f"cannot import workload {name!r}: module {module_name!r} has no "
+                       f"attribute {attr!r}")
     if not (isinstance(cls, type) and issubclass(cls, Workload)):
         raise KeyError(f"{name!r} is not a tuner.workload.Workload subclass")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise KeyError(f"workload {name!r} is abstract: it does not implement {missing}")
     return cls
+
+
+def _one_line(exc: BaseException) -> str:
+    """An import error in one line: its type, message, and where (for a syntax error)."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -44,6 +44,7 @@ class Digits(TrainedWorkload):
 
     name = "digits"
     Options = DigitsOptions
+    num_classes = 10
     N_IMAGES = 1797
 
     def check_options(self) -> list[tuple[str, str]]:

@@ -99,6 +99,7 @@ class FashionMNIST(TrainedWorkload):
 
     name = "fashion_mnist"
     Options = FashionMNISTOptions
+    num_classes = 10
 
     def check_options(self) -> list[tuple[str, str]]:
         """Problems with the options, as (key, message)."""

@@ -548,6 +548,21 @@ class NQM(Workload):
             return [("optimizer.weight_decay", "the NQM has no weight decay; allowed: 0")]
         return []
 
+    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {"loss": (0.0, float("inf"))}
+
+    def initial_metric(self, metric: str) -> float | None:
+        """L(0) = sum(h_i) / 2 (E x0^2 = 1), without building the spectrum for a huge K."""
+        k = self.options.dimensions
+        if metric != "loss" or k < 1:
+            return None
+        if k <= 10**6:
+            return 0.5 * float(spectrum(k).sum())
+        return 0.5 * (math.log(k) + 0.5772156649015329 + 1 / (2 * k))  # H_k, error < 1/k^2
+
+    def memory_bytes(self, batch_size: int, optimizer: str, precision: str) -> int | None:
+        """A trial keeps a few dozen float64 arrays of K entries (64 counted)."""
+        return 64 * 8 * self.options.dimensions
+
     def num_train_examples(self) -> int:
         """The NQM has no data set (so no budget in epochs)."""
         return 0
