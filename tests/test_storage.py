@@ -157,3 +157,104 @@ def test_workers_create_the_postgresql_schema_together(tmp_path: Path, postgres_
         url = u.set(database=name).render_as_string(hide_password=False)
         r = open_together(url)
         assert r.returncode == 0, r.stdout + r.stderr[-1500:]
+
+
+# --- defect 6: analysis without write access ---------------------------------------------------
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file of ``folder``: its digest and mtime."""
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def journal_mode(db: Path) -> str:
+    uri = f"file:{db}?mode=ro" + ("" if os.access(db.parent, os.W_OK) else "&immutable=1")
+    with sqlite3.connect(uri, uri=True) as conn:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def analyse(spec: Path, url: str, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every analysis command succeeds on ``url``; report with attachments says it skipped them."""
+    for args in (["curve", "--n-boot", "20"], ["edges"], ["sensitivity"],
+                 ["report", "--no-dashboard", "--n-boot", "20", "--out", str(out / "a")]):
+        code, stdout, err = run_cli([args[0], str(spec), "--storage", url, *args[1:]], capsys)
+        assert code in ((0, 1) if args[0] == "edges" else (0,)), err
+        assert "error" not in err and "Traceback" not in err, err
+        assert stdout.strip()
+    assert (out / "a" / "index.html").is_file()
+
+
+def study(spec: Path, url: str) -> None:
+    """Run the tiny study ``spec`` into ``url``, in its own process (closing every file)."""
+    r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "-q"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_analysis_on_a_read_only_file_system(mount_point: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(tmp_path, NQM, "nqm.toml")
+    db = mount_point / "ro.db"
+    study(spec, f"sqlite:///{db}")
+    remount(mount_point, "ro")
+    before, mode = snapshot(mount_point), journal_mode(db)
+    analyse(spec, f"sqlite:///{db}", tmp_path, capsys)
+    code, _, err = run_cli(["curve", str(spec), "--storage",
+                            f"sqlite:///file:{db}?mode=ro&uri=true", "--n-boot", "20"], capsys)
+    assert code == 0 and "nqm" in _, err
+    code, _, err = run_cli(["report", str(spec), "--storage", f"sqlite:///{db}", "--n-boot",
+                            "20", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert "skipped the optuna-dashboard attachments" in err and "--no-dashboard" in err, err
+    assert (tmp_path / "b" / "index.html").is_file()
+    assert snapshot(mount_point) == before and journal_mode(db) == mode
+
+
+def test_analysis_leaves_a_rollback_journal_file_alone(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(tmp_path, NQM, "nqm.toml")
+    folder = tmp_path / "db"
+    folder.mkdir()
+    db = folder / "j.db"
+    study(spec, f"sqlite:///{db}")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    before = snapshot(folder)
+    analyse(spec, f"sqlite:///{db}", tmp_path, capsys)
+    assert journal_mode(db) == "delete"
+    assert snapshot(folder) == before
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_a_read_only_file(mount_point: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(tmp_path, NQM, "nqm.toml")
+    db = mount_point / "d.db"
+    study(spec, f"sqlite:///{db}")
+    remount(mount_point, "ro")
+    before = snapshot(mount_point)
+    port = free_port()
+    p = subprocess.Popen([*TUNER, "dashboard", "--storage", f"sqlite:///{db}", "--port",
+                          str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        body = None
+        for _ in range(600):
+            assert p.poll() is None, p.communicate()[1][-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body is not None and "nqm.B16" in body, body
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert "(read-only)" in err and "Traceback" not in err, err
+    assert snapshot(mount_point) == before
