@@ -258,3 +258,131 @@ def test_dashboard_serves_a_read_only_file(mount_point: Path, tmp_path: Path,
         _, err = p.communicate(timeout=30)
     assert "(read-only)" in err and "Traceback" not in err, err
     assert snapshot(mount_point) == before
+
+
+# --- defect 8: outages and a full disk ---------------------------------------------------------
+
+# Every trial runs its whole budget (the target is out of reach): seconds long.
+SLOW_DIGITS = SMALL_DIGITS.replace("value = 0.12", "value = 0.001").replace(
+    "max_steps = 400", "max_steps = 800")
+PG = ROOT / "scripts" / "postgres.sh"
+
+
+def pg(cmd: str, folder: str, port: int) -> str:
+    r = subprocess.run(["bash", str(PG), cmd, folder, str(port)], capture_output=True,
+                       text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"postgres.sh {cmd}: {r.stderr[-1000:]}")
+    return r.stdout.strip()
+
+
+def up_again(folder: str, port: int) -> None:
+    """Start the server unless it runs (for the next test, whatever happened)."""
+    status = subprocess.run(["runuser", "-u", "postgres", "--", *pg_ctl(), "-D",
+                             f"{folder}/data", "status"], capture_output=True)
+    if status.returncode != 0:
+        pg("start", folder, port)
+
+
+def pg_ctl() -> list[str]:
+    return [sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1].as_posix()]
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[tuple[str, int, str]]:
+    """A PostgreSQL server of this module's own, which its tests stop and start again:
+    (folder, port, base URL)."""
+    folder = tempfile.mkdtemp(prefix="tuner-pg-outage-")
+    port = free_port()
+    try:
+        url = pg("start", folder, port)
+    except RuntimeError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"no PostgreSQL server could be started by {PG.name}: {exc}")
+    try:
+        yield folder, port, url
+    finally:
+        subprocess.run(["bash", str(PG), "stop", folder], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(base: str) -> str:
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(base)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=u.host, port=u.port, user=u.username, dbname=u.database,
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return u.set(database=name).render_as_string(hide_password=False)
+
+
+def wait_for_training(url: str, proc: subprocess.Popen) -> None:
+    """Until a trial of ``url`` has reported an intermediate value (it is training)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    for _ in range(1200):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            with psycopg.connect(host=u.host, port=u.port, user=u.username,
+                                 dbname=u.database) as conn:
+                n = conn.execute("SELECT count(*) FROM trial_intermediate_values").fetchone()[0]
+            if n:
+                return
+        except psycopg.Error:  # the schema is not there yet
+            pass
+        time.sleep(0.1)
+    raise AssertionError("no trial started training")
+
+
+@pytest.mark.slow
+def test_a_run_rides_out_a_short_postgresql_outage(tmp_path: Path,
+                                                   own_postgres: tuple[str, int, str]) -> None:
+    folder, port, base = own_postgres
+    url = fresh_database(base)
+    spec = write(tmp_path, SLOW_DIGITS, "slow.toml")
+    p = subprocess.Popen([*TUNER, "run", str(spec), "--storage", url, "-b", "16", "-n", "2",
+                          "--heartbeat", "1", "-q", "--storage-retry", "60"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_training(url, p)
+        pg("stop", folder, port)
+        time.sleep(3)
+        pg("start", folder, port)
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        up_again(folder, port)
+    assert p.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert finished_counts(url) == {16: [0, 1]}
+
+
+@pytest.mark.slow
+def test_a_long_outage_stops_a_run_with_one_line(tmp_path: Path,
+                                                 own_postgres: tuple[str, int, str]) -> None:
+    folder, port, base = own_postgres
+    url = fresh_database(base)
+    spec = write(tmp_path, SLOW_DIGITS, "slow.toml")
+    p = subprocess.Popen([*TUNER, "run", str(spec), "--storage", url, "-b", "16", "-n", "2",
+                          "--heartbeat", "1", "-q", "--storage-retry", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_training(url, p)
+        pg("stop", folder, port)
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        up_again(folder, port)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert p.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and len(lines) <= 3, err[-3000:]  # storage:, retrying, error
+    assert lines[-1].startswith("error: storage postgresql+psycopg://tuner@127.0.0.1:"), lines
+    assert "--storage-retry" in lines[-1], lines
