@@ -79,12 +79,10 @@ def finished_counts(url: str) -> dict[int, list[int]]:
     return out
 
 
-@pytest.fixture
-def mount_point(tmp_path: Path) -> Iterator[Path]:
-    """A small tmpfs of our own (root only), unmounted afterwards."""
-    d = tmp_path / "mnt"
+def tmpfs(d: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``d`` (root only), unmounted afterwards."""
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
@@ -92,6 +90,18 @@ def mount_point(tmp_path: Path) -> Iterator[Path]:
         yield d
     finally:
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of our own, to remount read-only."""
+    yield from tmpfs(tmp_path / "mnt", "4m")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, to fill."""
+    yield from tmpfs(tmp_path / "small", "1m")
 
 
 def remount(d: Path, how: str) -> None:
@@ -191,6 +201,7 @@ def study(spec: Path, url: str) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_analysis_on_a_read_only_file_system(mount_point: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     spec = write(tmp_path, NQM, "nqm.toml")
@@ -386,3 +397,102 @@ def test_a_long_outage_stops_a_run_with_one_line(tmp_path: Path,
     assert "Traceback" not in err and len(lines) <= 3, err[-3000:]  # storage:, retrying, error
     assert lines[-1].startswith("error: storage postgresql+psycopg://tuner@127.0.0.1:"), lines
     assert "--storage-retry" in lines[-1], lines
+
+
+def test_a_full_disk_is_one_line_and_the_database_intact(small_disk: Path, tmp_path: Path
+                                                         ) -> None:
+    spec = write(tmp_path, NQM.replace("trials = 3", "trials = 100000"), "many.toml")
+    url = f"sqlite:///{small_disk / 'full.db'}"
+    r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "-b", "16", "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    line = one_line(r.stderr.replace(f"storage: {url}\n", ""))
+    assert url in line and "database or disk is full" in line, line
+    with sqlite3.connect(small_disk / "full.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    study = optuna.load_study(study_name="many.B16.seed0", storage=url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) > 0
+
+
+# --- bad storage input: one line, exit 2, nothing created --------------------------------------
+
+def refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code, out, err = run_cli(args, capsys)
+    assert code == 2, (code, out, err)
+    return one_line(err)
+
+
+@pytest.fixture
+def nqm(tmp_path: Path) -> Path:
+    return write(tmp_path, NQM, "nqm.toml")
+
+
+def test_storage_naming_a_folder(nqm: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    line = refused(["run", str(nqm), "--storage", f"sqlite:///{folder}"], capsys)
+    assert "is a folder" in line, line
+    assert not list(folder.iterdir())
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(200), b"just some notes\n"])
+def test_storage_naming_a_file_that_is_not_a_database(content: bytes, nqm: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    f = tmp_path / "notes.db"
+    f.write_bytes(content)
+    for cmd in ("run", "curve"):
+        line = refused([cmd, str(nqm), "--storage", f"sqlite:///{f}"], capsys)
+        assert "is not a SQLite database" in line, line
+    assert f.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "nqm.toml"]
+
+
+def test_storage_in_an_unwritable_location(nqm: Path, mount_point: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    remount(mount_point, "ro")
+    line = refused(["run", str(nqm), "--storage", f"sqlite:///{mount_point / 'new.db'}"], capsys)
+    assert "not writable" in line, line
+    assert not list(mount_point.iterdir())
+
+
+def test_storage_on_a_refused_postgresql_connection(nqm: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"postgresql+psycopg://tuner@127.0.0.1:{free_port()}/tuner"  # nothing listens there
+    line = refused(["run", str(nqm), "--storage", url], capsys)
+    assert "cannot open" in line and "127.0.0.1" in line, line
+
+
+def test_an_empty_storage_option(nqm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    line = refused(["run", str(nqm), "--storage", ""], capsys)
+    assert "--storage: empty" in line, line
+    assert not (tmp_path / "results").exists()
+
+
+def dashboard(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([*TUNER, "dashboard", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_dashboard_does_not_create_a_storage(tmp_path: Path) -> None:
+    r = dashboard(["--storage", f"sqlite:///{tmp_path / 'none.db'}", "--port", str(free_port())])
+    assert r.returncode == 2 and "no SQLite file" in one_line(r.stderr), r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_dashboard_on_a_bad_or_busy_port(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="x")
+    before = snapshot(tmp_path)
+    r = dashboard(["--storage", f"sqlite:///{db}", "--port", "70000"])
+    assert r.returncode == 2 and "--port" in one_line(r.stderr), r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = dashboard(["--storage", f"sqlite:///{db}", "--port", str(busy.getsockname()[1])])
+    assert r.returncode == 2 and "cannot listen" in one_line(r.stderr), r.stderr
+    assert snapshot(tmp_path) == before
