@@ -221,6 +221,7 @@ def test_analysis_on_a_read_only_file_system(mount_point: Path, tmp_path: Path,
     assert snapshot(mount_point) == before and journal_mode(db) == mode
 
 
+@pytest.mark.slow
 def test_analysis_leaves_a_rollback_journal_file_alone(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     spec = write(tmp_path, NQM, "nqm.toml")
