@@ -32,6 +32,7 @@ MAX_DELAY = 5.0
 ENV_VAR = "TUNER_STORAGE_RETRY"
 
 T = TypeVar("T")
+_noticed: set[str] = set()  # storages this process said it is retrying
 
 
 class StorageUnavailable(Exception):
@@ -123,6 +124,8 @@ def call(fn: Callable[[], T], url: str, backend: str, retry_for: float | None = 
             now = time.monotonic()
             if deadline is None:
                 deadline = now + retry_for
+            if url not in _noticed:  # said once a process, not once a retried call
+                _noticed.add(url)
                 print(f"storage {describe(url)} unreachable ({cause(err)}); retrying for up to "
                       f"{retry_for:g} s", file=sys.stderr, flush=True)
             if now >= deadline:
