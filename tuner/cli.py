@@ -38,13 +38,16 @@ def cli() -> None:
 @click.option("--heartbeat", type=click.IntRange(min=1), default=30, show_default=True,
               help="Seconds between a running trial's heartbeats; a trial silent for twice as "
               "long (its worker died) is re-run by another worker.")
+@click.option("--storage-retry", type=click.FloatRange(min=0), default=60, show_default=True,
+              metavar="SECONDS", help="Keep retrying a storage that cannot be reached (a "
+              "server restarting) this long, with backoff, then stop with exit status 1.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
 @click.option("--allow-large", is_flag=True,
               help="Run even where a trial's estimated memory exceeds what is free here, or it "
               "would evaluate more than 10,000 times.")
 def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storage: str | None,
         seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
-        quiet: bool, allow_large: bool) -> None:
+        storage_retry: float, quiet: bool, allow_large: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
     Re-running a finished spec adds nothing. Progress goes to stderr; the summary table
@@ -57,7 +60,10 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     """
     from tuner import resources, runner, spec as spec_mod, storage as storage_mod
     from tuner import workers as workers_mod
+    from tuner.retry import configure
     from tuner.tables import points_table
+
+    configure(storage_retry)  # this process and the local workers it starts
 
     spec = spec_mod.load(spec_path)
     if seed is not None:
@@ -150,14 +156,16 @@ def _folder_exists(folder: Path) -> None:
         raise OSError(errno.ENOENT, f"folder {str(folder)!r} does not exist")
 
 
-def _load(specs: tuple[str, ...], storage: str | None, seed: int | None):  # noqa: ANN202
-    """Open the storage (never creating it) and load each spec's studies."""
+def _load(specs: tuple[str, ...], storage: str | None, seed: int | None,
+          write: bool = False):  # noqa: ANN202
+    """Open the storage (never creating or changing it: read-only, unless ``write`` and the
+    storage is writable) and load each spec's studies."""
     from tuner.analysis.load import check_storage_exists, load
-    from tuner.storage import open_storage, resolve_url
+    from tuner.storage import open_readonly, open_storage, resolve_url, writable
 
     url = resolve_url(storage)
     check_storage_exists(url)
-    st = open_storage(url)
+    st = open_storage(url) if write and writable(url) else open_readonly(url)
     loaded = [load(st, s, seed) for s in specs]
     for line in (w for s in loaded for w in s.warnings):
         click.echo(line, err=True)
@@ -313,33 +321,56 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
     from tuner.analysis.summary import spec_curve
 
     _check_output("--out", out, folder=True)
-    st, loaded = _load(specs, storage, seed)
+    st, loaded = _load(specs, storage, seed, write=dashboard)
     curves = [spec_curve(s, n_boot) for s in loaded]
     page = report_mod.write(Path(out), loaded, curves)
     click.echo(f"wrote {page}")
-    if dashboard:
+    if dashboard and getattr(st, "read_only", False):
+        click.echo("skipped the optuna-dashboard attachments: the storage is read-only "
+                   "(use --no-dashboard)", err=True)
+    elif dashboard:
         n = report_mod.attach_to_dashboard(st, loaded, curves)
         click.echo(f"attached the scaling figure to {n} studies (optuna-dashboard)", err=True)
 
 
 @cli.command()
 @click.option("--storage", help=STORAGE_HELP)
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-def dashboard(storage: str | None, port: int, host: str) -> None:
-    """Open optuna-dashboard on the same storage (Ctrl-C stops it)."""
+@click.option("--read-only", is_flag=True, help="Open the storage read-only: browse, never "
+              "write (notes and deletions in the dashboard fail). Implied for a storage that is "
+              "not writable.")
+def dashboard(storage: str | None, port: int, host: str, read_only: bool) -> None:
+    """Open optuna-dashboard on the same storage (Ctrl-C stops it). Never creates a storage."""
+    import socket
+
     import optuna_dashboard
 
-    from tuner.storage import open_storage, resolve_url
+    from tuner.analysis.load import check_storage_exists
+    from tuner.storage import open_readonly, open_storage, resolve_url, writable
 
     url = resolve_url(storage)
-    click.echo(f"optuna-dashboard on http://{host}:{port} for {url}", err=True)
-    optuna_dashboard.run_server(open_storage(url), host=host, port=port)
+    check_storage_exists(url)
+    read_only = read_only or not writable(url)
+    try:  # a busy port or an unknown host: say so before opening anything
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(info[0], socket.SOCK_STREAM) as probe:
+            probe.bind(info[4])
+    except OSError as exc:
+        raise UsageError(f"--port {port} / --host {host}: cannot listen there "
+                         f"({exc.strerror or exc}); allowed: a free port on a local "
+                         "address") from None
+    st = open_readonly(url) if read_only else open_storage(url)
+    click.echo(f"optuna-dashboard on http://{host}:{port} for {url}"
+               + (" (read-only)" if read_only else ""), err=True)
+    optuna_dashboard.run_server(st, host=host, port=port)
 
 
 def main() -> None:
     """Console-script entry: bad input is one line on stderr and exit status 2."""
     import optuna
+
+    from tuner.retry import StorageUnavailable, cause, db_error
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -347,6 +378,9 @@ def main() -> None:
     except UsageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except StorageUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -356,6 +390,14 @@ def main() -> None:
         click.echo("interrupted: finished trials are stored and a running one is re-queued; run "
                    "the same command to resume", err=True)
         sys.exit(130)
+    except Exception as exc:  # a database error that escaped the retrying storage
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        err = db_error(exc)
+        if not isinstance(err, (OperationalError, InterfaceError)):
+            raise
+        click.echo(f"error: storage: {cause(err)}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

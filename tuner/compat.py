@@ -58,9 +58,13 @@ def heartbeats(storage: BaseStorage, study_id: int) -> tuple[dt.datetime, dict[i
     query = (sa.select(beats.c.trial_id, beats.c.heartbeat)
              .join(trials, trials.c.trial_id == beats.c.trial_id)
              .where((trials.c.study_id == study_id) & (trials.c.state == TrialState.RUNNING)))
-    with storage.engine.connect() as conn:
-        now = conn.execute(sa.select(sa.func.now())).scalar_one()
-        rows = conn.execute(query).all()
+    def read() -> tuple[Any, list[Any]]:
+        with storage.engine.connect() as conn:
+            return (conn.execute(sa.select(sa.func.now())).scalar_one(),
+                    list(conn.execute(query).all()))
+
+    # tuner.retry.RetryingStorage rides out an outage; a plain RDBStorage reads once
+    now, rows = getattr(storage, "retrying", lambda f: f())(read)
     now = now.replace(tzinfo=None) if isinstance(now, dt.datetime) else dt.datetime.fromisoformat(
         str(now))
     return now, {tid: (hb.replace(tzinfo=None) if isinstance(hb, dt.datetime)

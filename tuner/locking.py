@@ -16,6 +16,8 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from tuner.errors import UsageError
 
@@ -53,31 +55,102 @@ def _engine(url: str):  # noqa: ANN202 - sqlalchemy Engine
     return create_engine(url, poolclass=NullPool)
 
 
+#: The advisory-lock key (PostgreSQL) that serialises creating Optuna's schema.
+SCHEMA_KEY = lock_key("tuner: create the Optuna schema")
+
+
 @contextlib.contextmanager
-def study_lock(url: str, name: str) -> Iterator[None]:
-    """Hold the lock of study ``name`` in storage ``url`` (blocks until it is free)."""
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold the lock under which a worker opens (and maybe creates) the storage's schema.
+
+    Optuna creates its tables and types without guarding against a concurrent creator, so
+    workers started at once on an empty storage would race. No retry: a server that refuses
+    the first connection is bad input. Not inside a study lock (locks do not nest).
+    """
     from tuner.storage import sqlite_file
 
     kind = backend(url)
     if kind == "postgresql":
         from sqlalchemy import text
 
-        key = lock_key(name)
         with _engine(url).connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_KEY})
             conn.commit()
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+                _unlock(conn, SCHEMA_KEY)
     elif kind == "sqlite" and (db := sqlite_file(url)) is not None:
-        with open(f"{db}.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _flock(db):
+            yield
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def _flock(db: Path) -> Iterator[None]:
+    with open(f"{db}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _unlock(conn: Any, key: int) -> None:
+    """Release an advisory lock; on a dead connection the server has released it already."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except DBAPIError:
+        pass
+
+
+def _pg_lock(url: str, key: int) -> Any:
+    """A connection holding the advisory lock ``key``, (re)connecting through outages."""
+    from sqlalchemy import text
+
+    from tuner.retry import call
+
+    def acquire() -> Any:
+        conn = _engine(url).connect()
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        return conn
+
+    return call(acquire, url, "postgresql")
+
+
+@contextlib.contextmanager
+def study_lock(url: str, name: str) -> Iterator[None]:
+    """Hold the lock of study ``name`` in storage ``url`` (blocks until it is free).
+
+    On PostgreSQL, acquiring it rides out an outage as the storage does (:mod:`tuner.retry`);
+    releasing it on a connection that died meanwhile is a no-op (the server released it).
+    """
+    from tuner.storage import sqlite_file
+
+    kind = backend(url)
+    if kind == "postgresql":
+        key = lock_key(name)
+        conn = _pg_lock(url, key)
+        try:
+            yield
+        finally:
+            _unlock(conn, key)
+            with contextlib.suppress(Exception):
+                conn.close()
+    elif kind == "sqlite" and (db := sqlite_file(url)) is not None:
+        with _flock(db):
+            yield
     elif kind == "sqlite":
         with _local:
             yield

@@ -39,15 +39,23 @@ def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
     """Store the finished ``trial`` in study ``study_id`` and set ``study_system_attrs`` there,
     in one transaction. Returns the new trial's id. ``trial.number`` is assigned by the storage
     (the count of earlier trials in the study), as Optuna does."""
-    from optuna.storages._rdb import models
-    from sqlalchemy import func, inspect, select
-
     assert trial.state.is_finished(), trial.state
     if not isinstance(storage, RDBStorage):  # another kind of storage: Optuna's own way
         tid = storage.create_new_trial(study_id, template_trial=trial)
         for key, value in study_system_attrs.items():
             storage.set_study_system_attr(study_id, key, value)
         return tid
+    retrying = getattr(storage, "retrying", None)  # tuner.retry.RetryingStorage: ride out outages
+    if retrying is not None:
+        return retrying(lambda: _store(storage, study_id, trial, study_system_attrs))
+    return _store(storage, study_id, trial, study_system_attrs)
+
+
+def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
+           study_system_attrs: dict[str, Any]) -> int:
+    from optuna.storages._rdb import models
+    from sqlalchemy import func, inspect, select
+
 
     # The trial row's columns as Optuna's model writes them (it converts the datetimes).
     model = models.TrialModel(study_id=study_id, number=None, state=trial.state,

@@ -29,11 +29,16 @@ def resolve_url(url: str | None) -> str:
     """``url``, else ``$TUNER_STORAGE``, else a SQLite file ``results/tuner.db`` (git-ignored).
 
     Raises:
-        UsageError: the URL is not a SQLAlchemy URL.
+        UsageError: an empty ``url``, not a SQLAlchemy URL, or a SQLite file that is a folder,
+            is not a database, or lies in a folder that does not exist.
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if url is not None and not url.strip():
+        raise UsageError("--storage: empty; allowed: a SQLAlchemy URL, e.g. "
+                         "sqlite:///results/tuner.db or postgresql+psycopg://user@host/db "
+                         "(omit --storage for $TUNER_STORAGE or the default)")
     url = url or os.environ.get(ENV_VAR) or DEFAULT_URL
     try:
         parsed = make_url(url)
@@ -53,42 +58,168 @@ def resolve_url(url: str | None) -> str:
                 parent.mkdir(parents=True, exist_ok=True)
             else:
                 raise UsageError(f"--storage: folder {parent} of {url!r} does not exist")
+        if db.is_dir():
+            raise UsageError(f"--storage: {db} is a folder; allowed: a SQLite database file "
+                             f"(e.g. sqlite:///{db / 'tuner.db'})")
+        if db.exists() and not _is_sqlite(db):
+            raise UsageError(f"--storage: {db} is not a SQLite database; allowed: a SQLite "
+                             "database file or a new file name")
     return url
 
 
+def _is_sqlite(db: Path) -> bool:
+    """Whether ``db`` is empty (SQLite makes it a database) or starts with SQLite's header."""
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise UsageError(f"--storage: {db}: cannot be read ({exc.strerror})") from None
+    return head in (b"", b"SQLite format 3\x00")
+
+
+def _uri_flag(value: Any) -> bool:
+    if isinstance(value, tuple):
+        value = value[-1]
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
 def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for other back ends and in-memory SQLite)."""
+    """The database file of a SQLite URL (None for other back ends and in-memory SQLite),
+    also of a URI filename (``sqlite:///file:PATH?mode=ro&uri=true``)."""
+    from urllib.parse import unquote, urlsplit
+
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
-        return Path(u.database)
-    return None
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    if u.database.startswith("file:") and _uri_flag(u.query.get("uri", "")):
+        path = unquote(urlsplit(u.database).path)
+        if not path or path == ":memory:" or u.query.get("mode") == "memory":
+            return None
+        return Path(path)
+    return Path(u.database)
 
 
-def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
+def _read_only_url(url: str) -> bool:
+    """Whether a SQLite URL asks for read-only access (``mode=ro`` or ``immutable=1``)."""
+    from sqlalchemy.engine import make_url
+
+    q = make_url(url).query
+    return q.get("mode") == "ro" or _uri_flag(q.get("immutable", "0"))
+
+
+def writable(url: str) -> bool:
+    """Whether ``tuner run`` could write the storage (always True for PostgreSQL: the server
+    decides)."""
+    db = sqlite_file(url)
+    if db is None:
+        return True
+    if _read_only_url(url):
+        return False
+    if db.exists() and not os.access(db, os.W_OK):
+        return False
+    return os.access(db.parent if str(db.parent) else ".", os.W_OK)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    return {}
+
+
+def _refused(url: str, err: Any) -> UsageError:
+    from tuner.retry import cause, describe
+
+    return UsageError(f"--storage: cannot open {describe(url)}: {cause(err)}; allowed: a "
+                      "reachable server and a database that exists (see scripts/postgres.sh)")
+
+
+def open_storage(url: str, heartbeat: int | None = None, *,
+                 retry_seconds: float | None = None) -> RDBStorage:
     """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait, and
     a SQLite file commits without waiting for the disk (:func:`tuner.persist.fast_sqlite`).
 
     With ``heartbeat`` (seconds), a running trial records a heartbeat that often; one silent
     for twice *its own worker's* interval (its worker died) is failed and re-queued with the
     same params by the next worker that claims a trial (:mod:`tuner.trialqueue`).
+
+    The storage retries an unreachable database for ``retry_seconds`` (default
+    :func:`tuner.retry.seconds`) before raising :class:`tuner.retry.StorageUnavailable`
+    (:class:`tuner.retry.RetryingStorage`). Workers opening an empty storage at once create the
+    schema one at a time (:func:`tuner.locking.schema_lock`).
+
+    Raises:
+        UsageError: the storage cannot be written or reached when it is opened.
     """
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
+    from tuner.locking import schema_lock
     from tuner.persist import fast_sqlite
+    from tuner.retry import RetryingStorage, db_error
 
-    kwargs: dict[str, Any] = {}
-    if make_url(url).get_backend_name() == "sqlite":
-        kwargs["connect_args"] = {"timeout": 60}
+    db = sqlite_file(url)
+    if db is not None and not writable(url):
+        where = db if db.exists() else db.parent
+        raise UsageError(f"--storage: {where} is not writable (read-only file, folder or file "
+                         "system, or a mode=ro URL); allowed: a writable location (analysis "
+                         "commands read a read-only file)")
+    kwargs = _engine_kwargs(url)
     beat: dict[str, Any] = {}
     if heartbeat is not None:
         beat = {"heartbeat_interval": heartbeat}  # staleness: tuner.trialqueue.stale_trials
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(url, engine_kwargs=kwargs, **beat)
-    if sqlite_file(url) is not None:
+    try:
+        with schema_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RetryingStorage(url, engine_kwargs=kwargs, **beat)
+    except (DBAPIError, optuna.exceptions.StorageInternalError) as exc:
+        err = db_error(exc)
+        if err is None:
+            raise
+        raise _refused(url, err) from None
+    storage.retry_seconds = retry_seconds
+    if db is not None:
         fast_sqlite(storage.engine)
+    return storage
+
+
+def open_readonly(url: str) -> RDBStorage:
+    """An Optuna RDB storage for analysis that never writes: no schema creation, no
+    write-ahead-log switch; a SQLite file is opened read-only (``mode=ro``, plus
+    ``immutable=1`` when the file or its folder is not writable, as on read-only media),
+    a PostgreSQL session is read-only. ``storage.read_only`` is True.
+
+    Raises:
+        UsageError: no SQLite file there, or the storage cannot be opened.
+    """
+    from urllib.parse import quote
+
+    from sqlalchemy.exc import DBAPIError
+
+    from tuner.retry import RetryingStorage, db_error
+
+    db = sqlite_file(url)
+    kwargs: dict[str, Any] = {}
+    if db is not None:
+        if not db.is_file():
+            raise UsageError(f"--storage: no SQLite file at {db}; run `tuner run` first "
+                             "or pass the storage the studies are in")
+        path = quote(str(db.resolve()), safe="/")
+        frozen = not (os.access(db, os.W_OK) and os.access(db.resolve().parent, os.W_OK))
+        url = f"sqlite:///file:{path}?mode=ro{'&immutable=1' if frozen else ''}&uri=true"
+        kwargs = _engine_kwargs(url)
+    elif not url.startswith("sqlite"):
+        kwargs = {"connect_args": {"options": "-c default_transaction_read_only=on"}}
+    try:
+        storage = RetryingStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+    except (DBAPIError, optuna.exceptions.StorageInternalError) as exc:
+        err = db_error(exc)
+        if err is None:
+            raise
+        raise _refused(url, err) from None
+    storage.read_only = True
     return storage
 
 
