@@ -61,6 +61,7 @@ def prepare(spec: Spec, url: str, batch_sizes: tuple[int, ...], heartbeat: int =
     """Check the stored studies against the spec (before writing anything), then create or load
     each batch-size study with its sampler and pruner."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _check_before_opening(spec, url, batch_sizes)
     storage = open_storage(url, heartbeat)
     check_studies(storage, spec, batch_sizes)
     space = distributions(spec.space)
@@ -72,6 +73,25 @@ def prepare(spec: Spec, url: str, batch_sizes: tuple[int, ...], heartbeat: int =
             studies[b] = create_or_load(storage, spec, b, sampler,
                                         build_pruner(p.name, p.slack, p.lossless, p.options))
     return storage, studies
+
+
+def _check_before_opening(spec: Spec, url: str, batch_sizes: tuple[int, ...]) -> None:
+    """Refuse a changed spec or a foreign study in an existing SQLite file through a read-only
+    connection, before :func:`open_storage` touches the file (it switches it to WAL)."""
+    from tuner.storage import open_readonly, sqlite_file
+
+    db = sqlite_file(url)
+    if db is None or not db.is_file() or not db.stat().st_size:
+        return
+    try:
+        ro = open_readonly(url)
+        ro.get_all_studies()
+    except Exception:  # noqa: BLE001 - not an Optuna storage yet: open_storage says what it is
+        return
+    try:
+        check_studies(ro, spec, batch_sizes)
+    finally:
+        ro.engine.dispose()
 
 
 def points(studies: dict[int, optuna.Study]) -> list[Point]:
