@@ -233,15 +233,16 @@ def test_a_foreign_study_under_our_name_is_refused(tmp_path: Path) -> None:
     name = study_name(spec_mod.load(str(spec)), 16)
     foreign = optuna.create_study(storage=url, study_name=name)
     foreign.set_user_attr("owner", "someone else")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     foreign.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
 
     def snapshot() -> dict:
-        return {n: (s.user_attrs, s.system_attrs,
+        return {n: (s.user_attrs,
                     [(t.state, t.params, t.user_attrs, t.system_attrs) for t in s.get_trials()])
                 for n, s in studies(url).items()}
 
     before = snapshot()
-    r = run(["run", str(spec), "--storage", url, "-n", "2"], timeout=120)
+    r = run(["run", str(spec), "--storage", url, "-n", "1"], timeout=120)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("error: ") and name in r.stderr, r.stderr
