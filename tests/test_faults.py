@@ -100,15 +100,17 @@ def test_interrupted_twice_mid_trial_still_runs_each_slot_once(tmp_path: Path, u
     check_exact(trials, 3, slot_points(spec, 3))
 
 
+@pytest.mark.slow
 def test_buffered_nqm_interrupted_and_killed_repeatedly_runs_each_slot_once(
         tmp_path: Path, url: str) -> None:
-    spec = write(tmp_path, NQM, "nqm_faults.toml")
-    n = 60
+    # ~0.1 s a trial: long enough for a signal sent on a line to land in the next trial
+    spec = write(tmp_path, NQM.replace("dimensions = 10000", "dimensions = 50000"), "nqm_f.toml")
+    n = 20
     args = ["run", str(spec), "--storage", url, "-b", "16", "-n", str(n)]
     rng = random.Random(13)
     interrupts = 0
     with workers() as started:
-        for k in range(10):
+        for k in range(8):
             w = Worker(args)
             started.append(w)
             # the first line about a trial: a re-queued retry is the first trial a resumed
@@ -129,7 +131,7 @@ def test_buffered_nqm_interrupted_and_killed_repeatedly_runs_each_slot_once(
         started.append(last)
         assert last.wait(300) == 0, last.stderr[-2000:]
     no_traceback(last)
-    assert interrupts >= 5
+    assert interrupts >= 4
     [trials] = trials_of(url).values()
     check_exact(trials, n, slot_points(spec, n))
 
