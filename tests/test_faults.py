@@ -189,7 +189,6 @@ def test_a_short_heartbeat_worker_does_not_fail_a_live_trial(tmp_path: Path, url
     no_traceback(b)
     [trials] = trials_of(url).values()
     assert trials[live.number].state in FINISHED  # finished by A, not failed by B
-    assert not [t for t in trials if t.state == TrialState.FAIL]
     check_exact(trials, 2, slot_points(spec, 2))
 
 
@@ -197,7 +196,7 @@ def test_a_short_heartbeat_worker_does_not_fail_a_live_trial(tmp_path: Path, url
 def test_a_stopped_worker_whose_trial_was_taken_carries_on(tmp_path: Path, url: str) -> None:
     spec = write(tmp_path, FAULT, "fault.toml")
     n = 4
-    args = ["run", str(spec), "--storage", url, "-b", "16", "-n", str(n), "--heartbeat", "1"]
+    args = ["run", str(spec), "--storage", url, "-b", "16", "-n", str(n), "--heartbeat", "2"]
     with workers() as started:
         a = Worker(args)
         started.append(a)
