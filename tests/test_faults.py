@@ -182,8 +182,15 @@ def test_a_short_heartbeat_worker_does_not_fail_a_live_trial(tmp_path: Path, url
         a = Worker(args)  # --heartbeat 30, the default
         started.append(a)
         live = wait_mid_trial(url, a)
-        b = Worker([*args, "--heartbeat", "1"])
-        started.append(b)
+        # A pauses while B starts (seconds of imports on a busy machine), so that B's claims
+        # fall inside A's trial; A's own 30 s heartbeat allows a pause of up to 60 s
+        a.send(signal.SIGSTOP)
+        try:
+            b = Worker([*args, "--heartbeat", "1"])
+            started.append(b)
+            assert b.wait_line(lambda s: s.startswith("storage: "), 120), b.stderr[-2000:]
+        finally:
+            a.send(signal.SIGCONT)
         codes = a.wait(400), b.wait(400)
     assert codes == (0, 0), (a.stderr[-2000:], b.stderr[-2000:])
     no_traceback(a)
