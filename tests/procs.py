@@ -116,10 +116,19 @@ def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[st
     return subprocess.run([*TUNER, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def reader(url: str) -> optuna.storages.RDBStorage:
+    """A storage to look at ``url`` with: no connection pool, so polling it often leaves no idle
+    connections behind on the (shared, max_connections = 200) PostgreSQL test server."""
+    from sqlalchemy.pool import NullPool
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+
+
 def studies(url: str) -> dict[str, optuna.Study]:
     """Every study in the storage, by name."""
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=url)
-            for s in optuna.get_all_study_summaries(url)}
+    storage = reader(url)
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
 
 
 def trials_of(url: str) -> dict[int, list[FrozenTrial]]:
@@ -131,7 +140,8 @@ def trials_of(url: str) -> dict[int, list[FrozenTrial]]:
     return out
 
 
-def wait_for(find: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> object:
+def wait_for(find: Callable[[], object], timeout: float, what: str, poll: float = 0.25
+             ) -> object:
     """Poll ``find()`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from conftest import write
-from procs import Worker, check_exact, slot_points
+from procs import Worker, check_exact, reader, slot_points
 from test_faults import FAULT, NQM
 from tuner import spec as spec_mod
 from tuner.storage import study_name
@@ -88,7 +88,7 @@ def test_six_workers_survive_random_kills(tmp_path: Path, postgres_url: str,
         spec = spec_mod.load(str(path))
         points = slot_points(path, spec.trials)
         for b in spec.batch_sizes:
-            study = optuna.load_study(study_name=study_name(spec, b), storage=url)
+            study = optuna.load_study(study_name=study_name(spec, b), storage=reader(url))
             check_exact(study.get_trials(), spec.trials, points)
     total = sum(kills.values())
     with capsys.disabled():
