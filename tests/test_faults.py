@@ -314,15 +314,15 @@ def test_ctrl_c_while_claiming_fails_the_trial_at_once(tmp_path: Path, url: str)
     spec = write(tmp_path, FAULT, "fault.toml")
     name = study_name(spec_mod.load(str(spec)), 16)
     with workers() as started:
-        w = Worker(["run", str(spec), "--storage", url, "-b", "16", "-n", "2"])
+        w = Worker(["run", str(spec), "--storage", url, "-b", "16", "-n", "3"])
         started.append(w)
         # the study is made (under the lock); then the worker loads its data and claims
         assert w.wait_line(lambda s: s.startswith("storage: "), 120), w.stderr[-2000:]
         with hold_study_lock(url, name, w.pid) as someone_waits:
             if not trials_of(url):
                 pytest.fail("the study was not made")
+            # blocked in a claim: its first, or the next one if it got the lock first
             wait_for(someone_waits, 120, "the worker blocked on the study lock in its claim")
-            assert not trials_of(url)[16], "claimed before the test held the lock"
             w.send(signal.SIGINT)  # held while claiming (signals.deferred), raised after it
             time.sleep(0.5)
         assert w.wait(120) == 130, w.stderr[-2000:]
