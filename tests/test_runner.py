@@ -197,3 +197,33 @@ def test_optuna_pruner_by_name_runs_and_records_stop_step(
     assert pruned, [t.user_attrs["outcome"] for t in trials]
     for t in pruned:
         assert t.user_attrs["stopped_at_step"] == t.last_step < 400
+        # no value: Optuna would store the last error, which the dashboard draws as steps
+        assert t.value is None
+
+
+def test_a_study_made_by_another_program_is_refused(
+    small_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    other = optuna.create_study(storage=url, study_name="small_digits.B16.seed0")
+    other.optimize(lambda t: t.suggest_float("learning_rate", 0.01, 1.0), n_trials=2)
+    before = [(s.user_attrs, s.n_trials) for s in optuna.get_all_study_summaries(url)]
+    code, out, err = run_cli(["run", str(small_spec), "--storage", url, "-n", "1"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "'small_digits.B16.seed0' was not made by `tuner run`" in err and "2 trial(s)" in err
+    assert [(s.user_attrs, s.n_trials) for s in optuna.get_all_study_summaries(url)] == before
+
+
+def test_a_half_created_study_is_completed(
+    small_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a worker killed while writing the study's attrs (spec_name is written first)
+    url = f"sqlite:///{tmp_path / 'half.db'}"
+    half = optuna.create_study(storage=url, study_name="small_digits.B128.seed0")
+    half.set_user_attr("spec_name", "small_digits")
+    code, _, err = run_cli(["run", str(small_spec), "--storage", url, "-n", "1", "-b", "128",
+                            "-q"], capsys)
+    assert code == 0, err
+    [s] = optuna.get_all_study_summaries(url)
+    assert STUDY_ATTRS <= set(s.user_attrs) and s.user_attrs["batch_size"] == 128
+    assert s.n_trials == 1

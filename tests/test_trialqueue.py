@@ -95,3 +95,122 @@ def test_a_dead_workers_trial_goes_stale_and_is_rerun(tmp_path: Path) -> None:
     assert retry is not None and retry.params == live.get_trials()[0].params
     states = [t.state for t in live.get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def suggest(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 1e-3, 1.0, log=True)
+    trial.suggest_float("y", 0.0, 1.0)
+    return x
+
+
+def test_a_slot_that_fails_again_and_again_is_requeued_once_per_failure(tmp_path: Path) -> None:
+    # Optuna's retry callback copies `failed_trial` into a retry of a retry, so a queue kept by
+    # those attrs re-queued a failed retry on every claim: slot 0 ran forever, later slots never.
+    study = study_at(f"sqlite:///{tmp_path / 'again.db'}")
+    failed_params = []
+    for attempt in range(4):
+        c = claim(study, 3)
+        assert slot_of(c.trial._cached_frozen_trial) == 0 or attempt == 0
+        suggest(c.trial)
+        failed_params.append(fail(study, c.trial, f"RuntimeError: attempt {attempt}").params)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert [slot_of(t) for t in waiting] == [0]  # exactly one copy queued per failure
+    while run_one(study, 3):
+        pass
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(slot_of(t) for t in finished) == [0, 1, 2]
+    assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+    [slot0] = [t for t in finished if slot_of(t) == 0]
+    assert all(p == slot0.params for p in failed_params)  # every retry ran slot 0's point
+    assert claim(study, 3).trial is None and len(study.get_trials()) == len(trials)
+
+
+def test_duplicate_waiting_copies_of_a_finished_slot_are_set_aside(tmp_path: Path) -> None:
+    # what older versions left behind: WAITING copies of a slot that has finished
+    study = study_at(f"sqlite:///{tmp_path / 'dup.db'}")
+    first = run_one(study, 3)
+    for _ in range(2):
+        study.enqueue_trial(first.params, user_attrs={"slot": 0})
+    c = claim(study, 3)
+    assert c.superseded == 2 and slot_of(study.get_trials()[-1]) == 1
+    suggest(c.trial)
+    study.tell(c.trial, 0.5)
+    while run_one(study, 3):
+        pass
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(slot_of(t) for t in finished) == [0, 1, 2]
+    dups = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(dups) == 2 and all("superseded: slot 0" in t.system_attrs["fail_reason"]
+                                  for t in dups)
+
+
+def test_a_trial_that_never_beat_is_recovered_after_the_grace_period(tmp_path: Path) -> None:
+    # a worker killed between ask() and its first heartbeat left a RUNNING trial without a
+    # heartbeat row; Optuna never calls such a trial stale, so every later worker waited forever
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    dead = study_at(url, heartbeat=1)
+    dead.enqueue_trial({}, user_attrs={"slot": 0})
+    orphan = dead.ask()  # claimed the way an older version (or a kill at the wrong time) leaves it
+    live = study_at(url, heartbeat=1)
+    assert claim(live, 1).trial is None  # within the grace period: its worker may be alive
+    time.sleep(2.5)
+    c = claim(live, 1)
+    assert c.trial is not None and [t.number for t in c.stale] == [orphan.number]
+    assert "never sent a heartbeat" in c.stale[0].system_attrs["fail_reason"]
+    assert slot_of(live.get_trials()[c.trial.number]) == 0
+
+
+def test_staleness_is_judged_by_the_running_trials_own_interval(tmp_path: Path) -> None:
+    # a worker on --heartbeat 1 used to fail the live trial of a worker on the default 30 s
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    slow_beats = study_at(url, heartbeat=30)
+    c = claim(slow_beats, 1)  # beats now, next in 30 s
+    fast = study_at(url, heartbeat=1)
+    time.sleep(2.5)  # stale by the checker's 2 x 1 s, alive by its own 2 x 30 s
+    again = claim(fast, 1)
+    assert again.trial is None and not again.stale
+    assert [t.state for t in fast.get_trials()] == [TrialState.RUNNING]
+    assert fast.get_trials()[0].system_attrs["heartbeat_interval"] == 30  # stored with the trial
+
+
+def test_ctrl_c_while_claiming_fails_the_claimed_trial_at_once(tmp_path: Path) -> None:
+    # SIGINT arriving while a worker waits for the study lock is held until the claim is
+    # written; the trial it claimed was then left RUNNING until the grace period
+    import os
+    import signal
+    import threading
+    from functools import partial
+
+    from tuner.locking import study_lock
+    from tuner.runner import _drain
+    from tuner.signals import stop_cleanly
+
+    url = f"sqlite:///{tmp_path / 'cc.db'}"
+    study = study_at(url, heartbeat=30)
+    lock = partial(study_lock, url, "s")
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock():
+            held.set()
+            release.wait(10)
+
+    def interrupt() -> None:
+        time.sleep(0.5)  # the main thread is blocked on the lock by now
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        release.set()
+
+    threading.Thread(target=holder).start()
+    held.wait(5)
+    threading.Thread(target=interrupt).start()
+    ran = []
+    with stop_cleanly(), pytest.raises(KeyboardInterrupt):
+        _drain(study, 2, lambda t: ran.append(t) or 1.0, lock, [], lambda s: None)
+    assert not ran
+    [t, *rest] = study.get_trials()
+    assert t.state == TrialState.FAIL and t.system_attrs["fail_reason"] == (
+        "KeyboardInterrupt: SIGINT")
+    assert [slot_of(r) for r in rest if r.state == TrialState.WAITING] == [0]

@@ -94,7 +94,10 @@ def _load(specs: tuple[str, ...], storage: str | None, seed: int | None):  # noq
     url = resolve_url(storage)
     check_storage_exists(url)
     st = open_storage(url)
-    return st, [load(st, s, seed) for s in specs]
+    loaded = [load(st, s, seed) for s in specs]
+    for line in (w for s in loaded for w in s.warnings):
+        click.echo(line, err=True)
+    return st, loaded
 
 
 def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: object) -> None:

@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 def best_steps(study: Study) -> int | None:
     """Fewest steps-to-target among the study's COMPLETE trials that reached the target."""
     steps = [
-        t.user_attrs["steps_to_target"]
+        t.user_attrs.get("steps_to_target")
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("reached")
     ]
+    # a trial whose attrs were lost (deleted by hand, a half-copied storage) is no evidence
+    steps = [s for s in steps if isinstance(s, int) and not isinstance(s, bool)]
     return min(steps) if steps else None
 
 
@@ -115,8 +117,8 @@ def run_totals(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int) 
                 for t in optuna.load_study(study_name=study_name(spec, b), storage=storage)
                 .get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
     return RunTotals(
-        total_steps=sum(t.user_attrs["stopped_at_step"] for t in finished),
-        trial_seconds=sum(t.user_attrs["wall_seconds"] for t in finished),
+        total_steps=sum(t.user_attrs.get("stopped_at_step", 0) for t in finished),
+        trial_seconds=sum(t.user_attrs.get("wall_seconds", 0.0) for t in finished),
         wall_seconds=wall,
         best={p.batch_size: (p.best_trial, p.best_steps, p.best_params) for p in points},
     )

@@ -11,17 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.curves import Point, point
 from tuner.analysis.load import outcome_of, record
+from tuner.compat import heartbeat_thread, tell_pruned
 from tuner.locking import study_lock
 from tuner.objective import make_objective
 from tuner.persist import store_trial
@@ -31,7 +32,7 @@ from tuner.space import distributions
 from tuner.signals import deferred, stop_cleanly
 from tuner.spec import Spec
 from tuner.storage import check_studies, create_or_load, open_storage, study_name
-from tuner.trialqueue import FINISHED, claim, fail
+from tuner.trialqueue import FINISHED, Claim, claim, fail, finished_slots, mark_failed, slot_of
 
 #: Seconds between a running trial's heartbeats; a trial silent for twice as long is re-run.
 HEARTBEAT = 30
@@ -86,17 +87,18 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
     storage, studies = prepare(spec, url, batch_sizes, heartbeat)
     echo(f"storage: {url}")
     with stop_cleanly():
-        _work_all(spec, url, storage, studies, trials, echo, min(poll, heartbeat))
+        _work_all(spec, url, storage, studies, trials, echo, min(poll, heartbeat), heartbeat)
     return points(studies)
 
 
 def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optuna.Study],
-              trials: int, echo: Callable[[str], None], poll: float) -> None:
+              trials: int, echo: Callable[[str], None], poll: float,
+              heartbeat: float = HEARTBEAT) -> None:
     left = dict(studies)
     said_waiting: set[int] = set()
     while left:
         for b, study in list(left.items()):
-            n_done = len(study.get_trials(deepcopy=False, states=FINISHED))
+            n_done = len(finished_slots(study.get_trials(deepcopy=False)))
             if n_done >= trials:
                 echo(f"{spec.name} B={b}: {n_done} trials stored, nothing to run")
                 del left[b]
@@ -104,7 +106,7 @@ def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optu
             if b not in said_waiting:
                 echo(f"{spec.name} B={b}: {n_done} trials stored, up to {trials - n_done} to run "
                      f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
-            if _work(spec, url, storage, b, study, trials, echo):
+            if _work(spec, url, storage, b, study, trials, echo, heartbeat):
                 del left[b]
             elif b not in said_waiting:
                 echo(f"{spec.name} B={b}: the last trials are running in other workers; waiting")
@@ -114,16 +116,18 @@ def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optu
 
 
 def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study, n: int,
-          echo: Callable[[str], None]) -> bool:
+          echo: Callable[[str], None], heartbeat: float = HEARTBEAT) -> bool:
     """Run trials of one study until none is left to claim; True when it has ``n`` finished."""
     objective = make_objective(spec, b, spec.workload)
     lock = partial(study_lock, url, study.study_name)
     callbacks: list[Callback] = [_progress(b, n, echo)]
     if not spec.workload.buffered:
-        return _drain(study, n, objective, lock, callbacks, echo)
+        return _drain(study, n, objective, lock, callbacks, echo, heartbeat)
     # Fast workloads (the NQM) run each trial in memory and store it whole in one transaction,
     # holding the study lock throughout: other workers wait, then find the study full.
     with lock():
+        for t, why in _tidy_for_buffer(study, heartbeat):
+            echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): {why}")
         mem = _buffer(study)
         return _drain(mem, n, objective, contextlib.nullcontext,
                       [_persist(study, storage), *callbacks], echo)
@@ -131,48 +135,100 @@ def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study
 
 def _drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float],
            lock: Callable[[], contextlib.AbstractContextManager], callbacks: list[Callback],
-           echo: Callable[[str], None]) -> bool:
+           echo: Callable[[str], None], heartbeat: float = HEARTBEAT) -> bool:
     b = study.user_attrs.get("batch_size")
     while True:
-        with deferred(), lock():
-            c = claim(study, n)
-        if c.requeued:
-            echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
-        if c.trial is None:
-            return c.finished >= n
-        run_trial(study, c.trial, objective, lock, callbacks)
+        c: Claim | None = None
+        try:
+            with deferred(), lock():
+                c = claim(study, n, heartbeat, WORKER)
+            for t in c.stale:
+                echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): "
+                     f"{t.system_attrs.get('fail_reason')}")
+            if c.superseded:
+                echo(f"  B={b}: failed {c.superseded} duplicate WAITING trial(s) of slots "
+                     "already finished or queued (left by an older version)")
+            if c.requeued:
+                echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
+            if c.trial is None:
+                return c.finished >= n
+            run_trial(study, c.trial, objective, lock, callbacks)
+        except KeyboardInterrupt as exc:
+            # a signal that arrived while claiming (it waits until the claim is written) or
+            # before the trial started: the claimed trial is failed and re-queued now, not
+            # left RUNNING until its heartbeat goes stale (a no-op if run_trial did it)
+            if c is not None and c.trial is not None:
+                with deferred(), lock():
+                    if (frozen := fail(study, c.trial, _reason(exc))) is not None:
+                        for cb in callbacks:
+                            cb(study, frozen)
+            raise
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip(": ")
+
+
+def _taken(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether another worker finished ``trial`` (found it stale and re-queued it)."""
+    try:
+        return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+    except Exception:  # noqa: BLE001 - the storage itself is failing: not a taken trial
+        return False
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
               lock: Callable[[], contextlib.AbstractContextManager], callbacks: list[Callback]
-              ) -> FrozenTrial:
+              ) -> FrozenTrial | None:
     """Run a claimed trial with a heartbeat, and tell the study how it ended.
 
     An exception, Ctrl-C or SIGTERM inside the objective marks the trial FAIL and re-queues it
     (same params, same seed), then propagates. SIGINT/SIGTERM are deferred while the study is
-    written, so a trial is never left half-told.
+    written, so a trial is never left half-told. A trial that another worker took meanwhile (it
+    found it stale: this process was paused, or its heartbeats did not get through) is left to
+    that worker: one line on stderr, and None, so this worker carries on with the next slot.
     """
     value: float | None = None
     state = TrialState.COMPLETE
-    trial.set_user_attr("worker", WORKER)
-    if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
-        trial.set_user_attr("cuda_visible_devices", gpus)  # --gpus pins a worker to one
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except BaseException as exc:
-            with deferred(), lock():
-                frozen = fail(study, trial, f"{type(exc).__name__}: {exc}".strip(": "))
-                for cb in callbacks:
-                    cb(study, frozen)
-            raise
+    try:
+        with heartbeat_thread(trial._trial_id, study._storage):
+            trial.set_user_attr("worker", WORKER)
+            if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+                trial.set_user_attr("cuda_visible_devices", gpus)  # --gpus pins a worker to one
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt) and _taken(study, trial):
+            return _said_taken(study, trial)
+        with deferred(), lock():
+            frozen = fail(study, trial, _reason(exc))
+            for cb in callbacks if frozen is not None else ():
+                cb(study, frozen)
+        raise
     with deferred():
-        frozen = study.tell(trial, value, state=state)
+        try:
+            if state == TrialState.PRUNED:
+                tell_pruned(study, trial)  # no value: the dashboard would draw an error as steps
+                frozen = study._storage.get_trial(trial._trial_id)
+            else:
+                frozen = study.tell(trial, value, state=state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if _taken(study, trial):
+                return _said_taken(study, trial)
+            raise
         for cb in callbacks:
             cb(study, frozen)
     return frozen
+
+
+def _said_taken(study: optuna.Study, trial: optuna.Trial) -> None:
+    t = study._storage.get_trial(trial._trial_id)
+    print(f"  B={study.user_attrs.get('batch_size')} trial #{t.number} (slot {slot_of(t)}): taken "
+          f"from this worker ({t.system_attrs.get('fail_reason', t.state.name)}); another worker "
+          "runs its slot: carrying on with the next", file=sys.stderr, flush=True)
+    return None
 
 
 def _buffer(study: optuna.Study) -> optuna.Study:
@@ -188,9 +244,23 @@ def _buffer(study: optuna.Study) -> optuna.Study:
         mem._storage.set_study_system_attr(mem._study_id, k, v)
     for k, v in study.user_attrs.items():
         mem.set_user_attr(k, v)
-    mem.add_trials(study.get_trials(deepcopy=False,
-                                    states=(*FINISHED, TrialState.FAIL, TrialState.WAITING)))
+    mem.add_trials(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
     return mem
+
+
+def _tidy_for_buffer(study: optuna.Study, heartbeat: float) -> list[tuple[FrozenTrial, str]]:
+    """Before a buffered run (which holds the study lock throughout, so nobody else runs a
+    trial of ``study``): fail the RUNNING and WAITING trials left in ``study`` by a killed
+    worker or an older version. Their slots, if lost, are re-run in memory (:func:`_buffer`
+    copies the FAIL trials; the work queue re-queues each lost slot once)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        why = (f"stale: worker {t.user_attrs.get('worker', '?')} left it RUNNING (the study lock "
+               "was free, so it is gone); re-queued" if t.state == TrialState.RUNNING
+               else "superseded: the buffered path re-runs its slot in memory")
+        if (frozen := mark_failed(study, t, why)) is not None:
+            out.append((frozen, why))
+    return out
 
 
 def _persist(study: optuna.Study, storage: RDBStorage) -> Callback:
@@ -213,10 +283,11 @@ def _progress(b: int, total: int, echo: Callable[[str], None]) -> Callback:
         # from the study, where other workers add trials too; in memory, nobody else does
         if not best or not isinstance(study._storage, optuna.storages.InMemoryStorage):
             best[:] = [point(b, [record(x) for x in study.get_trials(deepcopy=False)]).best_steps]
-        elif kind == "reached" and (best[0] is None or a["steps_to_target"] < best[0]):
+        elif kind == "reached" and a.get("steps_to_target") is not None and (
+                best[0] is None or a["steps_to_target"] < best[0]):
             best[0] = a["steps_to_target"]
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        what = (f"reached at step {a['steps_to_target']}" if kind == "reached"
+        done = len(finished_slots(study.get_trials(deepcopy=False)))
+        what = (f"reached at step {a.get('steps_to_target')}" if kind == "reached"
                 else f"{kind} at step {a.get('stopped_at_step')}" if t.state in FINISHED
                 else f"failed ({t.system_attrs.get('fail_reason', '?')}), re-queued")
         echo(f"  B={b} trial {done}/{total} (#{t.number}): {what:28s} best so far "

@@ -71,21 +71,19 @@ def open_storage(url: str, heartbeat: int | None = None) -> RDBStorage:
     a SQLite file commits without waiting for the disk (:func:`tuner.persist.fast_sqlite`).
 
     With ``heartbeat`` (seconds), a running trial records a heartbeat that often; one silent
-    for twice as long (its worker died) is failed and re-queued with the same params by
-    Optuna's ``RetryHeartbeatStaleTrialCallback`` when any worker next claims a trial.
+    for twice *its own worker's* interval (its worker died) is failed and re-queued with the
+    same params by the next worker that claims a trial (:mod:`tuner.trialqueue`).
     """
     from sqlalchemy.engine import make_url
 
     from tuner.persist import fast_sqlite
-    from tuner.trialqueue import requeue
 
     kwargs: dict[str, Any] = {}
     if make_url(url).get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}
     beat: dict[str, Any] = {}
     if heartbeat is not None:
-        beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-                "heartbeat_stale_trial_callback": requeue}
+        beat = {"heartbeat_interval": heartbeat}  # staleness: tuner.trialqueue.stale_trials
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = RDBStorage(url, engine_kwargs=kwargs, **beat)
@@ -156,8 +154,11 @@ def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...])
     mine = spec.fingerprint()
     for b in batch_sizes:
         s = existing.get(study_name(spec, b))
-        # no fingerprint yet: another worker is creating it (create_or_load checks again)
-        if s is None or s.user_attrs.get("spec_fingerprint") in (None, mine):
+        if s is None:
+            continue
+        check_ours(storage, s, spec)
+        # no fingerprint yet: half-created (create_or_load completes it under the study lock)
+        if s.user_attrs.get("spec_fingerprint") in (None, mine):
             continue
         stored = s.user_attrs.get("spec_identity", {})
         now = json.loads(json.dumps(spec.identity(), default=str))
@@ -167,6 +168,30 @@ def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...])
             f"was made from another version of this spec; restore it, rename the spec "
             f"(name = ...), or use another --storage"
         )
+
+
+def check_ours(storage: RDBStorage, s: optuna.study.FrozenStudy, spec: Spec) -> None:
+    """Refuse a study that another program made under one of this spec's study names.
+
+    Ours: its ``spec_name`` attr is the spec's name (a study killed while its attrs were being
+    written has at least that one: it is written first), or it is still empty (no attrs, no
+    trials: nothing of it would be counted). Anything else (trials but none of our attrs,
+    another spec's name) was not made by ``tuner run`` for this spec.
+
+    Raises:
+        UsageError: naming the study and what is foreign about it.
+    """
+    name = s.user_attrs.get("spec_name")
+    if name == spec.name:
+        return
+    n_trials = len(storage.get_all_trials(s._study_id, deepcopy=False))
+    if name is None and not s.user_attrs and not n_trials:
+        return
+    what = (f"its spec_name attr is {name!r}" if name is not None
+            else f"it has {n_trials} trial(s) and none of tuner's study attrs")
+    raise UsageError(f"--storage: study {s.study_name!r} was not made by `tuner run` for spec "
+                     f"{spec.name!r} ({what}); refusing to count or add to it: use another "
+                     "--storage, or rename the spec (name = ...)")
 
 
 def create_or_load(storage: RDBStorage, spec: Spec, batch_size: int,
@@ -181,9 +206,16 @@ def create_or_load(storage: RDBStorage, spec: Spec, batch_size: int,
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     stored = study.user_attrs.get("spec_fingerprint")
-    if stored is None:
-        for k, v in study_attrs(spec, batch_size).items():
-            study.set_user_attr(k, v)
+    if stored is None:  # new, or half-created by a killed worker: write every attr
+        check_ours(storage, next(x for x in storage.get_all_studies() if x.study_name == name),
+                   spec)
+        have = study.user_attrs
+        # spec_name first (what check_ours recognises), spec_fingerprint last (what says done)
+        attrs = study_attrs(spec, batch_size)
+        for k in ("spec_name", *[k for k in attrs if k not in ("spec_name", "spec_fingerprint")],
+                  "spec_fingerprint"):
+            if have.get(k) != attrs[k]:
+                study.set_user_attr(k, attrs[k])
     elif stored != spec.fingerprint():  # made meanwhile by a worker with another spec
         check_studies(storage, spec, (batch_size,))
     return study

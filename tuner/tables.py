@@ -65,19 +65,28 @@ def curve_rows(c: Any) -> Rows:
 
 
 def fit_line(c: Any) -> str:
-    """The fitted model in one line."""
+    """The fitted model in one line, with the bootstrap's usable resamples and, when the fit
+    is unreliable, why."""
     f = c.fit
     if f is None:
-        return f"{c.name}: no fit (needs >= 3 batch sizes that reached the target)"
+        why = c.no_fit_because or "needs >= 3 batch sizes that reached the target"
+        return f"{c.name}: no fit ({why})"
     ci = f.ci95
     worst = max((abs(r) for r in f.residuals.values()), default=0.0)
 
     def iv(k: str) -> str:
         return f" [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""
 
-    return (f"{c.name}: S(B) = S_min (1 + B_noise/B): S_min = {f.s_min:.4g}{iv('s_min')}, "
+    dropped = sum(f.boot_dropped.values())
+    boot = f"95 % bootstrap, {f.n_boot} of {f.n_boot_requested} resamples usable"
+    if dropped:
+        boot += " (dropped: " + ", ".join(f"{n} {why}" for why, n in f.boot_dropped.items()) + ")"
+    line = (f"{c.name}: S(B) = S_min (1 + B_noise/B): S_min = {f.s_min:.4g}{iv('s_min')}, "
             f"E_min = {f.e_min:.4g}{iv('e_min')}, B_crit = {f.b_crit:.4g}{iv('b_crit')} "
-            f"(95 % bootstrap, {f.n_boot} resamples); max |log2 residual| = {worst:.3f}")
+            f"({boot}); max |log2 residual| = {worst:.3f}")
+    if c.unreliable_because:
+        line += "; UNRELIABLE: " + "; ".join(c.unreliable_because)
+    return line
 
 
 def edge_rows(findings: Sequence[Any]) -> Rows:

@@ -24,6 +24,7 @@ class Point:
     n_failed: int = 0
     best_steps_after: int | None = None  # the target was crossed in (after, best_steps]
     best_wall_seconds: float | None = None  # the best trial's wall time to the target
+    n_duplicates: int = 0  # finished trials of an already finished slot, set aside (load.py)
 
 
 def best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
@@ -58,6 +59,20 @@ class Curve:
     points: list[Point]
     fit: Any = None  # tuner.analysis.fit.Fit | None
     fixed_params: dict[str, Any] = field(default_factory=dict)
+    no_fit_because: str | None = None  # why ``fit`` is None
+    n_duplicates: int = 0  # duplicate finished trials set aside, over all batch sizes
+
+    @property
+    def unreliable_because(self) -> list[str]:
+        """Why the fitted curve should not be trusted (empty when it can be)."""
+        if self.fit is None:
+            return [f"no fit: {self.no_fit_because or 'no batch size reached the target'}"]
+        return self.fit.unreliable_because
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the fit exists and nothing in :attr:`unreliable_because` applies."""
+        return not self.unreliable_because
 
     def reached(self) -> list[Point]:
         """Points with a best trial."""
@@ -81,8 +96,12 @@ def curve(name: str, target: dict[str, Any], optimizer: str,
           trials_by_b: dict[int, Sequence[TrialRecord]], fixed_params: dict[str, Any],
           n_boot: int = 1000, seed: int = 0) -> Curve:
     """Points and the bootstrapped McCandlish fit of one spec's studies."""
-    from tuner.analysis.fit import fit_with_bootstrap
+    from tuner.analysis.fit import best_steps_per_batch, fit_or_reason, fit_with_bootstrap
 
     points = [point(b, trials) for b, trials in sorted(trials_by_b.items())]
-    return Curve(name, target, optimizer, points,
-                 fit_with_bootstrap(trials_by_b, n_boot=n_boot, seed=seed), fixed_params)
+    f = fit_with_bootstrap(trials_by_b, n_boot=n_boot, seed=seed)
+    c = Curve(name, target, optimizer, points, f, fixed_params)
+    if f is None:
+        found = best_steps_per_batch(trials_by_b)
+        c.no_fit_because = fit_or_reason(list(found), list(found.values()))[1]
+    return c

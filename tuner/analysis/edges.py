@@ -29,7 +29,8 @@ class EdgeFinding:
     value: float | None
     position: float | None  # 0 = low edge, 1 = high edge (log space for log params)
     edge: str | None  # "low" | "high" | None
-    verdict: str  # "ok" | "at edge" | "unstable beyond edge" | "no reached trial"
+    # "ok" | "at edge" | "unstable beyond edge" | "no reached trial" | "not in best trial"
+    verdict: str
     top_k: int = 0  # trials within top_frac of the best steps
     top_k_at_edge: str | None = None  # "low"/"high" when most near-best trials sit at that edge
     suggestion: str = ""
@@ -83,12 +84,16 @@ def check_study(study: BatchStudy, margin: float = 0.05, top_frac: float = 0.10
            and t.steps_to_target <= (1 + top_frac) * b.steps_to_target]
     finished = [t for t in study.trials if t.outcome in ("reached", "missed", "diverged")]
     for name, p in numeric.items():
+        if name not in b.params:  # a trial stored without this param (not by `tuner run`)
+            out.append(EdgeFinding(study.batch_size, name, None, None, None, "not in best trial"))
+            continue
         value = b.params[name]
         pos = p.position(value)
         assert pos is not None
         edge = edge_of(pos, margin)
         f = EdgeFinding(study.batch_size, name, value, pos, edge, "ok", top_k=len(top))
-        top_edges = [edge_of(p.position(t.params[name]), margin) for t in top]  # type: ignore
+        top_edges = [edge_of(p.position(t.params[name]), margin)  # type: ignore[arg-type]
+                     for t in top if name in t.params]
         for side in ("low", "high"):
             if len(top) >= 3 and top_edges.count(side) >= CLUSTER_SHARE * len(top):
                 f.top_k_at_edge = side

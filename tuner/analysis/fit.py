@@ -22,6 +22,15 @@ from tuner.analysis.load import TrialRecord
 PERFECT_BELOW = 0.25
 MAXIMAL_ABOVE = 4.0
 
+#: A fit is flagged unreliable with fewer batch sizes that reached the target than this ...
+MIN_RELIABLE_POINTS = 4
+#: ... or when the 95 % interval of B_crit spans more than this factor (high / low).
+MAX_RELIABLE_SPAN = 100.0
+
+#: Why a bootstrap resample gives no fit (keys of :attr:`Fit.boot_dropped`).
+TOO_FEW = "fewer than 3 batch sizes reached the target"
+NO_CONVERGENCE = "the fit did not converge"
+
 
 @dataclass
 class Fit:
@@ -31,7 +40,37 @@ class Fit:
     b_noise: float
     residuals: dict[int, float] = field(default_factory=dict)  # B -> log2(S / S_fit)
     ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
-    n_boot: int = 0
+    n_boot: int = 0  # usable resamples (a fit each)
+    n_boot_requested: int = 0
+    boot_dropped: dict[str, int] = field(default_factory=dict)  # reason -> resamples
+
+    @property
+    def n_points(self) -> int:
+        """Batch sizes the fit used."""
+        return len(self.residuals)
+
+    @property
+    def unreliable_because(self) -> list[str]:
+        """Why the fit should not be trusted (empty when it can be)."""
+        why = []
+        if self.n_points < MIN_RELIABLE_POINTS:
+            why.append(f"only {self.n_points} batch sizes reached the target "
+                       f"(fewer than {MIN_RELIABLE_POINTS})")
+        if "b_crit" in self.ci95:
+            lo, hi = self.ci95["b_crit"]
+            span = hi / lo if lo > 0 else math.inf
+            if not span <= MAX_RELIABLE_SPAN:
+                what = f"{span:.0f}x" if math.isfinite(span) else "an unbounded range"
+                why.append(f"the 95 % interval of B_crit spans {what} "
+                           f"(more than {MAX_RELIABLE_SPAN:.0f}x)")
+        elif self.n_boot_requested and not self.n_boot:
+            why.append(f"none of the {self.n_boot_requested} bootstrap resamples gave a fit")
+        return why
+
+    @property
+    def reliable(self) -> bool:
+        """Whether nothing in :attr:`unreliable_because` applies."""
+        return not self.unreliable_because
 
     @property
     def e_min(self) -> float:
@@ -52,17 +91,26 @@ class Fit:
         return {"s_min": self.s_min, "e_min": self.e_min, "b_crit": self.b_crit,
                 "b_noise": self.b_noise,
                 "residuals_log2": {str(b): r for b, r in self.residuals.items()},
-                "ci95": {k: list(v) for k, v in self.ci95.items()}, "n_boot": self.n_boot}
+                "ci95": {k: list(v) for k, v in self.ci95.items()}, "n_boot": self.n_boot,
+                "n_boot_requested": self.n_boot_requested, "boot_dropped": self.boot_dropped,
+                "n_points": self.n_points, "reliable": self.reliable,
+                "unreliable_because": "; ".join(self.unreliable_because) or None}
 
 
 def fit(batch_sizes: Sequence[int], steps: Sequence[float]) -> Fit | None:
-    """Least-squares fit in log space; None with fewer than 3 points."""
+    """Least-squares fit in log space; None with fewer than 3 points or no convergence."""
+    return fit_or_reason(batch_sizes, steps)[0]
+
+
+def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
+                  ) -> tuple[Fit | None, str | None]:
+    """:func:`fit`, and why there is none (:data:`TOO_FEW` or :data:`NO_CONVERGENCE`)."""
     from scipy.optimize import least_squares
 
     b = np.asarray(batch_sizes, dtype=float)
     s = np.asarray(steps, dtype=float)
     if len(b) < 3:
-        return None
+        return None, TOO_FEW
     # Start from the linear least-squares fit of S = c0 + c1 / B (c0 = S_min, c1 = S_min B_noise).
     coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(b), 1.0 / b], axis=1), s, rcond=None)
     s0 = coef[0] if coef[0] > 0 else s.min()
@@ -72,11 +120,15 @@ def fit(batch_sizes: Sequence[int], steps: Sequence[float]) -> Fit | None:
     def resid(theta: np.ndarray) -> np.ndarray:
         return theta[0] + np.log1p(np.exp(theta[1]) / b) - log_s
 
-    res = least_squares(resid, x0=[math.log(s0), math.log(bn0)], method="lm")
-    s_min, b_noise = float(np.exp(res.x[0])), float(np.exp(res.x[1]))
+    with np.errstate(over="ignore"):
+        res = least_squares(resid, x0=[math.log(s0), math.log(bn0)], method="lm")
+        s_min, b_noise = float(np.exp(res.x[0])), float(np.exp(res.x[1]))
+    if not res.success or not all(map(math.isfinite, (s_min, b_noise, s_min * b_noise))) \
+            or s_min <= 0 or b_noise <= 0:
+        return None, NO_CONVERGENCE
     out = Fit(s_min, b_noise)
     out.residuals = {int(bb): float(r / math.log(2)) for bb, r in zip(b, -resid(res.x))}
-    return out
+    return out, None
 
 
 def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[int, int]:
@@ -93,6 +145,8 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
 
     Pruned trials count as "not reached" in a resample: their steps are only known to exceed
     the pruning step, so a resample without the best trial sees the next reached one.
+    A resample that gives no fit (fewer than 3 batch sizes reached in it, or no convergence)
+    is dropped and counted in ``boot_dropped`` by reason; ``n_boot`` is the usable ones.
     """
     best = best_steps_per_batch(trials_by_b)
     f = fit(list(best), list(best.values()))
@@ -104,6 +158,7 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
                           for t in trials if t.outcome != "running" and t.outcome != "failed"])
              for b, trials in trials_by_b.items()}
     samples = []
+    f.n_boot_requested = n_boot
     for _ in range(n_boot):
         bs, ss = [], []
         for b, pool in pools.items():
@@ -113,8 +168,11 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
             if np.isfinite(m):
                 bs.append(b)
                 ss.append(m)
-        g = fit(bs, ss)
-        if g is not None:
+        g, why = fit_or_reason(bs, ss)
+        if g is None:
+            assert why is not None
+            f.boot_dropped[why] = f.boot_dropped.get(why, 0) + 1
+        else:
             samples.append((g.s_min, g.b_noise, g.e_min))
     if samples:
         # The basic (reverse-percentile) interval est^2 / q: a resample's best-of-n can only be
@@ -126,7 +184,7 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
         lo, hi = np.exp(2 * est - q_hi), np.exp(2 * est - q_lo)
         f.ci95 = {k: (float(lo[i]), float(hi[i])) for k, i in
                   (("s_min", 0), ("b_crit", 1), ("b_noise", 1), ("e_min", 2))}
-        f.n_boot = len(samples)
+    f.n_boot = len(samples)
     return f
 
 

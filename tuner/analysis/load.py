@@ -29,6 +29,7 @@ class TrialRecord:
     steps_after: int | None = None  # the target was crossed in (steps_after, steps_to_target]
     stopped_at_step: int | None = None
     wall_seconds: float | None = None
+    slot: int | None = None  # the trial's point in the quasi-random sequence (tuner.trialqueue)
     frozen: FrozenTrial | None = field(default=None, repr=False, compare=False)
 
 
@@ -41,6 +42,8 @@ class BatchStudy:
     search_space: dict[str, Param] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     study_name: str = ""
+    n_duplicates: int = 0  # finished trials of an already finished slot, set aside
+    n_incomplete_trials: int = 0  # finished trials without their result attrs, left out
 
     @property
     def max_steps(self) -> int | None:
@@ -57,6 +60,13 @@ class SpecStudies:
     target: dict[str, Any]
     studies: list[BatchStudy]
     attrs: dict[str, Any] = field(default_factory=dict)  # of the first study
+    warnings: list[str] = field(default_factory=list)  # one line each, for stderr
+    skipped: list[str] = field(default_factory=list)  # names of incomplete studies left out
+
+    @property
+    def n_duplicates(self) -> int:
+        """Duplicate finished trials set aside, over all batch sizes."""
+        return sum(s.n_duplicates for s in self.studies)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -82,8 +92,47 @@ def record(t: FrozenTrial) -> TrialRecord:
         number=t.number, outcome=outcome_of(t), params=dict(t.params),
         steps_to_target=a.get("steps_to_target") if a.get("reached") else None,
         steps_after=a.get("steps_to_target_after"), stopped_at_step=a.get("stopped_at_step"),
-        wall_seconds=a.get("wall_seconds"), frozen=t,
+        wall_seconds=a.get("wall_seconds"), slot=slot_of(t), frozen=t,
     )
+
+
+def slot_of(t: FrozenTrial) -> int:
+    """The trial's slot: its user attr ``slot``, else its number (studies that predate slots)."""
+    from tuner.trialqueue import slot_of as queue_slot
+
+    return queue_slot(t)
+
+
+def has_result(t: FrozenTrial) -> bool:
+    """Whether a trial carries what analysis reads: a COMPLETE trial its ``reached`` attr (and
+    an integer ``steps_to_target`` when reached). Pruned and unfinished trials always do."""
+    if t.state != TrialState.COMPLETE:
+        return True
+    a = t.user_attrs
+    if "reached" not in a:
+        return False
+    return not a["reached"] or isinstance(a.get("steps_to_target"), int)
+
+
+def distinct_slots(trials: list[FrozenTrial]) -> tuple[list[FrozenTrial], int]:
+    """The trials with each slot finished at most once, and how many finished trials were set
+    aside.
+
+    Rule: of the finished (COMPLETE or PRUNED) trials of one slot, the first finished one is
+    kept, i.e. the one with the earliest ``datetime_complete`` (the trial number breaks ties and
+    stands in when no time is stored). It is what the study held when that slot first counted;
+    the later ones re-ran the same point because of a queue bug in older versions
+    (issue 13). Unfinished trials (failed, running, waiting) are kept: they are not results.
+    """
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    first: dict[int, FrozenTrial] = {}
+    for t in sorted(finished, key=lambda t: (t.datetime_complete is None,
+                                             t.datetime_complete or 0, t.number)):
+        first.setdefault(slot_of(t), t)
+    keep = {t.number for t in first.values()}
+    out = [t for t in trials if t.number in keep
+           or t.state not in (TrialState.COMPLETE, TrialState.PRUNED)]
+    return out, len(finished) - len(first)
 
 
 def param_from_attr(name: str, attr: dict[str, Any]) -> Param:
@@ -104,40 +153,112 @@ def check_storage_exists(url: str) -> None:
                          "or pass the storage the studies are in")
 
 
+#: The study attrs every version of ``tuner run`` writes (tuner.storage.study_attrs), in the
+#: order it writes them; a study without one of them was stopped while being created.
+STUDY_ATTRS = ("spec_name", "batch_size", "seed", "workload", "workload_options", "optimizer",
+               "schedule", "fixed_params", "target", "budget", "search_space", "sampler",
+               "pruner", "eval_cadence", "precision", "versions", "spec_file", "spec_text",
+               "spec_fingerprint", "spec_identity")
+
+
+def missing_attrs(attrs: dict[str, Any]) -> list[str]:
+    """The :data:`STUDY_ATTRS` a study lacks (none for a complete study)."""
+    return [k for k in STUDY_ATTRS if k not in attrs]
+
+
+def check_unchanged(spec: Any, summaries: list[optuna.study.StudySummary]) -> None:
+    """Refuse to show studies stored from another version of the spec file ``spec``.
+
+    Raises:
+        UsageError: naming the file and the first part of the spec that changed.
+    """
+    import json
+
+    mine = spec.fingerprint()
+    for s in sorted(summaries, key=lambda s: s.user_attrs["batch_size"]):
+        if s.user_attrs["spec_fingerprint"] == mine:
+            continue
+        stored = s.user_attrs.get("spec_identity", {})
+        now = json.loads(json.dumps(spec.identity(), default=str))
+        changed = [k for k in now if stored.get(k) != now[k]] or ["spec"]
+        raise UsageError(
+            f"{spec.path}: {changed[0]}: differs from the stored study {s.study_name!r}: the "
+            f"file was edited since its studies were stored; restore it, or analyse the stored "
+            f"studies by name ({spec.name!r} instead of the file)")
+
+
 def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None = None
          ) -> SpecStudies:
     """The studies of a spec file or stored spec name.
 
+    Incomplete studies (stopped while being created: see :data:`STUDY_ATTRS`) are left out,
+    finished trials without their result attrs too, and of several finished trials of one
+    slot only the first counts (:func:`distinct_slots`); each case adds a line to
+    ``warnings``.
+
     Raises:
-        UsageError: no such spec in storage, or several seeds and none chosen.
+        UsageError: no such spec in storage, several seeds and none chosen, or the spec file
+            differs from the one the studies were stored from.
     """
-    name = spec_arg
+    name, spec = spec_arg, None
     if spec_arg.endswith(".toml") or Path(spec_arg).is_file():
         from tuner import spec as spec_mod
 
         spec = spec_mod.load(spec_arg)
-        name, seed = spec.name, spec.seed if seed is None else seed
-    summaries = [s for s in storage.get_all_studies() if s.user_attrs.get("spec_name") == name]
+        if seed is not None and seed != spec.seed:
+            spec = spec_mod.with_seed(spec, seed)
+        name, seed = spec.name, spec.seed
+    everything = storage.get_all_studies()
+    summaries = [s for s in everything if s.user_attrs.get("spec_name") == name]
     if not summaries:
-        known = sorted({s.user_attrs.get("spec_name", "?") for s in storage.get_all_studies()})
+        known = sorted({s.user_attrs.get("spec_name", "?") for s in everything})
         raise UsageError(f"{spec_arg}: no studies of spec {name!r} in this storage; stored specs: "
                          f"{', '.join(known) or 'none'}")
-    seeds = sorted({s.user_attrs.get("seed", 0) for s in summaries})
+    warn: list[str] = []
+    skipped = []
+    for s in summaries:
+        gone = missing_attrs(s.user_attrs)
+        if gone:
+            skipped.append(s.study_name)
+            warn.append(f"warning: skipping study {s.study_name!r}: incomplete (no "
+                        f"{', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): it was "
+                        "stopped while being created; `tuner run` completes it")
+    summaries = [s for s in summaries if s.study_name not in skipped]
+    if not summaries:
+        raise UsageError(f"{spec_arg}: no complete studies of spec {name!r} in this storage "
+                         f"({len(skipped)} incomplete: stopped while being created); run "
+                         "`tuner run` on the spec to complete them")
+    seeds = sorted({s.user_attrs["seed"] for s in summaries})
     if seed is None:
         if len(seeds) > 1:
             raise UsageError(f"{spec_arg}: studies with seeds {seeds}; choose one with --seed")
         seed = seeds[0]
-    summaries = [s for s in summaries if s.user_attrs.get("seed", 0) == seed]
+    summaries = [s for s in summaries if s.user_attrs["seed"] == seed]
     if not summaries:
         raise UsageError(f"{spec_arg}: no studies with seed {seed}; stored seeds: {seeds}")
+    if spec is not None:
+        check_unchanged(spec, summaries)
     studies = []
     for s in sorted(summaries, key=lambda s: s.user_attrs["batch_size"]):
-        trials = storage.get_all_trials(s._study_id, deepcopy=False)
-        space = {k: param_from_attr(k, v) for k, v in s.user_attrs.get("search_space", {}).items()}
-        studies.append(BatchStudy(s.user_attrs["batch_size"], [record(t) for t in trials], space,
-                                  dict(s.user_attrs), s.study_name))
+        stored = storage.get_all_trials(s._study_id, deepcopy=False)
+        usable = [t for t in stored if has_result(t)]
+        trials, n_dup = distinct_slots(usable)
+        space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}
+        st = BatchStudy(s.user_attrs["batch_size"], [record(t) for t in trials], space,
+                        dict(s.user_attrs), s.study_name, n_duplicates=n_dup,
+                        n_incomplete_trials=len(stored) - len(usable))
+        if st.n_incomplete_trials:
+            warn.append(f"warning: study {s.study_name!r}: left out {st.n_incomplete_trials} "
+                        "finished trial(s) without their result attrs (reached, "
+                        "steps_to_target)")
+        if n_dup:
+            warn.append(f"warning: study {s.study_name!r}: set aside {n_dup} duplicate "
+                        f"finished trial(s) of slots that had already finished (kept the first "
+                        "finished trial of each slot); this storage was written by an older "
+                        "version of tuner, which could run one slot many times")
+        studies.append(st)
     first = studies[0].attrs
-    return SpecStudies(name, seed, first.get("target", {}), studies, first)
+    return SpecStudies(name, seed, first.get("target", {}), studies, first, warn, skipped)
 
 
 def finite(x: float | None) -> bool:

@@ -123,8 +123,10 @@ def learning_rates(curves: Sequence[Curve]) -> bytes:
     return _png(fig)
 
 
-def wall_time(curves: Sequence[Curve]) -> bytes:
-    """Wall-clock seconds of the best trial (time to target) vs B."""
+def wall_time(curves: Sequence[Curve]) -> bytes | None:
+    """Wall-clock seconds of the best trial (time to target) vs B (None if no trial has them)."""
+    if not any(p.best_wall_seconds for c in curves for p in c.reached()):
+        return None  # best trials stored without their wall_seconds attr: nothing to plot
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for i, c in enumerate(curves):
         pts = [p for p in c.reached() if p.best_wall_seconds]
@@ -143,16 +145,18 @@ def wall_time(curves: Sequence[Curve]) -> bytes:
 
 def _scatter_outcomes(ax: plt.Axes, study: BatchStudy, x: str, y: str | None) -> None:
     for outcome, (marker, color) in MARKERS.items():
-        ts = [t for t in study.trials if t.outcome == outcome and x in t.params]
-        if not ts:
-            continue
+        ts = [t for t in study.trials if t.outcome == outcome and x in t.params
+              and (y is None or y in t.params)]
+        xs = [t.params[x] for t in ts]
         ys = [t.params[y] for t in ts] if y else [
             t.steps_to_target if outcome == "reached" else
             (t.stopped_at_step if outcome == "pruned" else study.max_steps) for t in ts]
-        ax.scatter([t.params[x] for t in ts], ys, marker=marker, c=color, s=18, label=outcome,
-                   alpha=0.8)
+        kept = [(a, v) for a, v in zip(xs, ys) if v is not None]  # a trial without its attrs
+        if not kept:
+            continue
+        ax.scatter(*zip(*kept), marker=marker, c=color, s=18, label=outcome, alpha=0.8)
     b = best(study.trials)
-    if b is not None and x in b.params:
+    if b is not None and x in b.params and (y is None or y in b.params):
         ax.scatter([b.params[x]], [b.params[y] if y else b.steps_to_target], marker="*",
                    s=160, c="gold", edgecolors="black", label="best", zorder=5)
     p = study.search_space.get(x)
@@ -197,7 +201,8 @@ def axis_plots(study: BatchStudy) -> bytes:
         _log2_axis(ax.yaxis)
         ax.set_ylabel("steps (to target / at stop / budget)")
         ax.grid(True, alpha=0.3)
-    axes.flat[0].legend(fontsize=6)
+    if axes.flat[0].get_legend_handles_labels()[0]:  # no finished trial: nothing to label
+        axes.flat[0].legend(fontsize=6)
     fig.suptitle(f"B = {study.batch_size}: steps vs each parameter")
     fig.tight_layout()
     return _png(fig)

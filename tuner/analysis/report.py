@@ -45,19 +45,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _verdict_box(name: str, v: Verdict, n_batch: int) -> str:
-    good = v.edges_clean and not v.budget_tight and not v.missing
+    good = (v.edges_clean and not v.budget_tight and not v.missing and not v.fit_problems)
     items = [
         "edges clean" if v.edges_clean else "best trials at an edge: " + "; ".join(
             html.escape(p) for p in v.edge_problems),
         ("budget adequate (no best trial used > 90 % of its budget)" if not v.budget_tight else
          f"budget tight at B = {v.budget_tight} ({v.budget_share:.0%} of {n_batch} batch sizes"
          f" used > 90 % of the budget)"),
-        "no batch size missing" if not v.missing else f"missing (no trial reached the target): "
-        f"B = {v.missing}",
     ]
+    if not v.missing:
+        items.append("no batch size missing")
+    if v.not_run:
+        items.append(f"not run (in the spec, no finished trial stored): B = {v.not_run}")
+    if v.not_reached:
+        items.append(f"no trial reached the target: B = {v.not_reached}")
+    items.append("fit reliable" if not v.fit_problems else "fit unreliable: " + "; ".join(
+        html.escape(p) for p in v.fit_problems))
     lis = "".join(f"<li>{i}</li>" for i in items)
     return (f'<div class="verdict {"ok" if good else "bad"}"><b>Verdict for '
-            f'{html.escape(name)}: {"sound" if good else "needs attention"}</b><ul>{lis}</ul></div>')
+            f'{html.escape(name)}: {"sound" if good else "needs attention"}</b>'
+            f'<ul>{lis}</ul></div>')
 
 
 def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
@@ -66,8 +73,8 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Batch-size scaling: {html.escape(', '.join(s.name for s in specs))}</h1>"]
     findings = {s.name: edge_findings(s) for s in specs}
-    for s in specs:
-        parts.append(_verdict_box(s.name, verdict(s, findings[s.name]), len(s.studies)))
+    for s, c in zip(specs, curves):
+        parts.append(_verdict_box(s.name, verdict(s, findings[s.name], c), len(s.studies)))
     parts += ["<h2>Scaling curve</h2>", _img(plots.scaling(curves), "scaling curve")]
     for c in curves:
         parts += [f"<h3>{html.escape(c.name)}</h3>", f"<p>{html.escape(fit_line(c))}</p>",

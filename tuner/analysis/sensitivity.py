@@ -33,6 +33,7 @@ class Sensitivity:
     n_unknown: int = 0
     slack: float | None = None
     importances: dict[str, float] | None = None
+    duplicates_set_aside: int = 0  # finished trials of an already finished slot (load.py)
 
 
 def counts(study: BatchStudy) -> dict[str, int]:
@@ -66,16 +67,18 @@ def sensitivity(study: BatchStudy, factor: float = 1.25) -> Sensitivity:
     b = best(study.trials)
     slack = study.attrs.get("pruner", {}).get("slack")
     s = Sensitivity(study.batch_size, counts(study), b.steps_to_target if b else None, factor,
-                    slack=slack)
+                    slack=slack, duplicates_set_aside=study.n_duplicates)
     if b is not None:
         assert b.steps_to_target is not None
         limit = factor * b.steps_to_target
-        good = [t for t in study.trials if t.outcome == "reached" and t.steps_to_target <= limit]
+        good = [t for t in study.trials if t.outcome == "reached"
+                and t.steps_to_target is not None and t.steps_to_target <= limit]
         s.n_good = len(good)
         for name, p in study.search_space.items():
             if p.choices is None:
                 values = [t.params[name] for t in good if name in t.params]
-                s.good_region[name] = (min(values), max(values))
+                if values:
+                    s.good_region[name] = (min(values), max(values))
         s.n_unknown = sum(1 for t in study.trials if t.outcome == "pruned"
                           and (t.stopped_at_step or 0) < limit)
     s.importances = importances(study)

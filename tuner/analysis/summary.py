@@ -17,9 +17,14 @@ BUDGET_SHARE = 0.9
 
 def spec_curve(s: SpecStudies, n_boot: int = 1000) -> Curve:
     """The scaling curve of one spec's stored studies."""
-    return curve(s.name, s.target, s.attrs.get("optimizer", ""),
-                 {st.batch_size: st.trials for st in s.studies},
-                 s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed)
+    c = curve(s.name, s.target, s.attrs.get("optimizer", ""),
+              {st.batch_size: st.trials for st in s.studies},
+              s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed)
+    dups = {st.batch_size: st.n_duplicates for st in s.studies}
+    for p in c.points:
+        p.n_duplicates = dups.get(p.batch_size, 0)
+    c.n_duplicates = s.n_duplicates
+    return c
 
 
 def curve_json(c: Curve) -> dict[str, Any]:
@@ -33,7 +38,9 @@ def curve_json(c: Curve) -> dict[str, Any]:
         d["regime"] = regime(p.batch_size, c.fit) if c.fit and p.best_steps else None
         points.append(d)
     return {"spec": c.name, "target": c.target, "points": points,
-            "fit": c.fit.to_json() if c.fit else None}
+            "fit": c.fit.to_json() if c.fit else None, "reliable": c.reliable,
+            "unreliable_because": "; ".join(c.unreliable_because) or None,
+            "duplicate_trials_set_aside": c.n_duplicates}
 
 
 def edge_findings(s: SpecStudies, margin: float = 0.05, top_frac: float = 0.10
@@ -50,12 +57,21 @@ class Verdict:
     edge_problems: list[str] = field(default_factory=list)
     budget_tight: list[int] = field(default_factory=list)  # B whose best used > 90 % of budget
     budget_share: float = 0.0
-    missing: list[int] = field(default_factory=list)  # spec batch sizes without a reached trial
+    not_run: list[int] = field(default_factory=list)  # in the spec; no study or finished trial
+    not_reached: list[int] = field(default_factory=list)  # finished trials, none reached
     notes: list[str] = field(default_factory=list)
+    fit_problems: list[str] = field(default_factory=list)  # Curve.unreliable_because
+
+    @property
+    def missing(self) -> list[int]:
+        """Batch sizes without a point on the curve (not run, or no trial reached)."""
+        return sorted(set(self.not_run) | set(self.not_reached))
 
 
-def verdict(s: SpecStudies, findings: Sequence[EdgeFinding]) -> Verdict:
-    """Edges clean? Budget adequate? Batch sizes missing?"""
+def verdict(s: SpecStudies, findings: Sequence[EdgeFinding], c: Curve | None = None
+            ) -> Verdict:
+    """Edges clean? Budget adequate? Batch sizes not run, or run without reaching the target?
+    Is the fit (of ``c``, when given) reliable?"""
     v = Verdict(edges_clean=not any(f.failing for f in findings))
     v.edge_problems = [f"B={f.batch_size}: {f.param} at the {f.edge} edge ({f.suggestion})"
                        for f in findings if f.failing]
@@ -68,7 +84,11 @@ def verdict(s: SpecStudies, findings: Sequence[EdgeFinding]) -> Verdict:
         wanted = tomllib.loads(s.attrs.get("spec_text", "")).get("batch_sizes", [])
     except tomllib.TOMLDecodeError:
         wanted = []
-    have = {st.batch_size for st in s.studies if best(st.trials) is not None}
-    v.missing = sorted(set(wanted) - have) or sorted(
-        st.batch_size for st in s.studies if best(st.trials) is None)
+    ran = {st.batch_size for st in s.studies
+           if any(t.outcome not in ("running", "failed") for t in st.trials)}
+    v.not_run = sorted(set(wanted) - ran)
+    v.not_reached = sorted(st.batch_size for st in s.studies
+                           if st.batch_size in ran and best(st.trials) is None)
+    if c is not None:
+        v.fit_problems = list(c.unreliable_because)
     return v

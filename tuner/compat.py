@@ -1,0 +1,87 @@
+"""The Optuna internals the work queue needs, in one place, checked against the tested version.
+
+Optuna's public API has no way to read a trial's last heartbeat, to run a heartbeat thread for a
+trial outside ``Study.optimize``, or to finish a PRUNED trial without a value. These wrappers use
+its private modules (``optuna.storages._heartbeat``, ``optuna.storages._rdb.models``); a new
+Optuna major version fails loudly here, at import, instead of somewhere in a worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._heartbeat import get_heartbeat_thread as _heartbeat_thread
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import TrialState
+
+#: Optuna major versions these wrappers were written and tested against.
+TESTED_MAJOR = (5,)
+if int(optuna.__version__.split(".")[0]) not in TESTED_MAJOR:
+    raise ImportError(f"tuner needs optuna {' or '.join(map(str, TESTED_MAJOR))}.x (its heartbeat "
+                      f"internals are used by tuner.compat); found {optuna.__version__}")
+
+__all__ = ["heartbeat_thread", "heartbeats", "is_heartbeat_enabled", "record_heartbeat",
+           "tell_pruned"]
+
+
+def heartbeat_thread(trial_id: int, storage: BaseStorage) -> Any:
+    """A context manager that records the trial's heartbeat every ``heartbeat_interval`` s
+    (a no-op for storages without heartbeats)."""
+    return _heartbeat_thread(trial_id, storage)
+
+
+def record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
+    """Record one heartbeat of ``trial_id`` now (nothing for storages without heartbeats)."""
+    if is_heartbeat_enabled(storage):
+        storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+
+def rdb(storage: BaseStorage) -> BaseStorage:
+    """The RDB storage behind a study's storage (``Study`` wraps it in Optuna's cache)."""
+    return getattr(storage, "_backend", storage)
+
+
+def heartbeats(storage: BaseStorage, study_id: int) -> tuple[dt.datetime, dict[int, dt.datetime]]:
+    """The database's clock now and the last heartbeat of every RUNNING trial of the study that
+    has one (trial id -> time, both naive, in the database's clock, as Optuna writes them)."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    storage = rdb(storage)
+    if not isinstance(storage, RDBStorage):
+        return dt.datetime.now(), {}
+    beats = models.TrialHeartbeatModel.__table__
+    trials = models.TrialModel.__table__
+    query = (sa.select(beats.c.trial_id, beats.c.heartbeat)
+             .join(trials, trials.c.trial_id == beats.c.trial_id)
+             .where((trials.c.study_id == study_id) & (trials.c.state == TrialState.RUNNING)))
+    with storage.engine.connect() as conn:
+        now = conn.execute(sa.select(sa.func.now())).scalar_one()
+        rows = conn.execute(query).all()
+    now = now.replace(tzinfo=None) if isinstance(now, dt.datetime) else dt.datetime.fromisoformat(
+        str(now))
+    return now, {tid: (hb.replace(tzinfo=None) if isinstance(hb, dt.datetime)
+                       else dt.datetime.fromisoformat(str(hb))) for tid, hb in rows}
+
+
+def tell_pruned(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Finish a RUNNING trial as PRUNED *without* a value.
+
+    ``Study.tell(state=PRUNED)`` stores the last intermediate value (here a validation error) as
+    the trial's value, which optuna-dashboard then draws on the steps-to-target axis beside the
+    COMPLETE trials. The steps a pruned trial ran are in its ``stopped_at_step`` attr.
+    This does what ``Study.tell`` does for PRUNED, less the value.
+
+    Raises:
+        optuna.exceptions.UpdateFinishedTrialError: the trial was finished meanwhile (by another
+            worker that found it stale).
+    """
+    frozen = study._storage.get_trial(trial._trial_id)
+    study._thread_local.cached_all_trials = None
+    try:
+        study.sampler.after_trial(study, frozen, TrialState.PRUNED, None)
+    finally:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED, None)
