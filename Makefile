@@ -14,11 +14,12 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075 nqm_momentum_ema
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
-        $(NQM_SPECS) bench-nqm postgres dashboard clean
+        $(NQM_SPECS) bench-nqm postgres dashboard clean soak
 
 help:
 	@echo "make demo               a real small scaling study on digits (CPU, < 10 min)"
-	@echo "make test               the test suite"
+	@echo "make test               the test suite (without the soak test)"
+	@echo "make soak               6 workers on PostgreSQL killed at random for a few minutes"
 	@echo "make digits-mlp         reproduce studies/digits_mlp.toml"
 	@echo "make fashion-mnist-cnn  reproduce studies/fashion_mnist_cnn.toml (hours on CPU)"
 	@echo "make fashion-mnist-mlp  reproduce studies/fashion_mnist_mlp.toml"
@@ -55,7 +56,11 @@ demo: $(STAMP)
 	$(TUNER) run studies/digits_mlp.toml --storage $(STORAGE)
 
 test: $(STAMP) debian
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m 'not soak'
+
+# Issue 13's soak test (<= 5 min): 6 workers on PostgreSQL, a random one killed every few seconds.
+soak: $(STAMP) debian
+	$(BIN)/python -m pytest -q -m soak tests/test_soak.py
 
 # One target per study spec.
 digits-mlp: $(STAMP)
