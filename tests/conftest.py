@@ -39,6 +39,40 @@ min_interval = 5
 """
 
 
+# A small NQM study: real, closed-form trials (milliseconds each) on the buffered path.
+SMALL_NQM = """\
+batch_sizes = [16, 1024]
+trials = 12
+
+[workload]
+name = "nqm"
+dimensions = 1000
+
+[optimizer]
+name = "momentum"
+
+[search_space]
+learning_rate = { low = 1e-4, high = 10.0, log = true }
+one_minus_momentum = { low = 1e-3, high = 1.0, log = true }
+
+[target]
+metric = "loss"
+value = 0.01
+
+[budget]
+max_steps = 100_000_000
+
+[eval]
+first_step = 1
+relative = 1.0
+min_interval = 1
+
+[pruner]
+name = "none"
+lossless = false
+"""
+
+
 def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
     """Write a spec file and return its path."""
     path = tmp_path / name

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import SMALL_DIGITS, write
+from conftest import SMALL_DIGITS, SMALL_NQM, write
 from procs import (FINISHED, Worker, check_exact, run, slot_points, studies, trials_of,
                    wait_for, wait_mid_trial, workers)
 
@@ -33,37 +33,7 @@ FAULT = (SMALL_DIGITS.replace("value = 0.12", "value = 0.001")
 LONG = FAULT.replace("max_steps = 200", "max_steps = 1000")
 
 # The NQM on the buffered path (trials in memory, stored whole): ~30 ms a trial.
-NQM = """\
-batch_sizes = [16, 1024]
-trials = 12
-
-[workload]
-name = "nqm"
-dimensions = 10000
-
-[optimizer]
-name = "momentum"
-
-[search_space]
-learning_rate = { low = 1e-4, high = 10.0, log = true }
-one_minus_momentum = { low = 1e-3, high = 1.0, log = true }
-
-[target]
-metric = "loss"
-value = 0.01
-
-[budget]
-max_steps = 100_000_000
-
-[eval]
-first_step = 1
-relative = 1.0
-min_interval = 1
-
-[pruner]
-name = "none"
-lossless = false
-"""
+NQM = SMALL_NQM.replace("dimensions = 1000", "dimensions = 10000")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

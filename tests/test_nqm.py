@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import run_cli, write
+from conftest import SMALL_NQM, run_cli, write
 from workloads.nqm import Dynamics, iterate, spectrum
 
 CASES = [  # (lr, one_minus_momentum or None for SGD, B, p)
@@ -119,37 +119,7 @@ def test_closed_form_matches_monte_carlo_sgd(lr: float, omm: float | None, b: in
         assert abs(mean - expected) < 4 * se, (t, mean, se, expected)
 
 
-NQM_SPEC = """\
-batch_sizes = [16, 1024]
-trials = 12
-
-[workload]
-name = "nqm"
-dimensions = 1000
-
-[optimizer]
-name = "momentum"
-
-[search_space]
-learning_rate = { low = 1e-4, high = 10.0, log = true }
-one_minus_momentum = { low = 1e-3, high = 1.0, log = true }
-
-[target]
-metric = "loss"
-value = 0.01
-
-[budget]
-max_steps = 100_000_000
-
-[eval]
-first_step = 1
-relative = 1.0
-min_interval = 1
-
-[pruner]
-name = "none"
-lossless = false
-"""
+NQM_SPEC = SMALL_NQM
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])

@@ -20,43 +20,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import SMALL_DIGITS, run_cli, write
+from conftest import SMALL_DIGITS, SMALL_NQM, run_cli, write
 
 TUNER = [sys.executable, "-m", "tuner.cli"]
 ROOT = Path(__file__).parents[1]
 
 # A tiny NQM spec: real, closed-form trials (milliseconds each), two batch sizes.
-NQM = """\
-batch_sizes = [16, 1024]
-trials = 3
-
-[workload]
-name = "nqm"
-dimensions = 100
-
-[optimizer]
-name = "momentum"
-
-[search_space]
-learning_rate = { low = 1e-4, high = 10.0, log = true }
-one_minus_momentum = { low = 1e-3, high = 1.0, log = true }
-
-[target]
-metric = "loss"
-value = 0.01
-
-[budget]
-max_steps = 1_000_000
-
-[eval]
-first_step = 1
-relative = 1.0
-min_interval = 1
-
-[pruner]
-name = "none"
-lossless = false
-"""
+NQM = (SMALL_NQM.replace("trials = 12", "trials = 3").replace("dimensions = 1000",
+                                                              "dimensions = 100")
+       .replace("max_steps = 100_000_000", "max_steps = 1_000_000"))
 
 
 def one_line(err: str) -> str:
