@@ -58,6 +58,7 @@ def heartbeats(storage: BaseStorage, study_id: int) -> tuple[dt.datetime, dict[i
     query = (sa.select(beats.c.trial_id, beats.c.heartbeat)
              .join(trials, trials.c.trial_id == beats.c.trial_id)
              .where((trials.c.study_id == study_id) & (trials.c.state == TrialState.RUNNING)))
+
     def read() -> tuple[Any, list[Any]]:
         with storage.engine.connect() as conn:
             return (conn.execute(sa.select(sa.func.now())).scalar_one(),
