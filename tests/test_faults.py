@@ -350,3 +350,60 @@ def test_a_half_created_study_is_completed_by_run_and_curve_does_not_crash(tmp_p
     check_exact(study.get_trials(), 5, slot_points(spec, 5))
     c = run(["curve", str(spec), "--storage", url, "--n-boot", "0"], timeout=120)
     assert c.returncode == 0 and "Traceback" not in c.stderr, c.stderr[-2000:]
+
+
+# -- Defect 8, buffered path: an outage takes the study lock away -------------------------------
+
+def _advisory_holders(url: str, granted: bool = True) -> list[int]:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = :g"),
+                {"g": granted}).scalars())
+    finally:
+        engine.dispose()
+
+
+def _terminate(url: str, pid: int) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_buffered_worker_that_loses_its_study_lock_stores_no_duplicate(
+        tmp_path: Path, postgres_url: str) -> None:
+    # A buffered (NQM) worker holds the study lock for the whole study. When the connection
+    # holding it dies (a server restart, a network outage: here the server ends that one
+    # backend), the server releases the lock and a waiting worker takes the study over; the
+    # first one used to go on storing the same slots.
+    n = 1500
+    spec = write(tmp_path, NQM.replace("trials = 12", f"trials = {n}"), "nqm_lock.toml")
+    args = ["run", str(spec), "--storage", postgres_url, "-b", "16", "--heartbeat", "2"]
+    with workers() as started:
+        a = Worker(args)
+        started.append(a)
+        assert a.wait_line(lambda s: "trial 5/" in s, 120), a.stderr[-2000:]
+        b = Worker(args)
+        started.append(b)
+        # b waits for the study lock (to load the study) while a holds it for its whole run
+        wait_for(lambda: _advisory_holders(postgres_url, granted=False), 120, "b to wait")
+        assert a.popen.poll() is None, ("a finished before b waited", a.err[-3:])
+        [holder] = _advisory_holders(postgres_url)
+        _terminate(postgres_url, holder)
+        assert a.wait(300) == 0 and b.wait(300) == 0, (a.stderr[-2000:], b.stderr[-2000:])
+    no_traceback(a)
+    no_traceback(b)
+    [trials] = trials_of(postgres_url).values()
+    check_exact(trials, n, slot_points(spec, n))
+    assert any("study lock" in line and "re-reading" in line for line in a.err), a.err[-5:]

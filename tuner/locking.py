@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,39 @@ def _pg_lock(url: str, key: int) -> Any:
     return call(acquire, url, "postgresql")
 
 
+class LockLost(Exception):
+    """The study lock was lost while held: its connection died (a server restart, a network
+    outage) and the server released it, so another worker may hold it now."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a PostgreSQL study lock: its advisory-lock key and the holding backend."""
+
+    key: int
+    pid: int
+
+    def check(self, conn: Any) -> None:
+        """Raise :class:`LockLost` unless this holder still holds the lock, read on ``conn``
+        (any connection: call it inside the transaction that relies on the lock).
+
+        A bigint advisory key shows in ``pg_locks`` as classid (high 32 bits), objid (low 32
+        bits) and objsubid 1.
+        """
+        from sqlalchemy import text
+
+        high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
+        pids = conn.execute(text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND classid::bigint = :h AND objid::bigint = :l"), {"h": high, "l": low}).scalars()
+        if self.pid not in set(pids):
+            raise LockLost(f"the study lock (backend {self.pid}) was released by the server")
+
+
 @contextlib.contextmanager
-def study_lock(url: str, name: str) -> Iterator[None]:
-    """Hold the lock of study ``name`` in storage ``url`` (blocks until it is free).
+def study_lock(url: str, name: str) -> Iterator[Holder | None]:
+    """Hold the lock of study ``name`` in storage ``url`` (blocks until it is free); yields a
+    :class:`Holder` on PostgreSQL (to check that the lock is still held), else None.
 
     On PostgreSQL, acquiring it rides out an outage as the storage does (:mod:`tuner.retry`);
     releasing it on a connection that died meanwhile is a no-op (the server released it).
@@ -140,20 +171,22 @@ def study_lock(url: str, name: str) -> Iterator[None]:
 
     kind = backend(url)
     if kind == "postgresql":
+        from sqlalchemy import text
+
         key = lock_key(name)
         conn = _pg_lock(url, key)
         try:
-            yield
+            yield Holder(key, conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
         finally:
             _unlock(conn, key)
             with contextlib.suppress(Exception):
                 conn.close()
     elif kind == "sqlite" and (db := sqlite_file(url)) is not None:
         with _flock(db):
-            yield
+            yield None
     elif kind == "sqlite":
         with _local:
-            yield
+            yield None
     else:
         check_backend(url)
         raise AssertionError("unreachable")

@@ -35,10 +35,14 @@ from sqlalchemy import Engine, event
 
 
 def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
-                study_system_attrs: dict[str, Any]) -> int:
+                study_system_attrs: dict[str, Any], holder: Any = None) -> int:
     """Store the finished ``trial`` in study ``study_id`` and set ``study_system_attrs`` there,
     in one transaction. Returns the new trial's id. ``trial.number`` is assigned by the storage
-    (the count of earlier trials in the study), as Optuna does."""
+    (the count of earlier trials in the study), as Optuna does.
+
+    With ``holder`` (a :class:`tuner.locking.Holder`), the transaction first checks that the
+    study lock is still held and raises :class:`tuner.locking.LockLost`, storing nothing, if
+    a storage outage took it away (another worker may be running the same slots now)."""
     assert trial.state.is_finished(), trial.state
     if not isinstance(storage, RDBStorage):  # another kind of storage: Optuna's own way
         tid = storage.create_new_trial(study_id, template_trial=trial)
@@ -47,12 +51,12 @@ def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
         return tid
     retrying = getattr(storage, "retrying", None)  # tuner.retry.RetryingStorage: ride out outages
     if retrying is not None:
-        return retrying(lambda: _store(storage, study_id, trial, study_system_attrs))
-    return _store(storage, study_id, trial, study_system_attrs)
+        return retrying(lambda: _store(storage, study_id, trial, study_system_attrs, holder))
+    return _store(storage, study_id, trial, study_system_attrs, holder)
 
 
 def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
-           study_system_attrs: dict[str, Any]) -> int:
+           study_system_attrs: dict[str, Any], holder: Any = None) -> int:
     from optuna.storages._rdb import models
     from sqlalchemy import func, inspect, select
 
@@ -65,6 +69,8 @@ def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
            for prop in inspect(models.TrialModel).column_attrs if prop.key != "trial_id"}
     trials = models.TrialModel.__table__
     with storage.engine.begin() as conn:
+        if holder is not None:
+            holder.check(conn)  # still ours? (committing below is then safe: see store_trial)
         # The trial number counts the trials before this one: lock the study row as Optuna does
         # (SQLite has no row locks; there the insert below takes the database's write lock).
         if storage.engine.name != "sqlite":

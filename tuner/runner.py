@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.analysis.curves import Point, point
 from tuner.analysis.load import outcome_of, record
 from tuner.compat import heartbeat_thread, tell_pruned
-from tuner.locking import study_lock
+from tuner.locking import Holder, LockLost, study_lock
 from tuner.objective import make_objective
 from tuner.persist import store_trial
 from tuner.pruning import build_pruner
@@ -145,12 +145,19 @@ def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study
         return _drain(study, n, objective, lock, callbacks, echo, heartbeat)
     # Fast workloads (the NQM) run each trial in memory and store it whole in one transaction,
     # holding the study lock throughout: other workers wait, then find the study full.
-    with lock():
-        for t, why in _tidy_for_buffer(study, heartbeat):
-            echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): {why}")
-        mem = _buffer(study)
-        return _drain(mem, n, objective, contextlib.nullcontext,
-                      [_persist(study, storage), *callbacks], echo)
+    # A storage outage can take the lock away (the server drops the connection that holds it):
+    # each store checks it still holds it, and on losing it the worker starts this study over.
+    try:
+        with lock() as holder:
+            for t, why in _tidy_for_buffer(study, heartbeat):
+                echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): {why}")
+            mem = _buffer(study)
+            return _drain(mem, n, objective, contextlib.nullcontext,
+                          [_persist(study, storage, holder), *callbacks], echo)
+    except LockLost as exc:
+        echo(f"  B={b}: {exc} (a storage outage?); the trial in hand was not stored; "
+             "re-reading the study")
+        return False
 
 
 def _drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float],
@@ -283,12 +290,14 @@ def _tidy_for_buffer(study: optuna.Study, heartbeat: float) -> list[tuple[Frozen
     return out
 
 
-def _persist(study: optuna.Study, storage: RDBStorage) -> Callback:
-    """Store each finished trial in ``study`` (of ``storage``) in one transaction."""
+def _persist(study: optuna.Study, storage: RDBStorage, holder: Holder | None = None
+             ) -> Callback:
+    """Store each finished trial in ``study`` (of ``storage``) in one transaction, while
+    ``holder`` (if given) still holds the study lock."""
     sid = study._study_id
 
     def callback(_: optuna.Study, t: FrozenTrial) -> None:
-        store_trial(storage, sid, t, {})
+        store_trial(storage, sid, t, {}, holder)
 
     return callback
 
