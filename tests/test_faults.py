@@ -80,7 +80,7 @@ def test_buffered_nqm_interrupted_and_killed_repeatedly_runs_each_slot_once(
     rng = random.Random(13)
     interrupts = 0
     with workers() as started:
-        for k in range(8):
+        for k in range(6):
             w = Worker(args)
             started.append(w)
             # the first line about a trial: a re-queued retry is the first trial a resumed
@@ -387,7 +387,7 @@ def test_a_buffered_worker_that_loses_its_study_lock_stores_no_duplicate(
     # holding it dies (a server restart, a network outage: here the server ends that one
     # backend), the server releases the lock and a waiting worker takes the study over; the
     # first one used to go on storing the same slots.
-    n = 1500
+    n = 600
     spec = write(tmp_path, NQM.replace("trials = 12", f"trials = {n}"), "nqm_lock.toml")
     args = ["run", str(spec), "--storage", postgres_url, "-b", "16", "--heartbeat", "2"]
     with workers() as started:
