@@ -36,8 +36,9 @@ def cli() -> None:
 @click.option("--gpus", help="GPU indices, e.g. 0,1,2,3: one worker per GPU, each pinned to "
               "its GPU with CUDA_VISIBLE_DEVICES.")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Seconds between a running trial's heartbeats; a trial silent for twice as "
-              "long (its worker died) is re-run by another worker.")
+              help="Seconds between a running trial's heartbeats (stored with the trial); a "
+              "trial silent for twice its own interval (its worker died) is re-run by another "
+              "worker.")
 @click.option("--storage-retry", type=click.FloatRange(min=0), default=60, show_default=True,
               metavar="SECONDS", help="Keep retrying a storage that cannot be reached (a "
               "server restarting) this long, with backoff, then stop with exit status 1.")
