@@ -1,4 +1,5 @@
-"""Many workers on one storage: exact counts, no duplicate points, crash and signal recovery.
+"""Many workers on one storage: exact counts, no duplicate points (crash and signal recovery:
+tests/test_faults.py).
 
 Real worker processes (``tuner run``) against a real PostgreSQL server on loopback (started by
 scripts/postgres.sh) and against the default SQLite file.
@@ -6,11 +7,8 @@ scripts/postgres.sh) and against the default SQLite file.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -59,46 +57,6 @@ def test_four_workers_on_postgresql_run_exactly_n_trials(tmp_path: Path, postgre
         assert not [t for t in trials if t.state == TrialState.FAIL]
     assert len({t.user_attrs["worker"] for ts in found.values() for t in ts}) > 1
     assert "[worker 3]" in r.stderr and "16" in r.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_a_worker_stopped_mid_trial_loses_nothing(tmp_path: Path, postgres_url: str,
-                                                  sig: signal.Signals) -> None:
-    spec = write(tmp_path, SLOW, "slow.toml")
-    args = [*TUNER, "run", str(spec), "--storage", postgres_url, "-b", "16", "-n", "4",
-            "--heartbeat", "1", "-q"]
-    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
-    victim = procs[0]
-    try:
-        running = None
-        deadline = time.monotonic() + 180
-        while running is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            for ts in trials_of(postgres_url).values():
-                for t in ts:
-                    if (t.state == TrialState.RUNNING and t.intermediate_values
-                            and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")):
-                        running = t
-        assert running is not None, ("the victim never got mid-trial", victim.poll())
-        os.kill(victim.pid, sig)
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert codes[0] == (-9 if sig == signal.SIGKILL else 130)
-    assert codes[1:] == [0, 0], [p.stderr.read()[-1500:] for p in procs[1:]]
-    [trials] = trials_of(postgres_url).values()
-    check_exact(trials, 4)
-    [failed] = [t for t in trials if t.state == TrialState.FAIL]
-    assert failed.number == running.number
-    if sig == signal.SIGINT:
-        assert failed.system_attrs["fail_reason"] == "KeyboardInterrupt: SIGINT"
-    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == failed.params
-    assert retry.user_attrs["seed"] == failed.user_attrs["seed"]
 
 
 @pytest.mark.slow
