@@ -122,12 +122,19 @@ def writable(url: str) -> bool:
     return os.access(db.parent if str(db.parent) else ".", os.W_OK)
 
 
+#: A PostgreSQL session of a worker that sits inside a transaction this long (ms) is ended by
+#: the server, releasing its row locks. Our transactions last milliseconds; only a frozen worker
+#: (SIGSTOP, a paused VM) holds one open, and its locks would block every other worker for good.
+IDLE_IN_TRANSACTION_MS = 30_000
+
+
 def _engine_kwargs(url: str) -> dict[str, Any]:
     from sqlalchemy.engine import make_url
 
     if make_url(url).get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": 60}}
-    return {}
+    return {"connect_args": {
+        "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"}}
 
 
 def _refused(url: str, err: Any) -> UsageError:
