@@ -282,6 +282,14 @@ def study_attrs(spec: Spec, batch_size: int) -> dict[str, Any]:
     }
 
 
+def changed_key(spec: Spec, stored_attrs: dict[str, Any]) -> str:
+    """The first part of ``spec`` that differs from the study stored with ``stored_attrs``
+    (its ``spec_identity`` attr); ``spec`` when no single part differs."""
+    stored = stored_attrs.get("spec_identity", {})
+    now = json.loads(json.dumps(spec.identity(), default=str))
+    return next((k for k in now if stored.get(k) != now[k]), "spec")
+
+
 def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...]) -> None:
     """Refuse to resume studies made from a different spec (before anything is written).
 
@@ -298,11 +306,8 @@ def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...])
         # no fingerprint yet: half-created (create_or_load completes it under the study lock)
         if s.user_attrs.get("spec_fingerprint") in (None, mine):
             continue
-        stored = s.user_attrs.get("spec_identity", {})
-        now = json.loads(json.dumps(spec.identity(), default=str))
-        changed = [k for k in now if stored.get(k) != now[k]] or ["spec"]
         raise UsageError(
-            f"{spec.path}: {changed[0]}: differs from the stored study {s.study_name!r}, which "
+            f"{spec.path}: {changed_key(spec, s.user_attrs)}: differs from the stored study {s.study_name!r}, which "
             f"was made from another version of this spec; restore it, rename the spec "
             f"(name = ...), or use another --storage"
         )

@@ -172,17 +172,14 @@ def check_unchanged(spec: Any, summaries: list[optuna.study.StudySummary]) -> No
     Raises:
         UsageError: naming the file and the first part of the spec that changed.
     """
-    import json
+    from tuner.storage import changed_key
 
     mine = spec.fingerprint()
     for s in sorted(summaries, key=lambda s: s.user_attrs["batch_size"]):
         if s.user_attrs["spec_fingerprint"] == mine:
             continue
-        stored = s.user_attrs.get("spec_identity", {})
-        now = json.loads(json.dumps(spec.identity(), default=str))
-        changed = [k for k in now if stored.get(k) != now[k]] or ["spec"]
         raise UsageError(
-            f"{spec.path}: {changed[0]}: differs from the stored study {s.study_name!r}: the "
+            f"{spec.path}: {changed_key(spec, s.user_attrs)}: differs from the stored study {s.study_name!r}: the "
             f"file was edited since its studies were stored; restore it, or analyse the stored "
             f"studies by name ({spec.name!r} instead of the file)")
 
