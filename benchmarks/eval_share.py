@@ -27,9 +27,9 @@ from pathlib import Path
 
 import optuna
 
-from tuner import runner
-from tuner import spec as spec_mod
-from tuner.storage import open_storage, study_name
+from tuner.run import runner
+from tuner.run import specs as spec_mod
+from tuner.store.storage import open_storage, study_name
 
 
 def main() -> None:

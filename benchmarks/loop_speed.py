@@ -9,7 +9,7 @@ raw loop) after a warm-up, and excludes set-up and teardown.
 - raw: a hand-written loop: a shuffled index per epoch, ``x[idx]``, forward, cross-entropy,
   ``zero_grad``, ``backward``, ``step`` (and the schedule's ``step`` when the spec decays the
   learning rate). No per-step ``.item()``.
-- ours: ``tuner.loop.train``, the code path every trial runs (Lightning Fabric), with evaluation at
+- ours: ``tuner.train.loop.train``, the code path every trial runs (Lightning Fabric), with evaluation at
   two steps only: at the end of the warm-up and at the last step; the timed window runs between
   them, and the last evaluation's own time is subtracted (``eval_seconds`` covers evaluation).
 - trainer: ``lightning.Trainer`` (logger, checkpointing, progress bar, model summary off) over the
@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from tuner.loop import train
+from tuner.train.trial import train
 from tuner.workload import Target, TrainedWorkload, TrialRequest
 from workloads.digits import Digits, DigitsOptions
 from workloads.fashion_mnist import FashionMNIST, FashionMNISTOptions
@@ -139,7 +139,7 @@ def run_raw(case: Case, wl: TrainedWorkload, device: torch.device, seed: int) ->
 
 def run_ours(case: Case, wl: TrainedWorkload, device: torch.device, seed: int,
              train: Callable = train) -> float:
-    """``tuner.loop.train``: steps/s between the evaluations at the warm-up's end and the last
+    """``tuner.train.loop.train``: steps/s between the evaluations at the warm-up's end and the last
     step, minus the last evaluation's time."""
     total = case.warmup + case.steps
     req = TrialRequest(

@@ -16,8 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from tuner import spec as spec_mod
-from tuner.pruning import savings
+from tuner.run import specs as spec_mod
+from tuner.run.savings import savings
 
 
 def main() -> None:

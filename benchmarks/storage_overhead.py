@@ -27,8 +27,8 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial
 
-from tuner import runner
-from tuner import spec as spec_mod
+from tuner.run import runner
+from tuner.run import specs as spec_mod
 
 #: (label, file suffix, function name) of the parts of a run the profile breaks out.
 PARTS = [

@@ -175,11 +175,11 @@ def wait_mid_trial(url: str, w: Worker, timeout: float = 120) -> FrozenTrial:
 
 
 def slot_points(spec_path: Path | str, n: int) -> list[dict[str, float]]:
-    """The params of slots 0..n-1: the spec's sampler (tuner.sampling.build_sampler) asked for
+    """The params of slots 0..n-1: the spec's sampler (tuner.run.sampling.build_sampler) asked for
     a trial with that ``slot`` user attr, as the work queue does (tests/test_trialqueue.py)."""
-    from tuner import spec as spec_mod
-    from tuner.sampling import build_sampler
-    from tuner.space import distributions
+    from tuner.run import specs as spec_mod
+    from tuner.run.sampling import build_sampler
+    from tuner.core.space import distributions
 
     spec = spec_mod.load(str(spec_path))
     space = distributions(spec.space)

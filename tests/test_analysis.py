@@ -11,10 +11,10 @@ import optuna
 import pytest
 
 from conftest import SMALL_DIGITS, run_cli, write
-from tuner import runner, spec as spec_mod
+from tuner.run import runner, specs as spec_mod
 from tuner.analysis.edges import check_study
-from tuner.analysis.load import BatchStudy, TrialRecord
-from tuner.space import Param
+from tuner.analysis.records import BatchStudy, TrialRecord
+from tuner.core.space import Param
 
 ANALYSIS_SPEC = SMALL_DIGITS.replace("batch_sizes = [16, 128]", "batch_sizes = [16, 64, 256]") \
     .replace("trials = 4", "trials = 10").replace("value = 0.12", "value = 0.08") \

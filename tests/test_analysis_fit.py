@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tuner.analysis.fit import fit, fit_with_bootstrap, regime
-from tuner.analysis.load import TrialRecord
+from tuner.analysis.records import TrialRecord
 
 S_MIN, B_NOISE = 120.0, 900.0
 BATCHES = [2 ** k for k in range(3, 16)]

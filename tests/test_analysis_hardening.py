@@ -1,7 +1,7 @@
 """Analysis on storages that older versions or killed runs left behind (issue 13).
 
 Each storage is built with real Optuna calls on a real SQLite file, with the study attrs
-``tuner run`` writes (tuner.storage.study_attrs); no training, so every test takes a second.
+``tuner run`` writes (tuner.store.storage.study_attrs); no training, so every test takes a second.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from conftest import SMALL_DIGITS, run_cli, write
-from tuner import spec as spec_mod
+from tuner.run import specs as spec_mod
 from tuner.analysis.fit import fit_with_bootstrap
-from tuner.analysis.load import TrialRecord, load
+from tuner.analysis.records import TrialRecord
+from tuner.store.source import load
 from tuner.analysis.summary import spec_curve, verdict
-from tuner.space import distributions
+from tuner.core.space import distributions
 from tuner.spec import Spec
-from tuner.storage import open_storage, study_attrs, study_name
+from tuner.store.storage import open_storage, study_attrs, study_name
 
 SPEC = SMALL_DIGITS.replace("batch_sizes = [16, 128]", "batch_sizes = [16, 64, 256, 1024]")
 

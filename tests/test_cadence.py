@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.cadence import EVAL_COST, eval_steps, resolution, share_interval
+from tuner.spec.cadence import EVAL_COST, eval_steps, resolution, share_interval
 
 
 @pytest.mark.parametrize("max_steps", [10, 137, 100_000])

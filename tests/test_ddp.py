@@ -56,8 +56,8 @@ def test_devices_must_split_every_batch_size(tmp_path: Path,
 def test_an_error_in_report_stops_every_rank_and_is_raised() -> None:
     """Reporting runs in the process that holds the trial; if it raises (a storage error, say),
     rank 0 must not wait forever for the answer, and the error reaches the objective."""
-    from tuner import spec as spec_mod
-    from tuner.loop import train
+    from tuner.run import specs as spec_mod
+    from tuner.train.trial import train
     from tuner.workload import TrialRequest
 
     spec = spec_mod.parse(tomllib.loads(DDP), "ddp.toml")

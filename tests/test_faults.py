@@ -208,8 +208,8 @@ def test_a_stopped_worker_whose_trial_was_taken_carries_on(tmp_path: Path, url: 
 # -- Defect 5: a foreign study under one of our names ------------------------------------------
 
 def test_a_foreign_study_under_our_name_is_refused(tmp_path: Path) -> None:
-    from tuner import spec as spec_mod
-    from tuner.storage import study_name
+    from tuner.run import specs as spec_mod
+    from tuner.store.storage import study_name
 
     spec = write(tmp_path, FAULT, "fault.toml")
     url = f"sqlite:///{tmp_path / 'foreign.db'}"
@@ -235,12 +235,12 @@ def test_a_foreign_study_under_our_name_is_refused(tmp_path: Path) -> None:
 # -- Defect 7: Ctrl-C during a claim; a dead worker's re-queued trial --------------------------
 
 def hold_study_lock(url: str, name: str, pid: int):  # noqa: ANN201 - a context manager
-    """Take the study's work-queue lock (tuner.locking) from the test, as a slow worker would;
+    """Take the study's work-queue lock (tuner.store.locking) from the test, as a slow worker would;
     yields a function that says whether another process (``pid`` on SQLite) waits for it."""
     import contextlib
 
-    from tuner.locking import lock_key
-    from tuner.storage import sqlite_file
+    from tuner.store.locking import lock_key
+    from tuner.store.storage import sqlite_file
 
     @contextlib.contextmanager
     def held():  # noqa: ANN202
@@ -280,8 +280,8 @@ def hold_study_lock(url: str, name: str, pid: int):  # noqa: ANN201 - a context 
 
 
 def test_ctrl_c_while_claiming_fails_the_trial_at_once(tmp_path: Path, url: str) -> None:
-    from tuner import spec as spec_mod
-    from tuner.storage import study_name
+    from tuner.run import specs as spec_mod
+    from tuner.store.storage import study_name
 
     spec = write(tmp_path, FAULT, "fault.toml")
     name = study_name(spec_mod.load(str(spec)), 16)
@@ -333,8 +333,8 @@ def test_a_dead_workers_requeued_trial_has_a_reason_and_a_progress_line(tmp_path
 
 def test_a_half_created_study_is_completed_by_run_and_curve_does_not_crash(tmp_path: Path
                                                                            ) -> None:
-    from tuner import spec as spec_mod
-    from tuner.storage import study_attrs, study_name
+    from tuner.run import specs as spec_mod
+    from tuner.store.storage import study_attrs, study_name
 
     spec = write(tmp_path, NQM, "nqm_half.toml")
     s = spec_mod.load(str(spec))

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from tuner.cadence import eval_steps
+from tuner.spec.cadence import eval_steps
 from tuner.workload import Target, TrialRequest
 from workloads.digits import Digits, DigitsOptions
 
@@ -137,7 +137,7 @@ def test_divergence_stops_at_the_step_a_per_step_check_finds(
     import torch
     import torch.nn.functional as F
 
-    from tuner.loop import CHECK_EVERY
+    from tuner.train.loop import CHECK_EVERY
 
     factor = 3.0
     params = {"learning_rate": lr, "one_minus_momentum": one_minus_momentum, "weight_decay": 0.0}

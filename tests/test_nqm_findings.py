@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def curves(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """name -> curve JSON, from studies this fixture runs into a fresh SQLite file."""
-    from tuner import runner, spec as spec_mod
+    from tuner.run import runner, specs as spec_mod
 
     url = f"sqlite:///{tmp_path_factory.mktemp('nqm') / 'nqm.db'}"
     out = {}
@@ -26,9 +26,9 @@ def curves(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         # momentum: the two ends of the curve are what finding (d) compares
         sizes = (4, 2 ** 20) if name == "nqm_momentum" else spec.batch_sizes
         runner.run(spec, url, sizes, spec.trials)
-    from tuner.analysis.load import load
+    from tuner.store.source import load
     from tuner.analysis.summary import curve_json, spec_curve
-    from tuner.storage import open_storage
+    from tuner.store.storage import open_storage
 
     storage = open_storage(url)
     for name in SPECS:

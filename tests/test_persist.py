@@ -21,8 +21,8 @@ from optuna.trial import TrialState, create_trial
 from conftest import write
 from test_nqm import NQM_SPEC
 from test_runner import TRIAL_ATTRS
-from tuner.persist import store_trial
-from tuner.storage import open_storage
+from tuner.store.persist import store_trial
+from tuner.store.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 

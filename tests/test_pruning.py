@@ -11,8 +11,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import SMALL_DIGITS
-from tuner import spec as spec_mod
-from tuner.pruning import LosslessPruner, best_steps, build_pruner, savings
+from tuner.run import specs as spec_mod
+from tuner.run.pruning import LosslessPruner, best_steps, build_pruner
+from tuner.run.savings import savings
 
 
 def study_with_best(steps: list[int | None]) -> optuna.Study:

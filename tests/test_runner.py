@@ -151,7 +151,7 @@ def test_failed_trial_is_rerun_with_its_params_and_seed(
     trials = study.get_trials()
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert retry.params == failed.params and retry.state != TrialState.FAIL
-    from tuner.objective import trial_seed
+    from tuner.run.objective import trial_seed
     assert retry.user_attrs["seed"] == trial_seed(0, 128, failed.number)
     assert counts(url) == {128: 3}  # 2 finished + the failed one, which does not count
 

@@ -21,8 +21,8 @@ import pytest
 from conftest import write
 from procs import Worker, check_exact, reader, slot_points
 from test_faults import FAULT, NQM
-from tuner import spec as spec_mod
-from tuner.storage import study_name
+from tuner.run import specs as spec_mod
+from tuner.store.storage import study_name
 
 SOAK_NQM = (NQM.replace("batch_sizes = [16, 1024]", "batch_sizes = [16, 256, 4096]")
             .replace("trials = 12", "trials = 250"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tuner.space import Param
+from tuner.core.space import Param
 
 
 def test_log_position_is_in_log_space() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL_DIGITS, run_cli, write
-from tuner import spec as spec_mod
-from tuner.errors import SpecError
+from tuner.run import specs as spec_mod
+from tuner.core.errors import SpecError
 
 
 def test_shipped_specs_parse() -> None:
@@ -245,8 +245,8 @@ def test_fingerprint_ignores_trials_but_not_search_space() -> None:
 def test_max_share_spaces_evaluations_and_keeps_old_fingerprints() -> None:
     import tomllib
 
-    from tuner.cadence import share_interval
-    from tuner.storage import study_attrs
+    from tuner.spec.cadence import share_interval
+    from tuner.store.storage import study_attrs
 
     plain = spec_mod.parse(tomllib.loads(SMALL_DIGITS), "x.toml")
     # Studies stored before max_share existed keep their fingerprint (it is left out when unset).
@@ -367,7 +367,7 @@ def test_good_plugin_workload_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_evaluation_count_matches_the_cadence() -> None:
     import dataclasses
 
-    from tuner.resources import count_evals
+    from tuner.run.resources import count_evals
 
     for path in sorted(Path("studies").glob("*.toml")):
         s = spec_mod.load(path)

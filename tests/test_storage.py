@@ -87,7 +87,7 @@ def remount(d: Path, how: str) -> None:
 OPEN_AT_ONCE = """\
 import os, sys, time, traceback
 import alembic.migration, optuna.storages._rdb.models, sqlalchemy.dialects.sqlite
-from tuner.storage import open_storage
+from tuner.store.storage import open_storage
 url, n, go = sys.argv[1], int(sys.argv[2]), time.monotonic() + 0.5
 kids = []
 for _ in range(n):

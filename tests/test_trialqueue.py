@@ -11,9 +11,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from tuner.sampling import build_sampler
-from tuner.storage import open_storage
-from tuner.trialqueue import claim, fail, slot_of
+from tuner.run.sampling import build_sampler
+from tuner.store.storage import open_storage
+from tuner.run.trialqueue import claim, fail, slot_of
 
 SPACE = {"x": FloatDistribution(1e-3, 1.0, log=True), "y": FloatDistribution(0.0, 1.0)}
 
@@ -183,9 +183,9 @@ def test_ctrl_c_while_claiming_fails_the_claimed_trial_at_once(tmp_path: Path) -
     import threading
     from functools import partial
 
-    from tuner.locking import study_lock
-    from tuner.runner import _drain
-    from tuner.signals import stop_cleanly
+    from tuner.store.locking import study_lock
+    from tuner.run.runner import _drain
+    from tuner.run.signals import stop_cleanly
 
     url = f"sqlite:///{tmp_path / 'cc.db'}"
     study = study_at(url, heartbeat=30)

@@ -87,7 +87,7 @@ def test_two_workers_share_a_buffered_nqm_study(tmp_path: Path) -> None:
 def test_gpus_pin_one_worker_per_gpu(tmp_path: Path) -> None:
     # `tuner run --gpus` refuses GPUs this machine lacks (tests/test_cli.py); the launcher
     # behind it pins each worker process to its GPU with CUDA_VISIBLE_DEVICES whatever is there
-    from tuner.workers import launch
+    from tuner.run.workers import launch
 
     spec = write(tmp_path, SMALL_DIGITS, "gpus.toml")
     url = f"sqlite:///{tmp_path / 'g.db'}"

@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 import workloads
+from tuner.workload import registry
 from conftest import SMALL_DIGITS, run_cli, write
 from tuner.workload import TrainedWorkload
 from workloads.digits import Digits
@@ -106,7 +107,7 @@ def test_register_makes_a_name(plugin: str) -> None:
     assert issubclass(cls, TrainedWorkload)
     workloads.register(cls)
     assert workloads.get("my_digits") is cls
-    workloads._REGISTERED.pop("my_digits")
+    registry._REGISTERED.pop("my_digits")
 
 
 def test_a_trained_plugin_counts_its_validation_examples(plugin: str) -> None:

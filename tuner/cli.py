@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from tuner.errors import UsageError
+from tuner.analysis.sensitivity import sensitivity as sens
+from tuner.analysis.summary import curve_json, edge_findings, spec_curve
+from tuner.core.errors import UsageError
+from tuner.render.tables import (
+    curve_rows,
+    edge_rows,
+    fit_line,
+    points_table,
+    render,
+    sensitivity_rows,
+    to_csv,
+)
+from tuner.run import resources, runner, specs as spec_mod
+from tuner.run import workers as workers_mod
+from tuner.store import storage as storage_mod
+from tuner.store.retry import StorageUnavailable, cause, configure, db_error
+from tuner.store.source import check_storage_exists, load
+from tuner.store.storage import open_readonly, open_storage, resolve_url, writable
 
 #: Seeds numpy accepts (tuner.spec.SEED_MAX; not imported here to keep `tuner --help` fast).
 SEED_RANGE = click.IntRange(0, 2**32 - 1)
@@ -59,10 +78,6 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     at exactly N per batch size, and re-run the trial of a worker that died. Ctrl-C or SIGTERM
     re-queues the running trial and stops.
     """
-    from tuner import resources, runner, spec as spec_mod, storage as storage_mod
-    from tuner import workers as workers_mod
-    from tuner.retry import configure
-    from tuner.tables import points_table
 
     configure(storage_retry)  # this process and the local workers it starts
 
@@ -161,8 +176,6 @@ def _load(specs: tuple[str, ...], storage: str | None, seed: int | None,
           write: bool = False):  # noqa: ANN202
     """Open the storage (never creating or changing it: read-only, unless ``write`` and the
     storage is writable) and load each spec's studies."""
-    from tuner.analysis.load import check_storage_exists, load
-    from tuner.storage import open_readonly, open_storage, resolve_url, writable
 
     url = resolve_url(storage)
     check_storage_exists(url)
@@ -178,7 +191,6 @@ def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: o
     import csv
     import json
 
-    from tuner.tables import render, to_csv
 
     if fmt == "json":
         click.echo(json.dumps(json_obj, indent=2, default=str))
@@ -209,9 +221,7 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     Fits S(B) = S_min (1 + B_noise/B) (McCandlish et al.) and reports S_min, E_min,
     B_crit = E_min/S_min with a 95 % bootstrap interval.
     """
-    from tuner.analysis import plots
-    from tuner.analysis.summary import curve_json, spec_curve
-    from tuner.tables import curve_rows, fit_line
+    from tuner.render import plots  # heavy: matplotlib, only for --plot
 
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
@@ -241,10 +251,7 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
 
     "unstable beyond edge" (every trial past the best toward that edge diverged) does not fail.
     """
-    from dataclasses import asdict
 
-    from tuner.analysis.summary import edge_findings
-    from tuner.tables import edge_rows
 
     _, loaded = _load(specs, storage, seed)
     found = {s.name: edge_findings(s, margin, top_frac) for s in loaded}
@@ -275,11 +282,8 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
     "unknown" counts trials pruned before FACTOR x the best steps: they cannot be classified;
     a lossless-pruner slack >= FACTOR would have run them long enough to settle it.
     """
-    from dataclasses import asdict
 
-    from tuner.analysis import plots
-    from tuner.analysis.sensitivity import sensitivity as sens
-    from tuner.tables import sensitivity_rows
+    from tuner.render import plots  # heavy: matplotlib, only for --plot
 
     _check_output("--plots", plot_dir, folder=True)
     _, loaded = _load(specs, storage, seed)
@@ -318,8 +322,7 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
 def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: str, n_boot: int,
            dashboard: bool) -> None:
     """One self-contained HTML page with every table and figure, and a verdict box."""
-    from tuner.analysis import report as report_mod
-    from tuner.analysis.summary import spec_curve
+    from tuner.render import report as report_mod  # heavy: matplotlib, plotly
 
     _check_output("--out", out, folder=True)
     st, loaded = _load(specs, storage, seed, write=dashboard)
@@ -347,8 +350,6 @@ def dashboard(storage: str | None, port: int, host: str, read_only: bool) -> Non
 
     import optuna_dashboard
 
-    from tuner.analysis.load import check_storage_exists
-    from tuner.storage import open_readonly, open_storage, resolve_url, writable
 
     url = resolve_url(storage)
     check_storage_exists(url)
@@ -371,7 +372,6 @@ def main() -> None:
     """Console-script entry: bad input is one line on stderr and exit status 2."""
     import optuna
 
-    from tuner.retry import StorageUnavailable, cause, db_error
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -392,7 +392,6 @@ def main() -> None:
                    "the same command to resume", err=True)
         sys.exit(130)
     except Exception as exc:  # a database error that escaped the retrying storage
-        from sqlalchemy.exc import InterfaceError, OperationalError
 
         err = db_error(exc)
         if not isinstance(err, (OperationalError, InterfaceError)):

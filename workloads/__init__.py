@@ -1,72 +1,9 @@
-"""Workload registry: a spec's ``[workload] name`` -> a :class:`tuner.workload.Workload` class.
+"""The built-in workloads (digits, Fashion-MNIST, the noisy quadratic model).
 
-Built-in workloads are imported only when asked for. A spec may also name any importable class as
-``"package.module:ClassName"``; :func:`register` adds a name for your own class.
+The registry lives in :mod:`tuner.workload.registry`; ``workloads.register`` / ``workloads.get``
+stay here for plug-ins written against earlier versions.
 """
 
-from __future__ import annotations
+from tuner.workload.registry import get, names, register
 
-import importlib
-import inspect
-
-from tuner.workload import Workload
-
-_BUILTIN = {
-    "digits": "workloads.digits:Digits",
-    "fashion_mnist": "workloads.fashion_mnist:FashionMNIST",
-    "nqm": "workloads.nqm:NQM",
-}
-_REGISTERED: dict[str, type[Workload]] = {}
-
-
-def register(cls: type[Workload]) -> type[Workload]:
-    """Register a workload class under its ``name`` (usable as a class decorator)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} needs a class attribute `name`")
-    _REGISTERED[cls.name] = cls
-    return cls
-
-
-def names() -> list[str]:
-    """Every registered workload name."""
-    return sorted(set(_BUILTIN) | set(_REGISTERED))
-
-
-def get(name: str) -> type[Workload]:
-    """The workload class for a registry name or a ``module:Class`` path.
-
-    Raises:
-        KeyError: with a message that lists the allowed names.
-    """
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    path = _BUILTIN.get(name, name if ":" in name else None)
-    if path is None:
-        raise KeyError(f"unknown workload {name!r}; allowed: {', '.join(names())} "
-                       "or 'package.module:Class'")
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise KeyError(f"{name!r}: allowed: a registered name ({', '.join(names())}) or "
-                       "'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - a plug-in's import may raise anything
-        raise KeyError(f"cannot import workload {name!r}: {_one_line(exc)}") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise KeyError(f"cannot import workload {name!r}: module {module_name!r} has no "
-                       f"attribute {attr!r}")
-    if not (isinstance(cls, type) and issubclass(cls, Workload)):
-        raise KeyError(f"{name!r} is not a tuner.workload.Workload subclass")
-    if inspect.isabstract(cls):
-        missing = ", ".join(sorted(cls.__abstractmethods__))
-        raise KeyError(f"workload {name!r} is abstract: it does not implement {missing}")
-    return cls
-
-
-def _one_line(exc: BaseException) -> str:
-    """An import error in one line: its type, message, and where (for a syntax error)."""
-    if isinstance(exc, SyntaxError):
-        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+__all__ = ["get", "names", "register"]

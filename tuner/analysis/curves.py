@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tuner.analysis.load import TrialRecord
+from tuner.analysis.fit import best_steps_per_batch, fit_or_reason, fit_with_bootstrap
+from tuner.analysis.records import TrialRecord, best
+
+__all__ = ["Curve", "Point", "best", "curve", "point"]
 
 
 @dataclass
@@ -25,12 +28,6 @@ class Point:
     best_steps_after: int | None = None  # the target was crossed in (after, best_steps]
     best_wall_seconds: float | None = None  # the best trial's wall time to the target
     n_duplicates: int = 0  # finished trials of an already finished slot, set aside (load.py)
-
-
-def best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The trial that reached the target in the fewest steps (the earliest on ties)."""
-    reached = [t for t in trials if t.outcome == "reached"]
-    return min(reached, key=lambda t: (t.steps_to_target, t.number)) if reached else None
 
 
 def point(batch_size: int, trials: Sequence[TrialRecord]) -> Point:
@@ -96,8 +93,6 @@ def curve(name: str, target: dict[str, Any], optimizer: str,
           trials_by_b: dict[int, Sequence[TrialRecord]], fixed_params: dict[str, Any],
           n_boot: int = 1000, seed: int = 0) -> Curve:
     """Points and the bootstrapped McCandlish fit of one spec's studies."""
-    from tuner.analysis.fit import best_steps_per_batch, fit_or_reason, fit_with_bootstrap
-
     points = [point(b, trials) for b, trials in sorted(trials_by_b.items())]
     f = fit_with_bootstrap(trials_by_b, n_boot=n_boot, seed=seed)
     c = Curve(name, target, optimizer, points, f, fixed_params)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.analysis.curves import best
-from tuner.analysis.load import BatchStudy
-from tuner.space import Param
-from tuner.spec import PARAM_BOUNDS
+from tuner.analysis.records import BatchStudy
+from tuner.core.space import PARAM_BOUNDS, Param
 
 
 #: Near-best trials "cluster" at an edge when at least this share of them (and >= 3) sit there.

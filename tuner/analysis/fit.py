@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tuner.analysis.load import TrialRecord
+from tuner.analysis.records import TrialRecord, best
 
 #: Regime thresholds, in B / B_crit: below 1/4 the steps are within 25 % of perfect scaling
 #: (S ~ S_min B_noise / B); above 4, within 25 % of S_min (maximal data parallelism).
@@ -133,8 +133,6 @@ def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
 
 def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[int, int]:
     """Best steps-to-target per batch size (batch sizes without a reached trial left out)."""
-    from tuner.analysis.curves import best
-
     found = {b: best(trials) for b, trials in trials_by_b.items()}
     return {b: t.steps_to_target for b, t in found.items() if t is not None}
 
@@ -148,8 +146,8 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
     A resample that gives no fit (fewer than 3 batch sizes reached in it, or no convergence)
     is dropped and counted in ``boot_dropped`` by reason; ``n_boot`` is the usable ones.
     """
-    best = best_steps_per_batch(trials_by_b)
-    f = fit(list(best), list(best.values()))
+    found = best_steps_per_batch(trials_by_b)
+    f = fit(list(found), list(found.values()))
     if f is None:
         return None
     rng = np.random.default_rng(seed)

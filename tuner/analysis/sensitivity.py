@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from tuner.analysis.curves import best
-from tuner.analysis.load import BatchStudy
+from tuner.analysis.records import BatchStudy
 
 OUTCOMES = ("reached", "missed", "pruned", "diverged", "failed")
 
@@ -46,12 +46,17 @@ def importances(study: BatchStudy, seed: int = 0) -> dict[str, float] | None:
 
     None when fewer than 3 finished trials or Optuna cannot compute them.
     """
-    frozen = [t.frozen for t in study.trials if t.frozen is not None
-              and t.frozen.state == optuna.trial.TrialState.COMPLETE and t.frozen.params]
-    if len(frozen) < 3 or not study.search_space:
+    space = study.search_space
+    done = [t for t in study.trials if t.value is not None and t.params
+            and t.outcome in ("reached", "missed", "diverged")]
+    if len(done) < 3 or not space:
         return None
-    tmp = optuna.create_study(storage=optuna.storages.InMemoryStorage())
-    tmp.add_trials(frozen)
+    # Optuna's fANOVA evaluator works on a study: an in-memory one, of the records' trials
+    tmp = optuna.create_study()
+    tmp.add_trials([optuna.trial.create_trial(
+        params={k: v for k, v in t.params.items() if k in space}, value=t.value,
+        distributions={k: space[k].distribution() for k in t.params if k in space})
+        for t in done])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from tuner.analysis.curves import Curve, best, curve
 from tuner.analysis.edges import EdgeFinding, check_study
 from tuner.analysis.fit import regime
-from tuner.analysis.load import SpecStudies
+from tuner.analysis.records import SpecStudies
 
 #: A best trial that used more than this share of its budget suggests the budget is too small.
 BUDGET_SHARE = 0.9

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 TESTED_MAJOR = (5,)
 if int(optuna.__version__.split(".")[0]) not in TESTED_MAJOR:
     raise ImportError(f"tuner needs optuna {' or '.join(map(str, TESTED_MAJOR))}.x (its heartbeat "
-                      f"internals are used by tuner.compat); found {optuna.__version__}")
+                      f"internals are used by tuner.store.compat); found {optuna.__version__}")
 
 __all__ = ["heartbeat_thread", "heartbeats", "is_heartbeat_enabled", "record_heartbeat",
            "tell_pruned"]
@@ -64,7 +64,7 @@ def heartbeats(storage: BaseStorage, study_id: int) -> tuple[dt.datetime, dict[i
             return (conn.execute(sa.select(sa.func.now())).scalar_one(),
                     list(conn.execute(query).all()))
 
-    # tuner.retry.RetryingStorage rides out an outage; a plain RDBStorage reads once
+    # tuner.store.retry.RetryingStorage rides out an outage; a plain RDBStorage reads once
     now, rows = getattr(storage, "retrying", lambda f: f())(read)
     now = now.replace(tzinfo=None) if isinstance(now, dt.datetime) else dt.datetime.fromisoformat(
         str(now))

@@ -16,7 +16,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.spec import Spec
-from tuner.workload import TrialRequest, TrialResult, Workload
+from tuner.core.trial import TrialRequest, TrialResult
+from tuner.workload.base import Workload
 
 
 def trial_seed(spec_seed: int, batch_size: int, number: int) -> int:
@@ -57,7 +58,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
 
     def objective(trial: optuna.Trial) -> float:
         params = {**spec.fixed, **suggest(trial, spec)}
-        # the seed follows the slot (tuner.trialqueue): a retry reuses its failed trial's seed
+        # the seed follows the slot (tuner.run.trialqueue): a retry reuses its failed trial's seed
         a = trial.user_attrs
         seed = trial_seed(spec.seed, batch_size, a.get("slot", a.get("retry_of", trial.number)))
         trial.set_user_attr("seed", seed)

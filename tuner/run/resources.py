@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from tuner.errors import UsageError
+from tuner.core.errors import UsageError
 from tuner.spec import Spec
 
 #: More evaluations than this in one trial is refused (each one is a validation pass and a

@@ -1,6 +1,6 @@
 """Samplers: quasi-random search (scrambled Halton, as in Shallue et al.), TPE and random.
 
-Each is driven by the trial's *slot* (:mod:`tuner.trialqueue`): the quasi-random sampler takes
+Each is driven by the trial's *slot* (:mod:`tuner.run.trialqueue`): the quasi-random sampler takes
 the slot-th point of its sequence, and random/TPE reseed from (seed, slot) before each trial, so
 several workers never draw the same point and a slot's point does not depend on who ran it.
 """

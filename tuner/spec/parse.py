@@ -1,6 +1,6 @@
 """Study specs: a TOML file -> a validated, typed :class:`Spec`.
 
-Every problem is a :class:`~tuner.errors.SpecError` naming the file, the key and what is allowed.
+Every problem is a :class:`~tuner.core.errors.SpecError` naming the file, the key and what is allowed.
 Loading a spec touches no storage. See ``studies/README.md`` for the format.
 """
 
@@ -15,16 +15,19 @@ import re
 import tomllib
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from tuner.cadence import eval_steps, share_interval
-from tuner.errors import SpecError
-from tuner.optim import OPTIONAL_PARAMS, OPTIMIZERS, SCHEDULES, allowed_params
-from tuner.space import Param
-from tuner.workload import Target, Workload
+from tuner.core.errors import SpecError
+from tuner.core.space import PARAM_BOUNDS, Param
+from tuner.core.trial import Target
+from tuner.spec.cadence import eval_steps, share_interval
+from tuner.spec.optimizers import OPTIONAL_PARAMS, OPTIMIZERS, SCHEDULES, allowed_params
+
+#: ``resolve(name)`` -> the workload class a spec's ``[workload] name`` stands for (raises
+#: KeyError with a message listing what is allowed).
+Resolver = Callable[[str], type]
 
 SAMPLERS = ("qmc", "tpe", "random")
 OPTUNA_PRUNERS = {
@@ -37,19 +40,6 @@ PRUNERS = ("lossless", "none", *OPTUNA_PRUNERS)
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 DIRECTIONS = ("minimize", "maximize")
-
-#: Where a fixed or searched metaparameter may lie: (low, high, low inclusive, high inclusive).
-PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
-    "learning_rate": (0.0, math.inf, False, False),
-    "one_minus_momentum": (0.0, 1.0, False, True),
-    "one_minus_beta1": (0.0, 1.0, False, True),
-    "one_minus_beta2": (0.0, 1.0, False, True),
-    "epsilon": (0.0, math.inf, False, False),
-    "weight_decay": (0.0, math.inf, True, False),
-    "end_factor": (0.0, 1.0, True, True),
-    "decay_fraction": (0.0, 1.0, False, True),
-    "decay_steps": (1.0, math.inf, True, False),
-}
 
 #: Seeds numpy (and so Optuna's samplers and the trial seeds) accept.
 SEED_MAX = 2**32 - 1
@@ -100,7 +90,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class Cadence:
-    """Evaluation cadence; see :mod:`tuner.cadence`."""
+    """Evaluation cadence; see :mod:`tuner.spec.cadence`."""
 
     first_step: int = 10
     relative: float = 0.02
@@ -139,7 +129,7 @@ class Spec:
     batch_sizes: tuple[int, ...]
     trials: int
     workload_name: str
-    workload: Workload = field(compare=False)
+    workload_options: dict[str, Any]  # as the file gives them (the bound workload fills defaults)
     optimizer: str
     schedule: str
     fixed: dict[str, Any]
@@ -152,10 +142,20 @@ class Spec:
     accelerator: str = "auto"
     precision: str = "32-true"
     devices: int = 1  # > 1: one trial trains with DDP on this many devices
+    #: The workload instance once the spec is bound (:func:`tuner.run.specs.load`); None for a
+    #: spec read without its workload (analysis).
+    workload: Any = field(default=None, compare=False, repr=False)
+
+    def bound(self) -> Any:
+        """The workload; a spec read without it (analysis) cannot answer workload questions."""
+        if self.workload is None:
+            raise RuntimeError(f"{self.path}: spec read without its workload; load it with "
+                               "tuner.run.specs.load to run it")
+        return self.workload
 
     def max_steps(self, batch_size: int) -> int:
         """Budget in steps at this batch size."""
-        return self.budget.steps_for(batch_size, self.workload.num_train_examples())
+        return self.budget.steps_for(batch_size, self.bound().num_train_examples())
 
     def eval_spacing(self, batch_size: int) -> tuple[int, int]:
         """(first evaluation step, fewest steps between evaluations) at this batch size: the
@@ -163,7 +163,7 @@ class Spec:
         c = self.cadence
         first, interval = c.first_step, c.min_interval
         if c.max_share is not None:
-            floor = share_interval(self.workload.num_val_examples(), batch_size, c.max_share)
+            floor = share_interval(self.bound().num_val_examples(), batch_size, c.max_share)
             first = min(max(first, floor), self.max_steps(batch_size))
             interval = max(interval, floor)
         return first, interval
@@ -181,7 +181,8 @@ class Spec:
         """
         return {
             "workload": self.workload_name,
-            "workload_options": self.workload.options_dict(),
+            "workload_options": (self.workload.options_dict() if self.workload is not None
+                                 else dict(self.workload_options)),
             "optimizer": self.optimizer,
             "schedule": self.schedule,
             "fixed": self.fixed,
@@ -298,12 +299,17 @@ _KINDS: dict[Any, str] = {int: "integer", float: "number", str: "string", bool: 
 # Sections
 
 
-def _workload(t: _Table) -> tuple[str, Workload]:
-    import workloads
+def _raw_options(t: _Table) -> dict[str, Any]:
+    """The ``[workload]`` options as the file gives them (checked by the workload when bound)."""
+    return {k: v for k, v in t.data.items() if k != "name"}
 
+
+def _workload(t: _Table, resolve: Resolver | None) -> tuple[str, Any, dict[str, Any]]:
     name = t.get("name", "string")
+    if resolve is None:
+        return name, None, _raw_options(t)
     try:
-        cls = workloads.get(name)
+        cls = resolve(name)
     except KeyError as exc:
         raise t.error("name", exc.args[0]) from None
     opts = cls.Options
@@ -336,7 +342,7 @@ def _workload(t: _Table) -> tuple[str, Workload]:
                       f"{' '.join(str(exc).split())}") from None
     for k, message in problems:
         raise t.error(k, message)
-    return name, workload
+    return name, workload, values
 
 
 def _check_bounds(t: _Table, k: str, v: float) -> None:
@@ -407,8 +413,11 @@ def _optimizer(t: _Table, space_t: _Table) -> tuple[str, str, dict[str, Any], tu
     return name, schedule, fixed, space
 
 
-def _target(t: _Table, workload: Workload) -> Target:
+def _target(t: _Table, workload: Any) -> Target:
     t.only(["metric", "value", "direction"])
+    if workload is None:  # read without the workload: its metrics and ranges are unknown
+        return Target(t.get("metric", "string"), t.get("value", "number"),
+                      t.get("direction", "string", "", choices=DIRECTIONS))
     metrics = workload.metrics
     metric = t.get("metric", "string")
     if metric not in metrics:
@@ -465,7 +474,7 @@ def _cadence_identity(cadence: Cadence) -> dict[str, Any]:
     return out
 
 
-def _cadence(t: _Table, workload: Workload) -> Cadence:
+def _cadence(t: _Table, workload: Any) -> Cadence:
     t.only(["first_step", "relative", "min_interval", "max_share"])
     relative = t.get("relative", "number", 0.02)
     if not 0 <= relative <= 1000:
@@ -476,7 +485,7 @@ def _cadence(t: _Table, workload: Workload) -> Cadence:
         if not 0.001 <= max_share < 1:
             raise t.error("max_share", f"{max_share}; allowed: a fraction in [0.001, 1), "
                           "e.g. 0.05")
-        if workload.num_val_examples() == 0:
+        if workload is not None and workload.num_val_examples() == 0:
             raise t.error("max_share", "this workload has no validation pass to space out; "
                           "allowed: only for trained workloads")
     return Cadence(t.positive_int("first_step", 10), relative, t.positive_int("min_interval", 10),
@@ -498,17 +507,7 @@ def _sampler(t: _Table, seed: int) -> SamplerSpec:
     if options.get("n_startup_trials", 0) < 0:
         raise t.error("n_startup_trials", f"{options['n_startup_trials']}; allowed: an integer "
                       ">= 0")
-    sampler = SamplerSpec(name, t.seed("seed", seed), options)
-    from tuner.sampling import build_sampler
-
-    try:  # Optuna checks some options only here: build it once, as the runner will
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            build_sampler(name, sampler.seed, options, {})
-    except (ValueError, TypeError) as exc:
-        raise SpecError(t.path, t.where or "sampler", f"Optuna's {name} sampler refuses these "
-                        f"options: {exc}") from None
-    return sampler
+    return SamplerSpec(name, t.seed("seed", seed), options)
 
 
 def _union_args(hint: Any) -> tuple[Any, ...]:
@@ -559,8 +558,6 @@ def _optuna_options(options: _Table, cls: type) -> dict[str, Any]:
 def _pruner(t: _Table, target: Target) -> PrunerSpec:
     import optuna
 
-    from tuner.pruning import build_pruner
-
     name = t.get("name", "string", "lossless", choices=PRUNERS)
     t.only(["name", "slack", "lossless", "options"])
     slack = t.get("slack", "number", 1.0)
@@ -572,7 +569,7 @@ def _pruner(t: _Table, target: Target) -> PrunerSpec:
     if name in OPTUNA_PRUNERS:
         cls = getattr(optuna.pruners, OPTUNA_PRUNERS[name])
         values = _optuna_options(options, cls)
-        if target.direction != "minimize":
+        if target.direction not in ("minimize", ""):
             raise t.error("name", f"Optuna's {name} pruner compares intermediate values as "
                           "a minimised objective; use a minimised target metric (e.g. error) "
                           "or pruner 'lossless'")
@@ -580,21 +577,14 @@ def _pruner(t: _Table, target: Target) -> PrunerSpec:
         options.only([])
     if name == "none" and lossless:
         raise t.error("lossless", "pruner 'none' with lossless = true; use name = 'lossless'")
-    try:  # Optuna checks ranges in its constructors: build the pruner once, as the runner will
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            build_pruner(name, slack, lossless, values)
-    except (ValueError, TypeError) as exc:
-        raise SpecError(t.path, options.where, f"Optuna's {name} pruner refuses these options: "
-                        f"{exc}") from None
     return PrunerSpec(name, slack, lossless, values)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def load(path: str | Path) -> Spec:
-    """Read and validate a spec file.
+def load(path: str | Path, resolve: Resolver | None = None) -> Spec:
+    """Read and validate a spec file (with its workload when ``resolve`` is given).
 
     Raises:
         SpecError: the first problem found, naming file, key and what is allowed.
@@ -613,11 +603,13 @@ def load(path: str | Path) -> Spec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(p, "", f"not valid TOML: {exc}") from None
-    return parse(data, p, text)
+    return parse(data, p, text, resolve)
 
 
-def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
-    """Validate an already-parsed TOML document (``path`` is used in messages)."""
+def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | None = None
+          ) -> Spec:
+    """Validate an already-parsed TOML document (``path`` is used in messages); with
+    ``resolve``, against its workload too."""
     top = _Table(path, "", data)
     top.only(TOP_KEYS)
     name = top.get("name", "string", Path(path).stem)
@@ -637,15 +629,17 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
         raise top.error("batch_sizes", f"has duplicates: {batch_sizes}")
     trials = top.positive_int("trials", 16)
 
-    wname, workload = _workload(top.table("workload"))
+    wname, workload, options = _workload(top.table("workload"), resolve)
     optimizer, schedule, fixed, space = _optimizer(top.table("optimizer"),
                                                    top.table("search_space"))
-    for key, message in workload.check_metaparameters(optimizer, schedule, fixed,
-                                                      {p.name for p in space}):
+    for key, message in (workload.check_metaparameters(optimizer, schedule, fixed,
+                                                       {p.name for p in space})
+                         if workload is not None else ()):
         raise SpecError(path, key, message)
     target = _target(top.table("target"), workload)
     budget = _budget(top.table("budget"))
-    if budget.max_epochs is not None and workload.num_train_examples() == 0:
+    if (workload is not None and budget.max_epochs is not None
+            and workload.num_train_examples() == 0):
         raise SpecError(path, "budget.max_epochs", f"workload {wname!r} has no data set; "
                         "allowed: max_steps")
     cadence = _cadence(top.table("eval"), workload)
@@ -655,7 +649,8 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
     spec = Spec(
         path=path, text=text, name=name, description=top.get("description", "string", ""),
         seed=seed, batch_sizes=tuple(sorted(batch_sizes)), trials=trials,
-        workload_name=wname, workload=workload, optimizer=optimizer, schedule=schedule,
+        workload_name=wname, workload_options=options, workload=workload,
+        optimizer=optimizer, schedule=schedule,
         fixed=fixed, space=space, target=target, budget=budget, cadence=cadence,
         sampler=_sampler(top.table("sampler"), seed),
         pruner=_pruner(top.table("pruner"), target),
@@ -663,10 +658,10 @@ def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
         precision=trainer.get("precision", "string", "32-true", choices=PRECISIONS),
         devices=trainer.positive_int("devices", 1),
     )
+    if workload is None:
+        return spec
     if spec.devices > 1:
-        from tuner.workload import TrainedWorkload
-
-        if not isinstance(workload, TrainedWorkload):
+        if not callable(getattr(workload, "build_model", None)):  # not a TrainedWorkload
             raise SpecError(path, "trainer.devices", f"workload {wname!r} is not trained; "
                             "allowed: 1")
         if odd := [b for b in spec.batch_sizes if b % spec.devices]:

@@ -1,7 +1,7 @@
 """``tuner run --workers N``: N local worker processes on one storage, one GPU each if asked.
 
 Each worker is a plain ``tuner run`` process (the same command a user starts on another
-machine); the work queue (:mod:`tuner.trialqueue`) shares the trials out. Progress lines come
+machine); the work queue (:mod:`tuner.run.trialqueue`) shares the trials out. Progress lines come
 back prefixed with the worker's number; SIGINT/SIGTERM here stop every worker cleanly.
 """
 
@@ -13,8 +13,8 @@ import sys
 import threading
 from collections.abc import Callable
 
-from tuner.errors import UsageError
-from tuner.signals import stop_cleanly
+from tuner.core.errors import UsageError
+from tuner.run.signals import stop_cleanly
 
 
 def parse_gpus(text: str | None) -> list[str]:

@@ -15,7 +15,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from tuner.analysis.curves import Curve, best  # noqa: E402
 from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW  # noqa: E402
-from tuner.analysis.load import BatchStudy  # noqa: E402
+from tuner.analysis.records import BatchStudy  # noqa: E402
 
 MARKERS = {"reached": ("o", "tab:blue"), "missed": ("s", "tab:gray"),
            "diverged": ("x", "tab:red"), "pruned": (".", "tab:orange")}

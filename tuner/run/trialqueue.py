@@ -15,7 +15,7 @@ re-queued). A slot is
   params, slot and seed), so a slot is re-queued at most once per failure.
 
 :func:`claim` is the only way a worker gets a trial, and it runs under the study lock
-(:mod:`tuner.locking`):
+(:mod:`tuner.store.locking`):
 
 1. fail stale RUNNING trials (``fail_reason`` says so): a trial whose last heartbeat is older
    than twice *its own worker's* heartbeat interval (system attr ``heartbeat_interval``), or one
@@ -40,7 +40,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.compat import heartbeats, is_heartbeat_enabled, record_heartbeat
+from tuner.store.compat import heartbeats, is_heartbeat_enabled, record_heartbeat
+from tuner.store.source import slot_of
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: Heartbeat interval (s) assumed for trials stored without one (and storages without it).
@@ -51,12 +52,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     #: Enqueues a WAITING copy of a failed trial (same params and user attrs, incl. the slot).
     RETRY = RetryHeartbeatStaleTrialCallback()
-
-
-def slot_of(t: FrozenTrial) -> int:
-    """The trial's slot (studies of tuner 0.1.0: the trial it retried, else its number)."""
-    a = t.user_attrs
-    return int(a.get("slot", a.get("retry_of", t.number)))
 
 
 def slots(trials: list[FrozenTrial]) -> dict[int, list[FrozenTrial]]:

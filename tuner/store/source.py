@@ -1,4 +1,4 @@
-"""Stored studies -> plain records the analysis functions work on.
+"""Stored Optuna studies -> the plain records of :mod:`tuner.analysis.records`.
 
 A spec argument is a spec file (its name and seed select the studies) or a spec name already in
 storage. Nothing here writes: a storage that does not exist is an error, not a new empty file.
@@ -6,72 +6,16 @@ storage. Nothing here writes: a storage that does not exist is an error, not a n
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import UsageError
-from tuner.space import Param
-
-
-@dataclass
-class TrialRecord:
-    """One stored trial, as analysis needs it."""
-
-    number: int
-    outcome: str  # reached | missed | pruned | diverged | failed | running
-    params: dict[str, Any]
-    steps_to_target: int | None = None
-    steps_after: int | None = None  # the target was crossed in (steps_after, steps_to_target]
-    stopped_at_step: int | None = None
-    wall_seconds: float | None = None
-    slot: int | None = None  # the trial's point in the quasi-random sequence (tuner.trialqueue)
-    frozen: FrozenTrial | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class BatchStudy:
-    """One batch-size study: its attrs and trials."""
-
-    batch_size: int
-    trials: list[TrialRecord]
-    search_space: dict[str, Param] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    study_name: str = ""
-    n_duplicates: int = 0  # finished trials of an already finished slot, set aside
-    n_incomplete_trials: int = 0  # finished trials without their result attrs, left out
-
-    @property
-    def max_steps(self) -> int | None:
-        """The study's budget in steps."""
-        return self.attrs.get("budget", {}).get("max_steps")
-
-
-@dataclass
-class SpecStudies:
-    """All batch-size studies of one spec (and seed), sorted by batch size."""
-
-    name: str
-    seed: int
-    target: dict[str, Any]
-    studies: list[BatchStudy]
-    attrs: dict[str, Any] = field(default_factory=dict)  # of the first study
-    warnings: list[str] = field(default_factory=list)  # one line each, for stderr
-    skipped: list[str] = field(default_factory=list)  # names of incomplete studies left out
-
-    @property
-    def n_duplicates(self) -> int:
-        """Duplicate finished trials set aside, over all batch sizes."""
-        return sum(s.n_duplicates for s in self.studies)
-
-    @property
-    def batch_sizes(self) -> list[int]:
-        """Batch sizes with a study."""
-        return [s.batch_size for s in self.studies]
+from tuner.analysis.records import BatchStudy, SpecStudies, TrialRecord, param_from_attr
+from tuner import spec as spec_mod
+from tuner.core.errors import UsageError
+from tuner.store.storage import changed_key, first_difference, sqlite_file
 
 
 def outcome_of(t: FrozenTrial) -> str:
@@ -92,15 +36,16 @@ def record(t: FrozenTrial) -> TrialRecord:
         number=t.number, outcome=outcome_of(t), params=dict(t.params),
         steps_to_target=a.get("steps_to_target") if a.get("reached") else None,
         steps_after=a.get("steps_to_target_after"), stopped_at_step=a.get("stopped_at_step"),
-        wall_seconds=a.get("wall_seconds"), slot=slot_of(t), frozen=t,
+        wall_seconds=a.get("wall_seconds"), slot=slot_of(t),
+        value=t.value if t.state == TrialState.COMPLETE else None,
     )
 
 
 def slot_of(t: FrozenTrial) -> int:
-    """The trial's slot: its user attr ``slot``, else its number (studies that predate slots)."""
-    from tuner.trialqueue import slot_of as queue_slot
-
-    return queue_slot(t)
+    """The trial's slot: its user attr ``slot`` (tuner.run.trialqueue); in studies of tuner
+    0.1.0 the trial it retried (``retry_of``), else its number."""
+    a = t.user_attrs
+    return int(a.get("slot", a.get("retry_of", t.number)))
 
 
 def has_result(t: FrozenTrial) -> bool:
@@ -135,25 +80,15 @@ def distinct_slots(trials: list[FrozenTrial]) -> tuple[list[FrozenTrial], int]:
     return out, len(finished) - len(first)
 
 
-def param_from_attr(name: str, attr: dict[str, Any]) -> Param:
-    """A :class:`Param` from its stored ``search_space`` entry."""
-    if "choices" in attr:
-        return Param(name, choices=tuple(attr["choices"]))
-    return Param(name, low=attr["low"], high=attr["high"], log=bool(attr.get("log")),
-                 integer=bool(attr.get("int")))
-
-
 def check_storage_exists(url: str) -> None:
     """Refuse to analyse a SQLite file that is not there (opening it would create it)."""
-    from tuner.storage import sqlite_file
-
     db = sqlite_file(url)
     if db is not None and not db.exists():
         raise UsageError(f"--storage: no SQLite file at {db}; run `tuner run` first "
                          "or pass the storage the studies are in")
 
 
-#: The study attrs every version of ``tuner run`` writes (tuner.storage.study_attrs), in the
+#: The study attrs every version of ``tuner run`` writes (tuner.store.storage.study_attrs), in the
 #: order it writes them; a study without one of them was stopped while being created.
 STUDY_ATTRS = ("spec_name", "batch_size", "seed", "workload", "workload_options", "optimizer",
                "schedule", "fixed_params", "target", "budget", "search_space", "sampler",
@@ -172,14 +107,19 @@ def check_unchanged(spec: Any, summaries: list[optuna.study.StudySummary]) -> No
     Raises:
         UsageError: naming the file and the first part of the spec that changed.
     """
-    from tuner.storage import changed_key
-
-    mine = spec.fingerprint()
+    mine = spec.fingerprint() if spec.workload is not None else None
     for s in sorted(summaries, key=lambda s: s.user_attrs["batch_size"]):
-        if s.user_attrs["spec_fingerprint"] == mine:
+        if mine is not None:
+            key = None if s.user_attrs["spec_fingerprint"] == mine else changed_key(
+                spec, s.user_attrs)
+        elif s.user_attrs.get("spec_text") == spec.text:
+            key = None
+        else:
+            key = first_difference(spec, s.user_attrs)
+        if key is None:
             continue
         raise UsageError(
-            f"{spec.path}: {changed_key(spec, s.user_attrs)}: differs from the stored study {s.study_name!r}: the "
+            f"{spec.path}: {key}: differs from the stored study {s.study_name!r}: the "
             f"file was edited since its studies were stored; restore it, or analyse the stored "
             f"studies by name ({spec.name!r} instead of the file)")
 
@@ -199,9 +139,7 @@ def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None =
     """
     name, spec = spec_arg, None
     if spec_arg.endswith(".toml") or Path(spec_arg).is_file():
-        from tuner import spec as spec_mod
-
-        spec = spec_mod.load(spec_arg)
+        spec = spec_mod.load(spec_arg)  # the file alone: no workload import, no data
         if seed is not None and seed != spec.seed:
             spec = spec_mod.with_seed(spec, seed)
         name, seed = spec.name, spec.seed
@@ -258,6 +196,3 @@ def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None =
     return SpecStudies(name, seed, first.get("target", {}), studies, first, warn, skipped)
 
 
-def finite(x: float | None) -> bool:
-    """Whether ``x`` is a finite number."""
-    return x is not None and math.isfinite(x)

@@ -1,157 +1,16 @@
-"""The one question every workload answers, and the base class for trained workloads.
-
-A workload answers: "with these metaparameters at batch size B, when (if ever) is the target
-reached, and what did the curve look like?" It gets a :class:`TrialRequest` and a ``report``
-callback, and hands back a :class:`TrialResult`. Pruning and reporting to Optuna live in the
-objective, behind ``report``, so every kind of workload gets them.
-
-To plug in your own model, subclass :class:`TrainedWorkload` (see ``workloads/README.md``)::
-
-    @dataclass
-    class MyOptions:
-        width: int = 256
-
-    class MyWorkload(TrainedWorkload):
-        name = "my_model"
-        Options = MyOptions
-
-        def load_data(self) -> Data:            # CPU tensors; cached per process
-            ...
-        def build_model(self) -> torch.nn.Module:  # a LightningModule works too
-            ...
-
-and name it in a spec as ``[workload] name = "my_package.my_module:MyWorkload"`` or register it
-with :func:`workloads.register`.
-"""
+"""The base class of trained workloads: data + a model, trained by :func:`tuner.train.loop.train`."""
 
 from __future__ import annotations
 
-import dataclasses
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from tuner.core.trial import Reporter, TrialRequest, TrialResult
+from tuner.workload.base import Workload
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class Target:
-    """Reached at the first evaluation where ``metric`` is at least as good as ``value``."""
-
-    metric: str
-    value: float
-    direction: str  # "minimize" | "maximize"
-
-    def reached(self, metric_value: float) -> bool:
-        """Whether ``metric_value`` is at least as good as the target."""
-        if self.direction == "minimize":
-            return metric_value <= self.value
-        return metric_value >= self.value
-
-
-@dataclass(frozen=True)
-class TrialRequest:
-    """Everything one trial needs to know, resolved for one batch size."""
-
-    params: dict[str, Any]  # every metaparameter, searched or fixed
-    optimizer: str
-    schedule: str
-    batch_size: int
-    max_steps: int
-    eval_steps: tuple[int, ...]  # increasing; the last is max_steps
-    target: Target
-    seed: int
-    divergence_factor: float = 100.0
-    accelerator: str = "auto"
-    precision: str = "32-true"
-    devices: int = 1  # > 1: DDP, the global batch split evenly across the devices
-
-
-@dataclass
-class TrialResult:
-    """What happened in one trial. ``curve`` holds (step, metrics) at every evaluation."""
-
-    reached: bool
-    steps_to_target: int | None
-    stopped_at_step: int
-    diverged: bool
-    pruned: bool
-    examples_seen: int
-    wall_seconds: float
-    best_metric: float | None
-    curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    steps_after: int | None = None  # the target was crossed in (steps_after, steps_to_target]
-    eval_seconds: float = 0.0
-    device: str = "cpu"
-
-
-#: ``report(step, metrics)`` is called at every evaluation; it returns True to stop (prune).
-Reporter = Callable[[int, dict[str, float]], bool]
-
-
-@dataclass
-class NoOptions:
-    """A workload without options."""
-
-
-class Workload(ABC):
-    """A model + data + metric (or an analytic model) that answers steps-to-target questions."""
-
-    #: Registry name used in specs.
-    name: ClassVar[str] = ""
-    #: A dataclass of the options a spec's ``[workload]`` table may set.
-    Options: ClassVar[type] = NoOptions
-    #: Metric name -> the direction in which it improves.
-    metrics: ClassVar[dict[str, str]] = {}
-    #: Trials so fast that storage writes dominate: run each in memory and store it whole.
-    buffered: ClassVar[bool] = False
-    #: Metric name -> the closed range its values lie in (a target outside it is refused).
-    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
-
-    def __init__(self, options: Any = None) -> None:
-        self.options = options if options is not None else self.Options()
-
-    def options_dict(self) -> dict[str, Any]:
-        """The options as plain data (stored in the study attrs)."""
-        return dataclasses.asdict(self.options)
-
-    def check_options(self) -> list[tuple[str, str]]:
-        """Problems with the options as (option key, what is allowed); empty when fine.
-
-        Called while the spec is validated, before any storage is touched: keep it cheap.
-        """
-        return []
-
-    def check_metaparameters(self, optimizer: str, schedule: str, fixed: dict[str, Any],
-                             searched: set[str]) -> list[tuple[str, str]]:
-        """Problems with the optimizer/schedule/metaparameters for this workload, as
-        (spec key, message); empty when fine (trained workloads take them all)."""
-        return []
-
-    def initial_metric(self, metric: str) -> float | None:
-        """The metric's value before the first step (for an untrained model, its expected value),
-        or None when unknown. A target already met there is refused: every trial would reach
-        it at its first evaluation. Called while the spec is validated: keep it cheap."""
-        return None
-
-    def memory_bytes(self, batch_size: int, optimizer: str, precision: str) -> int | None:
-        """About how many bytes one trial at ``batch_size`` needs on its device, or None when
-        unknown. ``tuner run`` refuses batch sizes that do not fit (unless ``--allow-large``)."""
-        return None
-
-    @abstractmethod
-    def num_train_examples(self) -> int:
-        """Size of the training split (to turn a budget in epochs into steps)."""
-
-    def num_val_examples(self) -> int:
-        """Size of the validation split one evaluation runs over (0: no validation pass)."""
-        return 0
-
-    @abstractmethod
-    def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
-        """Train (or compute) until the target is reached, the budget is spent, the loss
-        diverges, or ``report`` says stop."""
 
 
 @dataclass
@@ -165,7 +24,7 @@ class Data:
 
 
 class TrainedWorkload(Workload):
-    """A workload trained by :func:`tuner.loop.train`: subclasses give data and a model.
+    """A workload trained by :func:`tuner.train.loop.train`: subclasses give data and a model.
 
     Defaults suit classification: the loss is cross-entropy of ``model(x)`` (or the model's own
     ``training_step`` when it is a LightningModule), and the metrics are ``error``, ``accuracy``
@@ -301,6 +160,6 @@ class TrainedWorkload(Workload):
 
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
         """Train with the shared Lightning loop."""
-        from tuner.loop import train
+        from tuner.train.trial import train  # heavy: torch and lightning
 
         return train(self, request, report)

@@ -5,7 +5,7 @@ NCCL on GPUs, gloo on CPU). Each rank trains on its share of every global batch 
 (B / devices each; DDP averages the gradients, so a step is the same step as on one device).
 Only rank 0 evaluates; it sends (step, metrics) here over a queue, this process reports to
 Optuna and answers "prune or not", and rank 0 broadcasts the answer to the other ranks (in
-:func:`tuner.loop.train_on`). Optuna's own Lightning callback would run the objective once per
+:func:`tuner.train.loop.train_on`). Optuna's own Lightning callback would run the objective once per
 rank under plain ``ddp``; here nothing but this process talks to the storage.
 """
 
@@ -15,12 +15,13 @@ import pickle
 import threading
 from typing import TYPE_CHECKING, Any
 
-from tuner.workload import Reporter, TrialRequest, TrialResult
+from tuner.core.trial import Reporter, TrialRequest, TrialResult
+from tuner.train.loop import train_on
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
 
-    from tuner.workload import TrainedWorkload
+    from tuner.workload.trained import TrainedWorkload  # a type only (not a runtime import)
 
 
 def train_ddp(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> TrialResult:
@@ -62,8 +63,6 @@ def _relay(up: Queue, down: Queue, report: Reporter, errors: list[BaseException]
 
 def _rank_main(fabric: Any, job: bytes, up: Queue, down: Queue) -> TrialResult:
     import torch.distributed
-
-    from tuner.loop import train_on
 
     workload, req = pickle.loads(job)
 

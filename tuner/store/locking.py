@@ -1,6 +1,6 @@
 """One lock per batch-size study, shared by every worker on every machine.
 
-The work queue (:mod:`tuner.trialqueue`) changes a study only while holding it: claiming the next
+The work queue (:mod:`tuner.run.trialqueue`) changes a study only while holding it: claiming the next
 trial, re-queueing a failed one, failing stale ones. On PostgreSQL it is a session advisory lock
 (the server releases it when a worker's connection dies, SIGKILL included); on a SQLite file it
 is ``flock`` on ``<file>.lock`` next to it, one lock for the whole file as SQLite has one writer
@@ -20,27 +20,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import UsageError
+from tuner.store.urls import BACKENDS, backend, check_backend, sqlite_file  # noqa: F401
 
 #: The storage back ends whose lock we implement (and test).
-BACKENDS = ("sqlite", "postgresql")
 
 _local = threading.Lock()
-
-
-def backend(url: str) -> str:
-    """The SQLAlchemy back-end name of ``url`` (``sqlite``, ``postgresql``, ...)."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).get_backend_name()
-
-
-def check_backend(url: str) -> None:
-    """Raises UsageError for a back end the work queue cannot lock."""
-    name = backend(url)
-    if name not in BACKENDS:
-        raise UsageError(f"--storage: back end {name!r} is not supported; allowed: "
-                         f"{', '.join(BACKENDS)} (e.g. postgresql+psycopg://user@host/db)")
 
 
 def lock_key(name: str) -> int:
@@ -68,7 +52,6 @@ def schema_lock(url: str) -> Iterator[None]:
     workers started at once on an empty storage would race. No retry: a server that refuses
     the first connection is bad input. Not inside a study lock (locks do not nest).
     """
-    from tuner.storage import sqlite_file
 
     kind = backend(url)
     if kind == "postgresql":
@@ -114,7 +97,7 @@ def _pg_lock(url: str, key: int) -> Any:
     """A connection holding the advisory lock ``key``, (re)connecting through outages."""
     from sqlalchemy import text
 
-    from tuner.retry import call
+    from tuner.store.retry import call
 
     def acquire() -> Any:
         conn = _engine(url).connect()
@@ -164,10 +147,9 @@ def study_lock(url: str, name: str) -> Iterator[Holder | None]:
     """Hold the lock of study ``name`` in storage ``url`` (blocks until it is free); yields a
     :class:`Holder` on PostgreSQL (to check that the lock is still held), else None.
 
-    On PostgreSQL, acquiring it rides out an outage as the storage does (:mod:`tuner.retry`);
+    On PostgreSQL, acquiring it rides out an outage as the storage does (:mod:`tuner.store.retry`);
     releasing it on a connection that died meanwhile is a no-op (the server released it).
     """
-    from tuner.storage import sqlite_file
 
     kind = backend(url)
     if kind == "postgresql":

@@ -153,7 +153,7 @@ METHODS = (
 class RetryingStorage(RDBStorage):
     """``RDBStorage`` that rides out outages (see the module docstring).
 
-    ``read_only`` marks a storage opened for analysis only (:func:`tuner.storage.open_readonly`).
+    ``read_only`` marks a storage opened for analysis only (:func:`tuner.store.storage.open_readonly`).
     """
 
     read_only: bool = False

@@ -8,12 +8,12 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from tuner.analysis import plots
+from tuner.render import plots
 from tuner.analysis.curves import Curve
-from tuner.analysis.load import SpecStudies
+from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
 from tuner.analysis.summary import Verdict, edge_findings, verdict
-from tuner.tables import curve_rows, edge_rows, fit_line, sensitivity_rows
+from tuner.render.tables import curve_rows, edge_rows, fit_line, sensitivity_rows
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; max-width: 1300px; color: #222; }

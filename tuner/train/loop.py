@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING
 import torch
 from lightning import LightningModule
 
-from tuner.cadence import resolution
-from tuner.optim import build_optimizer, build_schedule
-from tuner.workload import Reporter, TrialRequest, TrialResult
+from tuner.spec.cadence import resolution
+from tuner.train.optim import build_optimizer, build_schedule
+from tuner.core.trial import Reporter, TrialRequest, TrialResult
 
 if TYPE_CHECKING:
-    from tuner.workload import TrainedWorkload
+    from tuner.workload.trained import TrainedWorkload  # a type only (not a runtime import)
 
 
 #: Steps between divergence checks (each reads the pending losses from the device at once).
@@ -46,15 +46,6 @@ def make_fabric(accelerator: str, precision: str):  # noqa: ANN201 - lightning t
     from lightning.fabric import Fabric
 
     return Fabric(accelerator=accelerator, devices=1, precision=precision, loggers=[])
-
-
-def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> TrialResult:
-    """Train one trial; see the module docstring for the stopping rule."""
-    if req.devices > 1:
-        from tuner.ddp import train_ddp
-
-        return train_ddp(workload, req, report)
-    return train_on(make_fabric(req.accelerator, req.precision), workload, req, report)
 
 
 def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN001 - Fabric

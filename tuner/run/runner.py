@@ -1,9 +1,9 @@
 """``tuner run``: create or resume a spec's batch-size studies and top each up to N trials.
 
 Any number of these run at once, on one machine or many, against one storage: each is a worker
-that claims trials from the studies' work queues (:mod:`tuner.trialqueue`) until every study has
+that claims trials from the studies' work queues (:mod:`tuner.run.trialqueue`) until every study has
 N finished trials, waiting while the last ones run elsewhere (and re-running them if their
-worker dies). ``--workers N`` starts N local worker processes (:mod:`tuner.workers`).
+worker dies). ``--workers N`` starts N local worker processes (:mod:`tuner.run.workers`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.curves import Point, point
-from tuner.analysis.load import outcome_of, record
-from tuner.compat import heartbeat_thread, tell_pruned
-from tuner.locking import Holder, LockLost, study_lock
-from tuner.objective import make_objective
-from tuner.persist import store_trial
-from tuner.pruning import build_pruner
-from tuner.sampling import build_sampler
-from tuner.space import distributions
-from tuner.signals import deferred, stop_cleanly
+from tuner.store.source import outcome_of, record
+from tuner.store.compat import heartbeat_thread, tell_pruned
+from tuner.store.locking import Holder, LockLost, study_lock
+from tuner.run.objective import make_objective
+from tuner.store.persist import store_trial
+from tuner.run.pruning import build_pruner
+from tuner.run.sampling import build_sampler
+from tuner.core.space import distributions
+from tuner.run.signals import deferred, stop_cleanly
 from tuner.spec import Spec
-from tuner.storage import check_studies, create_or_load, open_storage, study_name
-from tuner.trialqueue import FINISHED, Claim, claim, fail, finished_slots, mark_failed, slot_of
+from tuner.store.storage import check_studies, create_or_load, open_storage, study_name
+from tuner.run.trialqueue import FINISHED, Claim, claim, fail, finished_slots, mark_failed, slot_of
 
 #: Seconds between a running trial's heartbeats; a trial silent for twice as long is re-run.
 HEARTBEAT = 30
@@ -47,7 +47,7 @@ def select_batch_sizes(spec: Spec, requested: tuple[int, ...]) -> tuple[int, ...
     Raises:
         UsageError: a requested batch size is not in the spec.
     """
-    from tuner.errors import UsageError
+    from tuner.core.errors import UsageError
 
     for b in requested:
         if b not in spec.batch_sizes:
@@ -78,7 +78,7 @@ def prepare(spec: Spec, url: str, batch_sizes: tuple[int, ...], heartbeat: int =
 def _check_before_opening(spec: Spec, url: str, batch_sizes: tuple[int, ...]) -> None:
     """Refuse a changed spec or a foreign study in an existing SQLite file through a read-only
     connection, before :func:`open_storage` touches the file (it switches it to WAL)."""
-    from tuner.storage import open_readonly, sqlite_file
+    from tuner.store.storage import open_readonly, sqlite_file
 
     db = sqlite_file(url)
     if db is None or not db.is_file() or not db.stat().st_size:
@@ -262,7 +262,7 @@ def _buffer(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of ``study`` (its trials, same numbers, and system attrs).
 
     Trials run there and :func:`_persist` stores each finished one in ``study`` with a single
-    transaction (:func:`tuner.persist.store_trial`), instead of one per reported value.
+    transaction (:func:`tuner.store.persist.store_trial`), instead of one per reported value.
     A killed run loses only the trial in flight.
     """
     mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",

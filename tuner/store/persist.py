@@ -1,7 +1,7 @@
 """Storing a finished trial in one transaction with a handful of statements.
 
 Fast workloads (the NQM) run each trial in an in-memory study and store it whole when it
-finishes (``tuner.runner``). Optuna's ``RDBStorage.create_new_trial(template_trial=...)`` stores
+finishes (``tuner.run.runner``). Optuna's ``RDBStorage.create_new_trial(template_trial=...)`` stores
 it row by row: a look-up and an insert for every attribute and every intermediate value, about
 100 statements for an NQM trial (16 attrs, ~30 curve points), ~30 ms a trial on SQLite here.
 :func:`store_trial` writes the same rows with SQLAlchemy Core, one insert per table (~2 ms a
@@ -40,8 +40,8 @@ def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
     in one transaction. Returns the new trial's id. ``trial.number`` is assigned by the storage
     (the count of earlier trials in the study), as Optuna does.
 
-    With ``holder`` (a :class:`tuner.locking.Holder`), the transaction first checks that the
-    study lock is still held and raises :class:`tuner.locking.LockLost`, storing nothing, if
+    With ``holder`` (a :class:`tuner.store.locking.Holder`), the transaction first checks that the
+    study lock is still held and raises :class:`tuner.store.locking.LockLost`, storing nothing, if
     a storage outage took it away (another worker may be running the same slots now)."""
     assert trial.state.is_finished(), trial.state
     if not isinstance(storage, RDBStorage):  # another kind of storage: Optuna's own way
@@ -49,7 +49,7 @@ def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
         for key, value in study_system_attrs.items():
             storage.set_study_system_attr(study_id, key, value)
         return tid
-    retrying = getattr(storage, "retrying", None)  # tuner.retry.RetryingStorage: ride out outages
+    retrying = getattr(storage, "retrying", None)  # tuner.store.retry.RetryingStorage: ride out outages
     if retrying is not None:
         return retrying(lambda: _store(storage, study_id, trial, study_system_attrs, holder))
     return _store(storage, study_id, trial, study_system_attrs, holder)

@@ -12,114 +12,21 @@ import os
 import platform
 import warnings
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
 
-from tuner.errors import UsageError
+from tuner.core.errors import UsageError
+from tuner.store.urls import (  # noqa: F401 - re-exported
+    DEFAULT_URL,
+    ENV_VAR,
+    resolve_url,
+    sqlite_file,
+    writable,
+)
 from tuner.spec import Spec
 
-DEFAULT_URL = "sqlite:///results/tuner.db"
-ENV_VAR = "TUNER_STORAGE"
-
-
-def resolve_url(url: str | None) -> str:
-    """``url``, else ``$TUNER_STORAGE``, else a SQLite file ``results/tuner.db`` (git-ignored).
-
-    Raises:
-        UsageError: an empty ``url``, not a SQLAlchemy URL, or a SQLite file that is a folder,
-            is not a database, or lies in a folder that does not exist.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    if url is not None and not url.strip():
-        raise UsageError("--storage: empty; allowed: a SQLAlchemy URL, e.g. "
-                         "sqlite:///results/tuner.db or postgresql+psycopg://user@host/db "
-                         "(omit --storage for $TUNER_STORAGE or the default)")
-    url = url or os.environ.get(ENV_VAR) or DEFAULT_URL
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise UsageError(f"--storage: {url!r} is not a SQLAlchemy URL; allowed: e.g. "
-                         "sqlite:///results/tuner.db or postgresql+psycopg://user@host/db") from None
-    from tuner.locking import check_backend
-
-    check_backend(url)
-    if parsed.drivername == "postgresql":  # SQLAlchemy's default driver, psycopg2, is not ours
-        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    db = sqlite_file(url)
-    if db is not None:
-        parent = db.parent
-        if not parent.exists():
-            if url == DEFAULT_URL:
-                parent.mkdir(parents=True, exist_ok=True)
-            else:
-                raise UsageError(f"--storage: folder {parent} of {url!r} does not exist")
-        if db.is_dir():
-            raise UsageError(f"--storage: {db} is a folder; allowed: a SQLite database file "
-                             f"(e.g. sqlite:///{db / 'tuner.db'})")
-        if db.exists() and not _is_sqlite(db):
-            raise UsageError(f"--storage: {db} is not a SQLite database; allowed: a SQLite "
-                             "database file or a new file name")
-    return url
-
-
-def _is_sqlite(db: Path) -> bool:
-    """Whether ``db`` is empty (SQLite makes it a database) or starts with SQLite's header."""
-    try:
-        with open(db, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise UsageError(f"--storage: {db}: cannot be read ({exc.strerror})") from None
-    return head in (b"", b"SQLite format 3\x00")
-
-
-def _uri_flag(value: Any) -> bool:
-    if isinstance(value, tuple):
-        value = value[-1]
-    return str(value).lower() in ("1", "true", "yes", "on")
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for other back ends and in-memory SQLite),
-    also of a URI filename (``sqlite:///file:PATH?mode=ro&uri=true``)."""
-    from urllib.parse import unquote, urlsplit
-
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
-        return None
-    if u.database.startswith("file:") and _uri_flag(u.query.get("uri", "")):
-        path = unquote(urlsplit(u.database).path)
-        if not path or path == ":memory:" or u.query.get("mode") == "memory":
-            return None
-        return Path(path)
-    return Path(u.database)
-
-
-def _read_only_url(url: str) -> bool:
-    """Whether a SQLite URL asks for read-only access (``mode=ro`` or ``immutable=1``)."""
-    from sqlalchemy.engine import make_url
-
-    q = make_url(url).query
-    return q.get("mode") == "ro" or _uri_flag(q.get("immutable", "0"))
-
-
-def writable(url: str) -> bool:
-    """Whether ``tuner run`` could write the storage (always True for PostgreSQL: the server
-    decides)."""
-    db = sqlite_file(url)
-    if db is None:
-        return True
-    if _read_only_url(url):
-        return False
-    if db.exists() and not os.access(db, os.W_OK):
-        return False
-    return os.access(db.parent if str(db.parent) else ".", os.W_OK)
 
 
 #: A PostgreSQL session of a worker that sits inside a transaction this long (ms) is ended by
@@ -138,7 +45,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def _refused(url: str, err: Any) -> UsageError:
-    from tuner.retry import cause, describe
+    from tuner.store.retry import cause, describe
 
     return UsageError(f"--storage: cannot open {describe(url)}: {cause(err)}; allowed: a "
                       "reachable server and a database that exists (see scripts/postgres.sh)")
@@ -147,25 +54,25 @@ def _refused(url: str, err: Any) -> UsageError:
 def open_storage(url: str, heartbeat: int | None = None, *,
                  retry_seconds: float | None = None) -> RDBStorage:
     """An Optuna RDB storage; SQLite gets a long lock timeout so concurrent writers wait, and
-    a SQLite file commits without waiting for the disk (:func:`tuner.persist.fast_sqlite`).
+    a SQLite file commits without waiting for the disk (:func:`tuner.store.persist.fast_sqlite`).
 
     With ``heartbeat`` (seconds), a running trial records a heartbeat that often; one silent
     for twice *its own worker's* interval (its worker died) is failed and re-queued with the
-    same params by the next worker that claims a trial (:mod:`tuner.trialqueue`).
+    same params by the next worker that claims a trial (:mod:`tuner.run.trialqueue`).
 
     The storage retries an unreachable database for ``retry_seconds`` (default
-    :func:`tuner.retry.seconds`) before raising :class:`tuner.retry.StorageUnavailable`
-    (:class:`tuner.retry.RetryingStorage`). Workers opening an empty storage at once create the
-    schema one at a time (:func:`tuner.locking.schema_lock`).
+    :func:`tuner.store.retry.seconds`) before raising :class:`tuner.store.retry.StorageUnavailable`
+    (:class:`tuner.store.retry.RetryingStorage`). Workers opening an empty storage at once create the
+    schema one at a time (:func:`tuner.store.locking.schema_lock`).
 
     Raises:
         UsageError: the storage cannot be written or reached when it is opened.
     """
     from sqlalchemy.exc import DBAPIError
 
-    from tuner.locking import schema_lock
-    from tuner.persist import fast_sqlite
-    from tuner.retry import RetryingStorage, db_error
+    from tuner.store.locking import schema_lock
+    from tuner.store.persist import fast_sqlite
+    from tuner.store.retry import RetryingStorage, db_error
 
     db = sqlite_file(url)
     if db is not None and not writable(url):
@@ -176,7 +83,7 @@ def open_storage(url: str, heartbeat: int | None = None, *,
     kwargs = _engine_kwargs(url)
     beat: dict[str, Any] = {}
     if heartbeat is not None:
-        beat = {"heartbeat_interval": heartbeat}  # staleness: tuner.trialqueue.stale_trials
+        beat = {"heartbeat_interval": heartbeat}  # staleness: tuner.run.trialqueue.stale_trials
     try:
         with schema_lock(url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -205,7 +112,7 @@ def open_readonly(url: str) -> RDBStorage:
 
     from sqlalchemy.exc import DBAPIError
 
-    from tuner.retry import RetryingStorage, db_error
+    from tuner.store.retry import RetryingStorage, db_error
 
     db = sqlite_file(url)
     kwargs: dict[str, Any] = {}
@@ -285,9 +192,29 @@ def study_attrs(spec: Spec, batch_size: int) -> dict[str, Any]:
 def changed_key(spec: Spec, stored_attrs: dict[str, Any]) -> str:
     """The first part of ``spec`` that differs from the study stored with ``stored_attrs``
     (its ``spec_identity`` attr); ``spec`` when no single part differs."""
+    return first_difference(spec, stored_attrs) or "spec"
+
+
+def first_difference(spec: Spec, stored_attrs: dict[str, Any]) -> str | None:
+    """The first part of ``spec``'s identity that differs from the stored study's, or None.
+
+    A spec read without its workload (analysis: :func:`tuner.spec.load`) knows only the
+    workload options its file gives and the target direction when the file gives one: those
+    are compared as given (a default changed inside the workload's code is not seen).
+    """
     stored = stored_attrs.get("spec_identity", {})
     now = json.loads(json.dumps(spec.identity(), default=str))
-    return next((k for k in now if stored.get(k) != now[k]), "spec")
+    for k, v in now.items():
+        old = stored.get(k)
+        if spec.workload is None and k == "workload_options" and isinstance(old, dict):
+            if any(k2 not in old or old[k2] != v2 for k2, v2 in v.items()):
+                return k
+        elif spec.workload is None and k == "target" and isinstance(old, dict) and not v["direction"]:
+            if {**v, "direction": old.get("direction")} != old:
+                return k
+        elif old != v:
+            return k
+    return None
 
 
 def check_studies(storage: RDBStorage, spec: Spec, batch_sizes: tuple[int, ...]) -> None:

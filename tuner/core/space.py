@@ -14,6 +14,20 @@ from optuna.distributions import (
 )
 
 
+#: Where a fixed or searched metaparameter may lie: (low, high, low inclusive, high inclusive).
+PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "learning_rate": (0.0, math.inf, False, False),
+    "one_minus_momentum": (0.0, 1.0, False, True),
+    "one_minus_beta1": (0.0, 1.0, False, True),
+    "one_minus_beta2": (0.0, 1.0, False, True),
+    "epsilon": (0.0, math.inf, False, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "end_factor": (0.0, 1.0, True, True),
+    "decay_fraction": (0.0, 1.0, False, True),
+    "decay_steps": (1.0, math.inf, True, False),
+}
+
+
 @dataclass(frozen=True)
 class Param:
     """One searched metaparameter: a numeric range (``low``/``high``/``log``) or ``choices``."""

@@ -1,0 +1,67 @@
+"""The words of one trial: the target, what a trial is asked, and what it answers.
+
+Plain data shared by every layer (the spec declares the :class:`Target`; the workload gets a
+:class:`TrialRequest` and returns a :class:`TrialResult`); see docs/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Target:
+    """Reached at the first evaluation where ``metric`` is at least as good as ``value``."""
+
+    metric: str
+    value: float
+    direction: str  # "minimize" | "maximize"
+
+    def reached(self, metric_value: float) -> bool:
+        """Whether ``metric_value`` is at least as good as the target."""
+        if self.direction == "minimize":
+            return metric_value <= self.value
+        return metric_value >= self.value
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """Everything one trial needs to know, resolved for one batch size."""
+
+    params: dict[str, Any]  # every metaparameter, searched or fixed
+    optimizer: str
+    schedule: str
+    batch_size: int
+    max_steps: int
+    eval_steps: tuple[int, ...]  # increasing; the last is max_steps
+    target: Target
+    seed: int
+    divergence_factor: float = 100.0
+    accelerator: str = "auto"
+    precision: str = "32-true"
+    devices: int = 1  # > 1: DDP, the global batch split evenly across the devices
+
+
+@dataclass
+class TrialResult:
+    """What happened in one trial. ``curve`` holds (step, metrics) at every evaluation."""
+
+    reached: bool
+    steps_to_target: int | None
+    stopped_at_step: int
+    diverged: bool
+    pruned: bool
+    examples_seen: int
+    wall_seconds: float
+    best_metric: float | None
+    curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    steps_after: int | None = None  # the target was crossed in (steps_after, steps_to_target]
+    eval_seconds: float = 0.0
+    device: str = "cpu"
+
+
+#: ``report(step, metrics)`` is called at every evaluation; it returns True to stop (prune).
+Reporter = Callable[[int, dict[str, float]], bool]
+
+

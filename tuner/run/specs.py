@@ -1,0 +1,58 @@
+"""A spec ready to run: read with its workload, and the sampler and pruner built once.
+
+:func:`tuner.spec.load` reads a spec alone (analysis); :func:`load` here also resolves the
+workload (importing it: the user's plug-in, torch) and checks everything that needs it, then
+builds the spec's Optuna sampler and pruner once, as the runner will, because Optuna checks some
+options only in their constructors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tuner import spec as pure
+from tuner.core.errors import SpecError
+from tuner.run.pruning import build_pruner
+from tuner.run.sampling import build_sampler
+from tuner.spec import Spec, with_seed
+from tuner.workload.registry import get as resolve
+
+__all__ = ["Spec", "check_builds", "load", "parse", "with_seed"]
+
+
+def check_builds(spec: Spec) -> Spec:
+    """Build the spec's sampler and pruner once.
+
+    Raises:
+        SpecError: naming ``[sampler]`` or ``[pruner.options]`` and Optuna's complaint.
+    """
+    s, p = spec.sampler, spec.pruner
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            build_sampler(s.name, s.seed, s.options, {})
+        except (ValueError, TypeError) as exc:
+            raise SpecError(spec.path, "sampler", f"Optuna's {s.name} sampler refuses these "
+                            f"options: {exc}") from None
+        try:
+            build_pruner(p.name, p.slack, p.lossless, p.options)
+        except (ValueError, TypeError) as exc:
+            raise SpecError(spec.path, "pruner.options", f"Optuna's {p.name} pruner refuses "
+                            f"these options: {exc}") from None
+    return spec
+
+
+def load(path: str | Path) -> Spec:
+    """Read and validate a spec file with its workload (what ``tuner run`` uses).
+
+    Raises:
+        SpecError: the first problem found, naming file, key and what is allowed.
+    """
+    return check_builds(pure.load(path, resolve))
+
+
+def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
+    """:func:`load` for an already-parsed TOML document."""
+    return check_builds(pure.parse(data, path, text, resolve))

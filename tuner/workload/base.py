@@ -1,0 +1,102 @@
+"""The one question every workload answers, and the base class for trained workloads.
+
+A workload answers: "with these metaparameters at batch size B, when (if ever) is the target
+reached, and what did the curve look like?" It gets a :class:`TrialRequest` and a ``report``
+callback, and hands back a :class:`TrialResult`. Pruning and reporting to Optuna live in the
+objective, behind ``report``, so every kind of workload gets them.
+
+To plug in your own model, subclass :class:`TrainedWorkload` (see ``workloads/README.md``)::
+
+    @dataclass
+    class MyOptions:
+        width: int = 256
+
+    class MyWorkload(TrainedWorkload):
+        name = "my_model"
+        Options = MyOptions
+
+        def load_data(self) -> Data:            # CPU tensors; cached per process
+            ...
+        def build_model(self) -> torch.nn.Module:  # a LightningModule works too
+            ...
+
+and name it in a spec as ``[workload] name = "my_package.my_module:MyWorkload"`` or register it
+with :func:`workloads.register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from tuner.core.trial import Reporter, Target, TrialRequest, TrialResult
+
+__all__ = ["NoOptions", "Reporter", "Target", "TrialRequest", "TrialResult", "Workload"]
+
+
+@dataclass
+class NoOptions:
+    """A workload without options."""
+
+
+class Workload(ABC):
+    """A model + data + metric (or an analytic model) that answers steps-to-target questions."""
+
+    #: Registry name used in specs.
+    name: ClassVar[str] = ""
+    #: A dataclass of the options a spec's ``[workload]`` table may set.
+    Options: ClassVar[type] = NoOptions
+    #: Metric name -> the direction in which it improves.
+    metrics: ClassVar[dict[str, str]] = {}
+    #: Trials so fast that storage writes dominate: run each in memory and store it whole.
+    buffered: ClassVar[bool] = False
+    #: Metric name -> the closed range its values lie in (a target outside it is refused).
+    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def options_dict(self) -> dict[str, Any]:
+        """The options as plain data (stored in the study attrs)."""
+        return dataclasses.asdict(self.options)
+
+    def check_options(self) -> list[tuple[str, str]]:
+        """Problems with the options as (option key, what is allowed); empty when fine.
+
+        Called while the spec is validated, before any storage is touched: keep it cheap.
+        """
+        return []
+
+    def check_metaparameters(self, optimizer: str, schedule: str, fixed: dict[str, Any],
+                             searched: set[str]) -> list[tuple[str, str]]:
+        """Problems with the optimizer/schedule/metaparameters for this workload, as
+        (spec key, message); empty when fine (trained workloads take them all)."""
+        return []
+
+    def initial_metric(self, metric: str) -> float | None:
+        """The metric's value before the first step (for an untrained model, its expected value),
+        or None when unknown. A target already met there is refused: every trial would reach
+        it at its first evaluation. Called while the spec is validated: keep it cheap."""
+        return None
+
+    def memory_bytes(self, batch_size: int, optimizer: str, precision: str) -> int | None:
+        """About how many bytes one trial at ``batch_size`` needs on its device, or None when
+        unknown. ``tuner run`` refuses batch sizes that do not fit (unless ``--allow-large``)."""
+        return None
+
+    @abstractmethod
+    def num_train_examples(self) -> int:
+        """Size of the training split (to turn a budget in epochs into steps)."""
+
+    def num_val_examples(self) -> int:
+        """Size of the validation split one evaluation runs over (0: no validation pass)."""
+        return 0
+
+    @abstractmethod
+    def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
+        """Train (or compute) until the target is reached, the budget is spent, the loss
+        diverges, or ``report`` says stop."""
+
+
