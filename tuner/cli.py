@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from tuner.analysis.records import SpecStudies, stored_metrics
+from tuner.analysis.rescore import Goal, rescore
 from tuner.analysis.sensitivity import sensitivity as sens
 from tuner.analysis.summary import curve_json, edge_findings, spec_curve
 from tuner.core.errors import UsageError
@@ -120,6 +124,28 @@ SEED = click.option("--seed", type=SEED_RANGE, help="Which seed's studies (defau
 SPECS = click.argument("specs", metavar="SPEC...", nargs=-1, required=True)
 
 
+def _goal(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Goal]:
+    try:
+        return [Goal.parse(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def RESCORE(f):  # noqa: ANN001, ANN201, N802 - a click decorator
+    """``--target`` / ``--max-steps`` / ``--max-examples``: re-score the stored curves."""
+    f = click.option("--max-examples", type=click.IntRange(min=1),
+                     help="Re-score within a budget of N training examples per trial (N / B "
+                          "steps at batch size B).")(f)
+    f = click.option("--max-steps", type=click.IntRange(min=1),
+                     help="Re-score within a budget of N steps per trial.")(f)
+    return click.option(
+        "--target", "targets", multiple=True, callback=_goal, metavar="'METRIC<=VALUE'",
+        help="Re-score the stored studies at this target (<=, <, >=, >; any metric the "
+             "workload logged) from every trial's stored curve, without training. Exact where "
+             "the curves cover it; a best that trials stopped too early might have beaten is "
+             "shown as an upper bound (<=). Repeat it for one result per target.")(f)
+
+
 def _check_output(option: str, path: str | None, folder: bool = False) -> None:
     """Refuse an output path that cannot be written, before any work is done: its folder
     missing or not a folder, no permission, a read-only file system, a name too long.
@@ -173,17 +199,35 @@ def _folder_exists(folder: Path) -> None:
 
 
 def _load(specs: tuple[str, ...], storage: str | None, seed: int | None,
-          write: bool = False):  # noqa: ANN202
+          write: bool = False, targets: Sequence[Goal] = (), max_steps: int | None = None,
+          max_examples: int | None = None):  # noqa: ANN202
     """Open the storage (never creating or changing it: read-only, unless ``write`` and the
-    storage is writable) and load each spec's studies."""
-
+    storage is writable) and load each spec's studies; with a target or budget, re-scored
+    (one entry per spec and target)."""
     url = resolve_url(storage)
     check_storage_exists(url)
     st = open_storage(url) if write and writable(url) else open_readonly(url)
     loaded = [load(st, s, seed) for s in specs]
+    if targets or max_steps or max_examples:
+        loaded = [_rescored(s, g, max_steps, max_examples)
+                  for s in loaded for g in (targets or [None])]
     for line in (w for s in loaded for w in s.warnings):
         click.echo(line, err=True)
     return st, loaded
+
+
+def _rescored(s: SpecStudies, goal: Goal | None, max_steps: int | None,
+              max_examples: int | None) -> SpecStudies:
+    """One spec's studies re-scored, named after the goal and budget."""
+    stored = stored_metrics(s)
+    if goal is not None and goal.metric not in stored:
+        raise UsageError(f"--target: {goal.metric!r} is not in the stored curves of spec "
+                         f"{s.name!r}; allowed: {', '.join(sorted(stored)) or 'none stored'}")
+    r, _ = rescore(s, goal, max_steps, max_examples)
+    label = str(goal or Goal.of_target(s.target)) + (
+        f", <= {max_steps} steps" if max_steps else "") + (
+        f", <= {max_examples} examples" if max_examples else "")
+    return dataclasses.replace(r, name=f"{s.name} [{label}]")
 
 
 def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: object) -> None:
@@ -213,8 +257,10 @@ def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: o
               help="Write the optimal-learning-rate figure (PNG).")
 @click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap resamples for the 95 % interval of the fit.")
+@RESCORE
 def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-          plot: str | None, lr_plot: str | None, n_boot: int) -> None:
+          plot: str | None, lr_plot: str | None, n_boot: int, targets: list[Goal],
+          max_steps: int | None, max_examples: int | None) -> None:
     """Scaling curve(s): best steps-to-target per batch size and the critical batch size.
 
     SPEC is a spec file or a spec name already in storage; give several to compare them.
@@ -225,7 +271,7 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
 
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
-    _, loaded = _load(specs, storage, seed)
+    _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     curves = [spec_curve(s, n_boot) for s in loaded]
     objs = [curve_json(c) for c in curves]
     blocks = [(c.name if fmt == "csv" else fit_line(c), *curve_rows(c)) for c in curves]
@@ -245,15 +291,17 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
               help="Share of a range (log space for log params) that counts as its edge.")
 @click.option("--top-frac", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Near-best trials: within this fraction of the best steps.")
+@RESCORE
 def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-          margin: float, top_frac: float) -> None:
+          margin: float, top_frac: float, targets: list[Goal], max_steps: int | None,
+          max_examples: int | None) -> None:
     """Is any batch size's best trial at a search-space edge? Exit 1 if so, 0 if clean.
 
     "unstable beyond edge" (every trial past the best toward that edge diverged) does not fail.
     """
 
 
-    _, loaded = _load(specs, storage, seed)
+    _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     found = {s.name: edge_findings(s, margin, top_frac) for s in loaded}
     blocks = [(name, *edge_rows(f)) for name, f in found.items()]
     _emit(fmt, blocks, {name: [asdict(x) | {"failing": x.failing} for x in f]
@@ -275,8 +323,10 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
               help="Good region: trials within this factor of the best steps.")
 @click.option("--plots", "plot_dir", type=click.Path(file_okay=False),
               help="Write the learning-rate x momentum scatter and per-parameter plots here.")
+@RESCORE
 def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-                factor: float, plot_dir: str | None) -> None:
+                factor: float, plot_dir: str | None, targets: list[Goal],
+                max_steps: int | None, max_examples: int | None) -> None:
     """Per batch size: outcomes, the good region of each parameter, importances.
 
     "unknown" counts trials pruned before FACTOR x the best steps: they cannot be classified;
@@ -286,7 +336,7 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
     from tuner.render import plots  # heavy: matplotlib, only for --plot
 
     _check_output("--plots", plot_dir, folder=True)
-    _, loaded = _load(specs, storage, seed)
+    _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     results = {s.name: [sens(st, factor) for st in s.studies] for s in loaded}
     blocks = [(name, *sensitivity_rows(r)) for name, r in results.items()]
     _emit(fmt, blocks, {n: [asdict(x) for x in r] for n, r in results.items()})
@@ -319,13 +369,21 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
 @click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
               help="Also attach the scaling figure and a note to each study for optuna-dashboard.")
+@RESCORE
 def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: str, n_boot: int,
-           dashboard: bool) -> None:
+           dashboard: bool, targets: list[Goal], max_steps: int | None,
+           max_examples: int | None) -> None:
     """One self-contained HTML page with every table and figure, and a verdict box."""
     from tuner.render import report as report_mod  # heavy: matplotlib, plotly
 
     _check_output("--out", out, folder=True)
-    st, loaded = _load(specs, storage, seed, write=dashboard)
+    rescoring = bool(targets or max_steps or max_examples)
+    if rescoring and dashboard:
+        click.echo("skipped the optuna-dashboard attachments: the studies are re-scored "
+                   "(--target/--max-steps/--max-examples); attach the spec's own figures "
+                   "with a plain `tuner report`", err=True)
+        dashboard = False
+    st, loaded = _load(specs, storage, seed, dashboard, targets, max_steps, max_examples)
     curves = [spec_curve(s, n_boot) for s in loaded]
     page = report_mod.write(Path(out), loaded, curves)
     click.echo(f"wrote {page}")

@@ -27,7 +27,12 @@ class Point:
     n_failed: int = 0
     best_steps_after: int | None = None  # the target was crossed in (after, best_steps]
     best_wall_seconds: float | None = None  # the best trial's wall time to the target
-    n_duplicates: int = 0  # finished trials of an already finished slot, set aside (load.py)
+    n_duplicates: int = 0  # finished trials of an already finished slot, set aside
+    n_unknown: int = 0  # re-scored trials that stopped too early to be scored (rescore.py)
+    #: ``exact``; after re-scoring also ``upper`` (the true best is <= best_steps: a trial
+    #: that stopped earlier might have beaten it) or ``unknown`` (no best, but trials that
+    #: stopped early might have reached the goal)
+    best_bound: str = "exact"
 
 
 def point(batch_size: int, trials: Sequence[TrialRecord]) -> Point:
@@ -62,9 +67,12 @@ class Curve:
     @property
     def unreliable_because(self) -> list[str]:
         """Why the fitted curve should not be trusted (empty when it can be)."""
+        loose = [f"B={p.batch_size}: the re-scored best is {'only an upper bound' if p.best_bound == 'upper' else 'unknown'}"
+                 for p in self.points if p.best_bound in ("upper", "unknown")]
         if self.fit is None:
-            return [f"no fit: {self.no_fit_because or 'no batch size reached the target'}"]
-        return self.fit.unreliable_because
+            return [f"no fit: {self.no_fit_because or 'no batch size reached the target'}",
+                    *loose]
+        return [*self.fit.unreliable_because, *loose]
 
     @property
     def reliable(self) -> bool:

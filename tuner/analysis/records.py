@@ -26,6 +26,9 @@ class TrialRecord:
     wall_seconds: float | None = None
     slot: int | None = None  # the trial's point in the quasi-random sequence (tuner.run.trialqueue)
     value: float | None = None  # the objective value Optuna stores (COMPLETE trials only)
+    #: Every evaluation: ``{"steps": [...], "metrics": {name: [...]}}`` (the ``curve`` attr;
+    #: for studies stored before it, the target metric's intermediate values). None: unknown.
+    curve: dict[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -86,3 +89,8 @@ def best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
     """The trial that reached the target in the fewest steps (the earliest on ties)."""
     reached = [t for t in trials if t.outcome == "reached"]
     return min(reached, key=lambda t: (t.steps_to_target, t.number)) if reached else None
+
+
+def stored_metrics(s: SpecStudies) -> set[str]:
+    """Every metric some trial of the spec's studies has in its stored curve."""
+    return {m for st in s.studies for t in st.trials if t.curve for m in t.curve["metrics"]}

@@ -20,9 +20,13 @@ def spec_curve(s: SpecStudies, n_boot: int = 1000) -> Curve:
     c = curve(s.name, s.target, s.attrs.get("optimizer", ""),
               {st.batch_size: st.trials for st in s.studies},
               s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed)
-    dups = {st.batch_size: st.n_duplicates for st in s.studies}
+    by_b = {st.batch_size: st for st in s.studies}
     for p in c.points:
-        p.n_duplicates = dups.get(p.batch_size, 0)
+        st = by_b[p.batch_size]
+        p.n_duplicates = st.n_duplicates
+        p.best_bound = st.attrs.get("rescored", {}).get("bound", "exact")
+        if p.best_bound == "none":  # re-scored: nothing met the goal, and nothing could have
+            p.best_bound = "exact"
     c.n_duplicates = s.n_duplicates
     return c
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from tuner.analysis.curves import Point
+from tuner.analysis.fit import regime
 from tuner.spec import Spec
 
 
@@ -48,19 +49,24 @@ Rows = tuple[list[str], list[list[Any]]]
 
 def curve_rows(c: Any) -> Rows:
     """Header and rows of one spec's scaling curve (c: tuner.analysis.curves.Curve)."""
-    from tuner.analysis.fit import regime
-
     header = ["batch_size", "best_steps", "crossed_in", "examples", "regime", "learning_rate",
               "effective_lr", "wall_s", "trials", "reached", "missed", "pruned", "diverged"]
+    rescored = any(p.best_bound != "exact" or p.n_unknown for p in c.points)
+    if rescored:  # re-scored: how exact each best is, and the trials that could not be scored
+        header += ["bound", "unscored"]
     rows = []
     for p in c.points:
         ok = p.best_steps is not None
+        best = p.best_steps if p.best_bound != "upper" else f"<={p.best_steps}"
+        if not ok and p.best_bound == "unknown":
+            best = "unknown"
         rows.append([
-            p.batch_size, p.best_steps, f"({p.best_steps_after}, {p.best_steps}]" if ok else None,
+            p.batch_size, best, f"({p.best_steps_after}, {p.best_steps}]" if ok else None,
             p.best_steps * p.batch_size if ok else None,
             regime(p.batch_size, c.fit) if ok and c.fit else None,
             c.learning_rate(p) if ok else None, c.effective_lr(p) if ok else None,
-            p.best_wall_seconds, p.n_trials, p.n_reached, p.n_missed, p.n_pruned, p.n_diverged])
+            p.best_wall_seconds, p.n_trials, p.n_reached, p.n_missed, p.n_pruned, p.n_diverged,
+            *((p.best_bound, p.n_unknown) if rescored else ())])
     return header, rows
 
 

@@ -49,6 +49,15 @@ def outcome(result: TrialResult) -> str:
     return "pruned" if result.pruned else "missed"
 
 
+def curve_attr(curve: list[tuple[int, dict[str, float]]]) -> dict[str, Any]:
+    """Every metric at every evaluation, by column: ``{"steps": [...], "metrics": {name:
+    [...]}}`` (the trial's ``curve`` user attr; analysis re-scores targets from it). A metric
+    missing at an evaluation is stored as None."""
+    names = list(dict.fromkeys(k for _, m in curve for k in m))
+    return {"steps": [s for s, _ in curve],
+            "metrics": {k: [m.get(k) for _, m in curve] for k in names}}
+
+
 def make_objective(spec: Spec, batch_size: int, workload: Workload
                    ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one batch-size study."""
@@ -88,6 +97,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             "eval_share": r.eval_seconds / r.wall_seconds if r.wall_seconds > 0 else 0.0,
             "best_metric": r.best_metric,
             "final_metrics": r.curve[-1][1] if r.curve else None,
+            "curve": curve_attr(r.curve),
             "max_steps": max_steps,
             "outcome": kind,
             "device": r.device,

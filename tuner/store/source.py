@@ -29,8 +29,21 @@ def outcome_of(t: FrozenTrial) -> str:
     return "running" if t.state in (TrialState.RUNNING, TrialState.WAITING) else "failed"
 
 
-def record(t: FrozenTrial) -> TrialRecord:
-    """A trial record from a stored Optuna trial."""
+def curve_of(t: FrozenTrial, target_metric: str | None) -> dict[str, Any] | None:
+    """The trial's measured curve: its ``curve`` attr, or (studies stored before every metric
+    was kept) the target metric's intermediate values; None when neither is there."""
+    stored = t.user_attrs.get("curve")
+    if isinstance(stored, dict) and "steps" in stored:
+        return stored
+    if not t.intermediate_values or not target_metric:
+        return None
+    steps = sorted(t.intermediate_values)
+    return {"steps": steps, "metrics": {target_metric: [t.intermediate_values[s] for s in steps]}}
+
+
+def record(t: FrozenTrial, target_metric: str | None = None) -> TrialRecord:
+    """A trial record from a stored Optuna trial (``target_metric``: the study's, which names
+    the intermediate values of studies stored before the ``curve`` attr)."""
     a = t.user_attrs
     return TrialRecord(
         number=t.number, outcome=outcome_of(t), params=dict(t.params),
@@ -38,6 +51,7 @@ def record(t: FrozenTrial) -> TrialRecord:
         steps_after=a.get("steps_to_target_after"), stopped_at_step=a.get("stopped_at_step"),
         wall_seconds=a.get("wall_seconds"), slot=slot_of(t),
         value=t.value if t.state == TrialState.COMPLETE else None,
+        curve=curve_of(t, target_metric),
     )
 
 
@@ -179,7 +193,8 @@ def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None =
         usable = [t for t in stored if has_result(t)]
         trials, n_dup = distinct_slots(usable)
         space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}
-        st = BatchStudy(s.user_attrs["batch_size"], [record(t) for t in trials], space,
+        metric = s.user_attrs.get("target", {}).get("metric")
+        st = BatchStudy(s.user_attrs["batch_size"], [record(t, metric) for t in trials], space,
                         dict(s.user_attrs), s.study_name, n_duplicates=n_dup,
                         n_incomplete_trials=len(stored) - len(usable))
         if st.n_incomplete_trials:
