@@ -13,7 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import SMALL_DIGITS, run_cli, write
+from conftest import SMALL_DIGITS, SMALL_NQM, run_cli, write
+from tuner.core.errors import SpecError
 from tuner.analysis.records import BatchStudy, TrialRecord
 from tuner.analysis.rescore import Goal, rescore_study, rescore_trial, steps_to
 from tuner.run import runner, specs as spec_mod
@@ -270,3 +271,80 @@ def test_analysis_needs_neither_the_plugin_nor_torch(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--storage", url],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "hidden_plugin" in p.stderr
+
+
+# --- [target] also: trials train on until every goal, so each is exact -----------------------
+
+
+def best_by_b(spec: Path, url: str, capsys: pytest.CaptureFixture[str], *extra: str
+              ) -> dict[int, tuple[int | None, str]]:
+    obj = curve_points(spec, url, capsys, *extra)
+    return {p["batch_size"]: (p["best_steps"], p["best_bound"]) for p in obj["points"]}
+
+
+def test_also_goals_are_exact_and_leave_the_target_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NQM (exact steps): with `also = ["loss<=0.001"]` the target's best is what it is
+    without, and the re-scored 0.001 equals a study whose own target is 0.001, step for step;
+    the lossless pruner is on (lossless for every goal)."""
+    base = SMALL_NQM.replace('[pruner]\nname = "none"\nlossless = false\n', "")
+    specs = {
+        "plain": base,
+        "also": base.replace('value = 0.01\n', 'value = 0.01\nalso = ["loss<=0.001"]\n'),
+        "hard": base.replace('value = 0.01\n', 'value = 0.001\n'),
+    }
+    urls = {}
+    for name, text in specs.items():
+        path = write(tmp_path, text.replace("trials = 12", "trials = 16"), f"{name}.toml")
+        urls[name] = (path, f"sqlite:///{tmp_path / (name + '.db')}")
+        code, _, err = run_cli(["run", str(path), "--storage", urls[name][1], "--quiet"], capsys)
+        assert code == 0, err
+    plain = best_by_b(*urls["plain"], capsys)
+    assert best_by_b(*urls["also"], capsys) == plain
+    also_hard = best_by_b(*urls["also"], capsys, "--target", "loss<=0.001")
+    hard = best_by_b(*urls["hard"], capsys)
+    assert also_hard == hard and all(b == "exact" for _, b in also_hard.values())
+    # without `also`, the same re-scoring is only bounded: trials stopped at 0.01
+    assert any(b != "exact" for _, b in best_by_b(*urls["plain"], capsys, "--target",
+                                                   "loss<=0.001").values())
+    # the stored steps_to_also attr is the curve's first step meeting the goal
+    for s in optuna.get_all_study_summaries(urls["also"][1]):
+        for t in optuna.load_study(study_name=s.study_name, storage=urls["also"][1]).trials:
+            c = t.user_attrs["curve"]
+            assert t.user_attrs["steps_to_also"]["loss<=0.001"] == steps_to(c, "loss", 0.001)
+
+
+@pytest.mark.parametrize("also, message", [
+    ('["loss<0.001", 3]', "allowed: strings"),
+    ('["error<=0.1"]', "'error' is not produced by workload 'nqm'"),
+    ('["loss==0.1"]', "allowed: METRIC<=VALUE"),
+    ('["loss<=0.01"]', "is the target itself"),
+])
+def test_bad_also_goals_are_refused(tmp_path: Path, also: str, message: str) -> None:
+    text = SMALL_NQM.replace('value = 0.01\n', f'value = 0.01\nalso = {also}\n')
+    with pytest.raises(SpecError, match=message):
+        spec_mod.load(write(tmp_path, text, "bad.toml"))
+
+
+def test_also_with_an_optuna_pruner_is_refused(tmp_path: Path) -> None:
+    text = SMALL_DIGITS.replace('value = 0.12\n', 'value = 0.12\nalso = ["error<=0.08"]\n') + \
+        '[pruner]\nname = "median"\n'
+    with pytest.raises(SpecError, match="allowed: 'lossless'"):
+        spec_mod.load(write(tmp_path, text, "median.toml"))
+
+
+def test_also_on_a_trained_workload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Digits: the target's best is unchanged by `also`, and the extra goal is exact."""
+    out = {}
+    for name, extra in (("plain", ""), ("also", 'also = ["error<=0.08"]\n')):
+        path = write(tmp_path, SPEC.replace("value = 0.12\n", f"value = 0.12\n{extra}"),
+                     f"{name}.toml")
+        url = f"sqlite:///{tmp_path / (name + '.db')}"
+        code, _, err = run_cli(["run", str(path), "--storage", url, "--quiet"], capsys)
+        assert code == 0, err
+        out[name] = (path, url)
+    assert best_by_b(*out["also"], capsys) == best_by_b(*out["plain"], capsys)
+    hard = best_by_b(*out["also"], capsys, "--target", "error<=0.08")
+    assert all(bound == "exact" for _, bound in hard.values())
+    assert hard == {b: (best, "exact") for b, (best, _) in direct(out["also"][1], "error", 0.08
+                                                                   ).items()}

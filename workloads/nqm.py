@@ -592,8 +592,12 @@ class NQM(Workload):
                              wall_seconds=0.0, best_metric=None, device="cpu (closed form)")
         if not dyn.diverged:
             hit = dyn.first_hit(req.target.value, req.max_steps)
-            end = hit if hit is not None else req.max_steps
-            steps = [s for s in req.eval_steps if s < end] + [end]
+            # [target] also: on to the last goal's exact step (each goal's step is evaluated)
+            ends = [hit] + [dyn.first_hit(g.value, req.max_steps) if g.direction == "minimize"
+                            else None for g in req.also]
+            end = req.max_steps if None in ends else max(ends)
+            steps = sorted({s for s in req.eval_steps if s < end} | {end}
+                           | {e for e in ends[1:] if e is not None})
             result.stopped_at_step = end
             for s, value in zip(steps, dyn.loss(np.array(steps))):
                 metrics = {"loss": float(value)}
@@ -602,9 +606,13 @@ class NQM(Workload):
                     break
                 result.curve.append((s, metrics))
                 if report(s, metrics) and s != hit:
-                    result.pruned, result.stopped_at_step = True, s
+                    result.pruned = hit is None or s < hit
+                    result.stopped_at_step = s
                     break
-            if hit is not None and not (result.pruned or result.diverged):
+            # (a trial that diverged after the target while training on to an extra goal
+            # reached the target)
+            if hit is not None and not result.pruned and (
+                    not result.diverged or result.stopped_at_step > hit):
                 result.reached, result.steps_to_target, result.steps_after = True, hit, hit - 1
             result.best_metric = min((m["loss"] for _, m in result.curve), default=None)
         result.examples_seen = result.stopped_at_step * req.batch_size

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from tuner.core.goal import Goal
+
 
 @dataclass(frozen=True)
 class Target:
@@ -41,6 +43,9 @@ class TrialRequest:
     accelerator: str = "auto"
     precision: str = "32-true"
     devices: int = 1  # > 1: DDP, the global batch split evenly across the devices
+    #: More goals (``[target] also``): train on after the target until each is met (or the
+    #: budget ends); the trial's steps-to-target is still the target's.
+    also: tuple[Goal, ...] = ()
 
 
 @dataclass

@@ -16,7 +16,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.spec import Spec
+from tuner.analysis.rescore import steps_to
+from tuner.core.goal import Goal
 from tuner.core.trial import TrialRequest, TrialResult
+from tuner.run.pruning import GoalsPruner
 from tuner.workload.base import Workload
 
 
@@ -58,6 +61,14 @@ def curve_attr(curve: list[tuple[int, dict[str, float]]]) -> dict[str, Any]:
             "metrics": {k: [m.get(k) for _, m in curve] for k in names}}
 
 
+def steps_to_goals(curve: list[tuple[int, dict[str, float]]], goals: tuple[Goal, ...]
+                   ) -> dict[str, int | None]:
+    """Goal -> the first evaluation step that met it (None: not met before the trial
+    stopped), the ``steps_to_also`` attr of a spec with ``[target] also``."""
+    c = curve_attr(curve)
+    return {str(g): steps_to(c, g.metric, g.value, g.strict, g.direction) for g in goals}
+
+
 def make_objective(spec: Spec, batch_size: int, workload: Workload
                    ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one batch-size study."""
@@ -76,12 +87,22 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             batch_size=batch_size, max_steps=max_steps, eval_steps=evals, target=target,
             seed=seed, divergence_factor=spec.budget.divergence_factor,
             accelerator=spec.accelerator, precision=spec.precision, devices=spec.devices,
+            also=spec.also,
         )
+        met: set[str | None] = set()  # goals met so far (None: the target)
+        goals = GoalsPruner(spec.pruner.slack, [str(g) for g in spec.also]) if (
+            spec.also and spec.pruner.lossless) else None
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             value = metrics[target.metric]
             trial.report(value, step)  # at the global step: real learning curves
-            return not target.reached(value) and trial.should_prune()
+            if not spec.also:
+                return not target.reached(value) and trial.should_prune()
+            if target.reached(value):
+                met.add(None)
+            met.update(str(g) for g in spec.also if g.met(metrics.get(g.metric)))
+            unmet = [g for g in [None, *map(str, spec.also)] if g not in met]
+            return goals is not None and goals.should_prune(trial.study, step, unmet)
 
         r = workload.run(request, report)
         kind = outcome(r)
@@ -98,6 +119,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             "best_metric": r.best_metric,
             "final_metrics": r.curve[-1][1] if r.curve else None,
             "curve": curve_attr(r.curve),
+            **({"steps_to_also": steps_to_goals(r.curve, spec.also)} if spec.also else {}),
             "max_steps": max_steps,
             "outcome": kind,
             "device": r.device,

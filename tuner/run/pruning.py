@@ -23,13 +23,15 @@ if TYPE_CHECKING:
     pass
 
 
-def best_steps(study: Study) -> int | None:
-    """Fewest steps-to-target among the study's COMPLETE trials that reached the target."""
-    steps = [
-        t.user_attrs.get("steps_to_target")
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("reached")
-    ]
+def best_steps(study: Study, goal: str | None = None) -> int | None:
+    """Fewest steps-to-target among the study's COMPLETE trials that reached the target (with
+    ``goal``, one of the spec's ``[target] also`` goals: the fewest steps to it, from the
+    trials' ``steps_to_also`` attr)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if goal is None:
+        steps = [t.user_attrs.get("steps_to_target") for t in done if t.user_attrs.get("reached")]
+    else:
+        steps = [(t.user_attrs.get("steps_to_also") or {}).get(goal) for t in done]
     # a trial whose attrs were lost (deleted by hand, a half-copied storage) is no evidence
     steps = [s for s in steps if isinstance(s, int) and not isinstance(s, bool)]
     return min(steps) if steps else None
@@ -81,3 +83,29 @@ def build_pruner(name: str, slack: float, lossless: bool, options: dict) -> Base
     if lossless:
         return LosslessPruner(slack, inner)
     return inner if inner is not None else optuna.pruners.NopPruner()
+
+
+class GoalsPruner:
+    """Lossless pruning for a spec with ``[target] also``: a trial is stopped at step ``s``
+    only when, for every goal it has not met yet (the target included), some finished trial
+    met that goal in fewer than ``s / slack`` steps. Then it can set no new best for any goal,
+    so every goal's best stays exact. Bests are re-read at most every ``refresh_seconds`` (a
+    stale best is never smaller than the true one: it can only prune later)."""
+
+    def __init__(self, slack: float, goals: list[str], refresh_seconds: float = 5.0) -> None:
+        self.slack = slack
+        self.goals = goals  # None stands for the spec's target
+        self.refresh_seconds = refresh_seconds
+        self._read = -float("inf")
+        self._bests: dict[str | None, int | None] = {}
+
+    def should_prune(self, study: Study, step: int, unmet: list[str | None]) -> bool:
+        """Whether a trial at ``step`` that has not met the goals ``unmet`` can be stopped."""
+        if not unmet:
+            return False
+        now = time.monotonic()
+        if now - self._read > self.refresh_seconds:
+            self._bests = {g: best_steps(study, g) for g in [None, *self.goals]}
+            self._read = now
+        return all(self._bests.get(g) is not None and step > self.slack * self._bests[g]
+                   for g in unmet)

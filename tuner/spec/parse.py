@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner.core.errors import SpecError
+from tuner.core.goal import Goal
 from tuner.core.space import PARAM_BOUNDS, Param
 from tuner.core.trial import Target
 from tuner.spec.cadence import eval_steps, share_interval
@@ -142,6 +143,9 @@ class Spec:
     accelerator: str = "auto"
     precision: str = "32-true"
     devices: int = 1  # > 1: one trial trains with DDP on this many devices
+    #: Extra goals (``[target] also``): trials train until they meet every one (or the budget
+    #: ends), so re-scoring at each is exact; the lossless pruner is lossless for each.
+    also: tuple[Goal, ...] = ()
     #: The workload instance once the spec is bound (:func:`tuner.run.specs.load`); None for a
     #: spec read without its workload (analysis).
     workload: Any = field(default=None, compare=False, repr=False)
@@ -188,6 +192,7 @@ class Spec:
             "fixed": self.fixed,
             "search_space": {p.name: p.to_attr() for p in self.space},
             "target": dataclasses.asdict(self.target),
+            **({"also": [str(g) for g in self.also]} if self.also else {}),
             "budget": dataclasses.asdict(self.budget),
             "eval_cadence": _cadence_identity(self.cadence),
             "sampler": dataclasses.asdict(self.sampler),
@@ -413,8 +418,28 @@ def _optimizer(t: _Table, space_t: _Table) -> tuple[str, str, dict[str, Any], tu
     return name, schedule, fixed, space
 
 
+def _also(t: _Table, target: Target, workload: Any) -> tuple[Goal, ...]:
+    """``[target] also``: more goals every trial trains until it meets (each exact later)."""
+    texts = t.get("also", "list", [])
+    goals: list[Goal] = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise t.error("also", f"{text!r}; allowed: strings such as 'error<=0.05'")
+        try:
+            g = Goal.parse(text)
+        except ValueError as exc:
+            raise t.error("also", str(exc)) from None
+        if workload is not None and g.metric not in workload.metrics:
+            raise t.error("also", f"{g}: {g.metric!r} is not produced by workload "
+                          f"{workload.name!r}; allowed: {', '.join(workload.metrics)}")
+        if g in goals or (target.direction and g == Goal.of_target(dataclasses.asdict(target))):
+            raise t.error("also", f"{g} is listed twice (or is the target itself)")
+        goals.append(g)
+    return tuple(goals)
+
+
 def _target(t: _Table, workload: Any) -> Target:
-    t.only(["metric", "value", "direction"])
+    t.only(["metric", "value", "direction", "also"])
     if workload is None:  # read without the workload: its metrics and ranges are unknown
         return Target(t.get("metric", "string"), t.get("value", "number"),
                       t.get("direction", "string", "", choices=DIRECTIONS))
@@ -555,7 +580,7 @@ def _optuna_options(options: _Table, cls: type) -> dict[str, Any]:
     return dict(options.data)
 
 
-def _pruner(t: _Table, target: Target) -> PrunerSpec:
+def _pruner(t: _Table, target: Target, also: tuple[Goal, ...] = ()) -> PrunerSpec:
     import optuna
 
     name = t.get("name", "string", "lossless", choices=PRUNERS)
@@ -567,6 +592,10 @@ def _pruner(t: _Table, target: Target) -> PrunerSpec:
     options = t.table("options")
     values: dict[str, Any] = {}
     if name in OPTUNA_PRUNERS:
+        if also:
+            raise t.error("name", f"{name!r} with [target] also: Optuna's pruners see the "
+                          "target metric only and could stop a trial before an extra goal; "
+                          "allowed: 'lossless' (lossless for every goal) or 'none'")
         cls = getattr(optuna.pruners, OPTUNA_PRUNERS[name])
         values = _optuna_options(options, cls)
         if target.direction not in ("minimize", ""):
@@ -637,6 +666,7 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
                          if workload is not None else ()):
         raise SpecError(path, key, message)
     target = _target(top.table("target"), workload)
+    also = _also(top.table("target"), target, workload)
     budget = _budget(top.table("budget"))
     if (workload is not None and budget.max_epochs is not None
             and workload.num_train_examples() == 0):
@@ -653,7 +683,8 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
         optimizer=optimizer, schedule=schedule,
         fixed=fixed, space=space, target=target, budget=budget, cadence=cadence,
         sampler=_sampler(top.table("sampler"), seed),
-        pruner=_pruner(top.table("pruner"), target),
+        pruner=_pruner(top.table("pruner"), target, also),
+        also=also,
         accelerator=trainer.get("accelerator", "string", "auto", choices=ACCELERATORS),
         precision=trainer.get("precision", "string", "32-true", choices=PRECISIONS),
         devices=trainer.positive_int("devices", 1),

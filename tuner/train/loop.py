@@ -4,8 +4,8 @@ Lightning Fabric runs it (CPU here, a GPU when present; precision and strategies
 without the per-step hooks, logging and collate of ``Trainer``. The data set lives as tensors on the
 training device; a batch is an index into a seeded permutation (reshuffled every epoch).
 Validation runs at the study's evaluation steps; the trial stops at the first evaluation that
-reaches the target, at a non-finite or exploding loss (diverged), when the reporter says prune,
-or at the budget.
+reaches the target (and every ``[target] also`` goal), at a non-finite or exploding loss
+(diverged), when the reporter says prune, or at the budget.
 
 Speed (``benchmarks/loop_speed.py``): a step costs what a hand-written PyTorch step costs.
 - The forward pass calls the module Fabric set up (DDP's wrapper under DDP) inside the precision's
@@ -92,6 +92,7 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
     pending: list[torch.Tensor] = []  # losses of the steps since the last divergence check
     reached = diverged = pruned = False
     steps_to_target: int | None = None
+    unmet = list(req.also)  # [target] also goals not met yet
     step = 0
     while step < req.max_steps:
         # A batch of B indices from the permutation, wrapping into a fresh one at epoch ends.
@@ -161,11 +162,13 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
                 break
             better = min if req.target.direction == "minimize" else max
             best_metric = value if best_metric is None else better(best_metric, value)
-            if req.target.reached(value):
+            if not reached and req.target.reached(value):
                 reached, steps_to_target = True, step
+            unmet = [g for g in unmet if not g.met(metrics.get(g.metric))]
+            if reached and not unmet:  # the target, and every [target] also goal
                 break
             if stop:
-                pruned = True
+                pruned = not reached
                 break
             next_eval = next(eval_at, -1)
 
