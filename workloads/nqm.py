@@ -1,4 +1,4 @@
-"""The noisy quadratic model (Zhang et al. 2019) as DESIGN.md defines it, solved in closed form.
+"""The noisy quadratic model (Zhang et al. 2019) as docs/DESIGN.md defines it, solved exactly.
 
 Loss L(x) = 1/2 sum_i h_i x_i^2 with h_i = 1/i (i = 1..K), x_0 ~ N(0, I). A batch of B has gradient
 noise of variance h_i / B in direction i; the preconditioner is H^-p. Per direction, with
@@ -484,7 +484,7 @@ class Dynamics:
 def iterate(h: np.ndarray, lr: float, one_minus_momentum: float | None, batch_size: int,
             p: float, steps: int, ema: float = 0.0) -> np.ndarray:
     """Brute force: L(0..steps) by applying the per-direction second-moment recursion step by
-    step (DESIGN.md's 3x3 matrix; with ``ema`` = beta > 0, Sigma' = B Sigma B' + n g g' on
+    step (docs/DESIGN.md's 3x3 matrix; with ``ema`` = beta > 0, Sigma' = B Sigma B' + n g g' on
     (x, u, x~) with B, g as in :meth:`Dynamics._ema`). For tests: O(K x steps)."""
     m = 0.0 if one_minus_momentum is None else 1.0 - one_minus_momentum
     a = lr * h ** (1.0 - p)

@@ -13,7 +13,7 @@ __all__ = ["Curve", "Point", "best", "curve", "point"]
 
 @dataclass
 class Point:
-    """One batch size's summary (the ``points`` entry of DESIGN.md's curve JSON)."""
+    """One batch size's summary (the ``points`` entry of docs/DESIGN.md's curve JSON)."""
 
     batch_size: int
     best_steps: int | None

@@ -87,7 +87,7 @@ class Fit:
         return self.s_min * (1.0 + self.b_noise / batch_size)
 
     def to_json(self) -> dict:
-        """DESIGN.md's ``fit`` object."""
+        """docs/DESIGN.md's ``fit`` object."""
         return {"s_min": self.s_min, "e_min": self.e_min, "b_crit": self.b_crit,
                 "b_noise": self.b_noise,
                 "residuals_log2": {str(b): r for b, r in self.residuals.items()},

@@ -1,4 +1,4 @@
-"""Whole-spec summaries as plain data: curve JSON (DESIGN.md's contract) and the verdict."""
+"""Whole-spec summaries as plain data: curve JSON (docs/DESIGN.md's contract) and the verdict."""
 
 from __future__ import annotations
 

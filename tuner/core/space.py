@@ -49,7 +49,7 @@ class Param:
         return FloatDistribution(float(self.low), float(self.high), log=self.log)
 
     def to_attr(self) -> dict[str, Any]:
-        """The JSON form stored in the study's ``search_space`` attr (DESIGN.md)."""
+        """The JSON form stored in the study's ``search_space`` attr (docs/DESIGN.md)."""
         if self.choices is not None:
             return {"choices": list(self.choices)}
         out: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}

@@ -1,4 +1,4 @@
-"""One trial: sample params -> ask the workload -> store value and attrs (DESIGN.md contract).
+"""One trial: sample params -> ask the workload -> store value and attrs (docs/DESIGN.md contract).
 
 Outcomes:
   reached  -- COMPLETE, value = steps-to-target, constraint 0 (feasible).

@@ -1,4 +1,4 @@
-"""Storage: the URL, study naming, and the study attrs of DESIGN.md's storage contract.
+"""Storage: the URL, study naming, and the study attrs of docs/DESIGN.md's storage contract.
 
 One Optuna study per (spec, batch size, seed). The name contains all three for people; code reads
 the attrs (``spec_name``, ``batch_size``, ...), never the name.
@@ -155,7 +155,7 @@ def versions() -> dict[str, str]:
 
 
 def study_attrs(spec: Spec, batch_size: int) -> dict[str, Any]:
-    """The study ``user_attrs`` of DESIGN.md's storage contract (plus a few extras)."""
+    """The study ``user_attrs`` of docs/DESIGN.md's storage contract (plus a few extras)."""
     c = spec.cadence
     max_steps = spec.max_steps(batch_size)
     n_evals = len(spec.eval_steps(batch_size))
