@@ -14,11 +14,12 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075 nqm_momentum_ema
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
-        $(NQM_SPECS) bench-nqm postgres dashboard clean soak
+        $(NQM_SPECS) bench-nqm postgres dashboard clean soak lint
 
 help:
 	@echo "make demo               a real small scaling study on digits (CPU, < 10 min)"
 	@echo "make test               the test suite (without the soak test)"
+	@echo "make lint               the layer contracts (import-linter) and the import-cycle check"
 	@echo "make soak               6 workers on PostgreSQL killed at random for a few minutes"
 	@echo "make digits-mlp         reproduce studies/digits_mlp.toml"
 	@echo "make fashion-mnist-cnn  reproduce studies/fashion_mnist_cnn.toml (hours on CPU)"
@@ -55,8 +56,13 @@ debian:
 demo: $(STAMP)
 	$(TUNER) run studies/digits_mlp.toml --storage $(STORAGE)
 
-test: $(STAMP) debian
+test: $(STAMP) debian lint
 	$(BIN)/python -m pytest -q -m 'not soak'
+
+# The layers of docs/DESIGN.md: import-linter's contracts (pyproject.toml), no import cycles.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/import_cycles.py
 
 # Issue 13's soak test (<= 5 min): 6 workers on PostgreSQL, a random one killed every few seconds.
 soak: $(STAMP) debian
