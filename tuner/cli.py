@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import sys
+import csv
 import dataclasses
+import errno
+import json
+import os
+import socket
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import click
+import optuna
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from tuner.analysis.records import SpecStudies, stored_metrics
@@ -25,7 +32,8 @@ from tuner.render.tables import (
     sensitivity_rows,
     to_csv,
 )
-from tuner.run import resources, runner, specs as spec_mod
+from tuner.run import resources, runner
+from tuner.run import specs as spec_mod
 from tuner.run import workers as workers_mod
 from tuner.store import storage as storage_mod
 from tuner.store.retry import StorageUnavailable, cause, configure, db_error
@@ -156,10 +164,6 @@ def _check_output(option: str, path: str | None, folder: bool = False) -> None:
     Raises:
         UsageError: one line naming the option, the path and the cause.
     """
-    import errno
-    import os
-    import tempfile
-
     if path is None:
         return
     p = Path(path)
@@ -190,8 +194,6 @@ def _check_output(option: str, path: str | None, folder: bool = False) -> None:
 
 def _folder_exists(folder: Path) -> None:
     """Raise OSError unless ``folder`` is an existing folder."""
-    import errno
-
     if folder.exists() and not folder.is_dir():
         raise OSError(errno.ENOTDIR, f"{str(folder)!r} is a file, not a folder")
     if not folder.is_dir():
@@ -232,9 +234,6 @@ def _rescored(s: SpecStudies, goal: Goal | None, max_steps: int | None,
 
 def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: object) -> None:
     """Print (title, header, rows) blocks as tables or CSV, or ``json_obj`` as JSON."""
-    import csv
-    import json
-
 
     if fmt == "json":
         click.echo(json.dumps(json_obj, indent=2, default=str))
@@ -404,9 +403,7 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
               "not writable.")
 def dashboard(storage: str | None, port: int, host: str, read_only: bool) -> None:
     """Open optuna-dashboard on the same storage (Ctrl-C stops it). Never creates a storage."""
-    import socket
-
-    import optuna_dashboard
+    import optuna_dashboard  # heavy: optuna-dashboard, only when needed
 
 
     url = resolve_url(storage)
@@ -428,8 +425,6 @@ def dashboard(storage: str | None, port: int, host: str, read_only: bool) -> Non
 
 def main() -> None:
     """Console-script entry: bad input is one line on stderr and exit status 2."""
-    import optuna
-
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

@@ -70,7 +70,9 @@ class Digits(TrainedWorkload):
 
     def load_data(self) -> Data:
         """Digits as float tensors scaled to [0, 1]."""
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import (
+            load_digits,  # heavy: scikit-learn, only when needed
+        )
 
         x, y = load_digits(return_X_y=True)
         x = torch.tensor(x, dtype=torch.float32) / 16.0

@@ -143,7 +143,9 @@ class FashionMNIST(TrainedWorkload):
     def _raw(self) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
         if o.download:
-            from torchvision.datasets import FashionMNIST as TV
+            from torchvision.datasets import (
+                FashionMNIST as TV,  # heavy: torchvision, only when needed
+            )
 
             root = o.data_dir or os.path.expanduser("~/.cache/tuner")
             ds = TV(root=root, train=True, download=True)

@@ -52,8 +52,16 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
-from workloads.nqm_terms import (TINY, UNDERFLOW, Bracket, Close, Exponentials, Oscillations,
-                                 Stepped, real_values)
+from workloads.nqm_terms import (
+    TINY,
+    UNDERFLOW,
+    Bracket,
+    Close,
+    Exponentials,
+    Oscillations,
+    Stepped,
+    real_values,
+)
 
 #: Intervals of at most this many steps (and at most 4 x their first step) are not bisected
 #: further: all their steps are enclosed at once by a Taylor-group window (nqm_terms.py).

@@ -14,7 +14,6 @@ from tuner.analysis.curves import best
 from tuner.analysis.records import BatchStudy
 from tuner.core.space import PARAM_BOUNDS, Param
 
-
 #: Near-best trials "cluster" at an edge when at least this share of them (and >= 3) sit there.
 CLUSTER_SHARE = 2 / 3
 

@@ -105,7 +105,7 @@ def fit(batch_sizes: Sequence[int], steps: Sequence[float]) -> Fit | None:
 def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
                   ) -> tuple[Fit | None, str | None]:
     """:func:`fit`, and why there is none (:data:`TOO_FEW` or :data:`NO_CONVERGENCE`)."""
-    from scipy.optimize import least_squares
+    from scipy.optimize import least_squares  # heavy: scipy, only when needed
 
     b = np.asarray(batch_sizes, dtype=float)
     s = np.asarray(steps, dtype=float)

@@ -13,7 +13,6 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-
 #: Where a fixed or searched metaparameter may lie: (low, high, low inclusive, high inclusive).
 PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "learning_rate": (0.0, math.inf, False, False),

@@ -8,11 +8,13 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from tuner.render import plots
+import optuna
+
 from tuner.analysis.curves import Curve
 from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
 from tuner.analysis.summary import Verdict, edge_findings, verdict
+from tuner.render import plots
 from tuner.render.tables import curve_rows, edge_rows, fit_line, sensitivity_rows
 
 CSS = """
@@ -109,9 +111,11 @@ def write(out: Path, specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> P
 def attach_to_dashboard(storage: Any, specs: Sequence[SpecStudies], curves: Sequence[Curve]
                         ) -> int:
     """Save the scaling curve as a plotly figure and a note on every study; returns the count."""
-    import optuna
-    import plotly.graph_objects as go
-    from optuna_dashboard import save_note, save_plotly_graph_object
+    import plotly.graph_objects as go  # heavy: plotly, only when needed
+    from optuna_dashboard import (  # heavy: optuna-dashboard, only when needed
+        save_note,
+        save_plotly_graph_object,
+    )
 
     fig = go.Figure()
     for c in curves:

@@ -13,13 +13,17 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-from tuner.spec import Spec
 from tuner.analysis.rescore import steps_to
 from tuner.core.goal import Goal
 from tuner.core.trial import TrialRequest, TrialResult
 from tuner.run.pruning import GoalsPruner
+from tuner.spec import Spec
 from tuner.workload.base import Workload
 
 

@@ -19,6 +19,8 @@ from optuna.pruners import BasePruner
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.spec import OPTUNA_PRUNERS
+
 if TYPE_CHECKING:
     pass
 
@@ -75,8 +77,6 @@ class LosslessPruner(BasePruner):
 
 def build_pruner(name: str, slack: float, lossless: bool, options: dict) -> BasePruner:
     """The study's pruner from the spec's ``[pruner]`` table."""
-    from tuner.spec import OPTUNA_PRUNERS
-
     inner = None
     if name in OPTUNA_PRUNERS:
         inner = getattr(optuna.pruners, OPTUNA_PRUNERS[name])(**options)

@@ -11,6 +11,7 @@ so in one line before anything is written. The size checks are estimates: ``tune
 from __future__ import annotations
 
 import math
+import os
 
 from tuner.core.errors import UsageError
 from tuner.spec import Spec
@@ -26,7 +27,7 @@ def check_devices(spec: Spec, gpu_ids: list[str]) -> None:
     Raises:
         UsageError: one line naming the spec key or option and what is available.
     """
-    import torch
+    import torch  # heavy: torch, only when needed
 
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     acc = spec.accelerator
@@ -53,7 +54,7 @@ def check_devices(spec: Spec, gpu_ids: list[str]) -> None:
 
 
 def _mps() -> bool:
-    import torch
+    import torch  # heavy: torch, only when needed
 
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
@@ -77,7 +78,7 @@ def count_evals(spec: Spec, batch_size: int, limit: int) -> int:
 def available_memory(spec: Spec) -> tuple[int, str]:
     """(bytes free, where) on the device trials will use: the GPU's free memory when trials
     train on one, else the host's MemAvailable."""
-    import torch
+    import torch  # heavy: torch, only when needed
 
     if spec.accelerator in ("cuda", "gpu", "auto") and torch.cuda.is_available():
         return int(torch.cuda.mem_get_info()[0]), "free on GPU 0"
@@ -88,7 +89,6 @@ def available_memory(spec: Spec) -> tuple[int, str]:
                     return int(line.split()[1]) * 1024, "available memory"
     except OSError:
         pass
-    import os
 
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available memory"
 

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import optuna
+
 from tuner.core.errors import SpecError
 from tuner.core.goal import Goal
 from tuner.core.space import PARAM_BOUNDS, Param
 from tuner.core.trial import Target
 from tuner.spec.cadence import eval_steps, share_interval
-from tuner.spec.optimizers import OPTIONAL_PARAMS, OPTIMIZERS, SCHEDULES, allowed_params
+from tuner.spec.optimizers import OPTIMIZERS, OPTIONAL_PARAMS, SCHEDULES, allowed_params
 
 #: ``resolve(name)`` -> the workload class a spec's ``[workload] name`` stands for (raises
 #: KeyError with a message listing what is allowed).
@@ -581,8 +583,6 @@ def _optuna_options(options: _Table, cls: type) -> dict[str, Any]:
 
 
 def _pruner(t: _Table, target: Target, also: tuple[Goal, ...] = ()) -> PrunerSpec:
-    import optuna
-
     name = t.get("name", "string", "lossless", choices=PRUNERS)
     t.only(["name", "slack", "lossless", "options"])
     slack = t.get("slack", "number", 1.0)

@@ -20,6 +20,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from tuner.store.retry import call
 from tuner.store.urls import BACKENDS, backend, check_backend, sqlite_file  # noqa: F401
 
 #: The storage back ends whose lock we implement (and test).
@@ -34,8 +39,6 @@ def lock_key(name: str) -> int:
 
 @lru_cache(maxsize=8)
 def _engine(url: str):  # noqa: ANN202 - sqlalchemy Engine
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
 
     return create_engine(url, poolclass=NullPool)
 
@@ -55,8 +58,6 @@ def schema_lock(url: str) -> Iterator[None]:
 
     kind = backend(url)
     if kind == "postgresql":
-        from sqlalchemy import text
-
         with _engine(url).connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_KEY})
             conn.commit()
@@ -83,9 +84,6 @@ def _flock(db: Path) -> Iterator[None]:
 
 def _unlock(conn: Any, key: int) -> None:
     """Release an advisory lock; on a dead connection the server has released it already."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
     try:
         conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         conn.commit()
@@ -95,10 +93,6 @@ def _unlock(conn: Any, key: int) -> None:
 
 def _pg_lock(url: str, key: int) -> Any:
     """A connection holding the advisory lock ``key``, (re)connecting through outages."""
-    from sqlalchemy import text
-
-    from tuner.store.retry import call
-
     def acquire() -> Any:
         conn = _engine(url).connect()
         try:
@@ -132,8 +126,6 @@ class Holder:
         A bigint advisory key shows in ``pg_locks`` as classid (high 32 bits), objid (low 32
         bits) and objsubid 1.
         """
-        from sqlalchemy import text
-
         high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
         pids = conn.execute(text(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
@@ -153,8 +145,6 @@ def study_lock(url: str, name: str) -> Iterator[Holder | None]:
 
     kind = backend(url)
     if kind == "postgresql":
-        from sqlalchemy import text
-
         key = lock_key(name)
         conn = _pg_lock(url, key)
         try:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from optuna.storages import RDBStorage
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 #: Seconds to keep retrying a storage that cannot be reached (``--storage-retry``).
 DEFAULT_SECONDS = 60.0
@@ -57,8 +59,6 @@ def seconds() -> float:
 
 def db_error(exc: BaseException) -> Any:
     """The SQLAlchemy ``DBAPIError`` behind ``exc`` (itself, its cause or context), or None."""
-    from sqlalchemy.exc import DBAPIError
-
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -71,8 +71,6 @@ def db_error(exc: BaseException) -> Any:
 
 def transient(err: Any, backend: str) -> bool:
     """Whether waiting may cure the database error ``err`` (a SQLAlchemy ``DBAPIError``)."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
     if getattr(err, "connection_invalidated", False):
         return True
     if backend == "sqlite":
@@ -89,8 +87,6 @@ def cause(err: Any) -> str:
 
 def describe(url: str) -> str:
     """``url`` without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - a message must not fail
@@ -116,8 +112,6 @@ def call(fn: Callable[[], T], url: str, backend: str, retry_for: float | None = 
             if err is None:
                 raise
             if not transient(err, backend):
-                from sqlalchemy.exc import InterfaceError, OperationalError
-
                 if isinstance(err, (OperationalError, InterfaceError)):
                     raise StorageUnavailable(f"storage {describe(url)}: {cause(err)}") from exc
                 raise  # an integrity or programming error: not ours to hide

@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.analysis.records import BatchStudy, SpecStudies, TrialRecord, param_from_attr
 from tuner import spec as spec_mod
+from tuner.analysis.records import BatchStudy, SpecStudies, TrialRecord, param_from_attr
 from tuner.core.errors import UsageError
 from tuner.store.storage import changed_key, first_difference, sqlite_file
 

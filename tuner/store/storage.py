@@ -13,11 +13,18 @@ import platform
 import warnings
 from importlib import metadata
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 from optuna.storages import RDBStorage
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from tuner.core.errors import UsageError
+from tuner.spec import Spec
+from tuner.store.locking import schema_lock
+from tuner.store.persist import fast_sqlite
+from tuner.store.retry import RetryingStorage, cause, db_error, describe
 from tuner.store.urls import (  # noqa: F401 - re-exported
     DEFAULT_URL,
     ENV_VAR,
@@ -25,9 +32,6 @@ from tuner.store.urls import (  # noqa: F401 - re-exported
     sqlite_file,
     writable,
 )
-from tuner.spec import Spec
-
-
 
 #: A PostgreSQL session of a worker that sits inside a transaction this long (ms) is ended by
 #: the server, releasing its row locks. Our transactions last milliseconds; only a frozen worker
@@ -36,8 +40,6 @@ IDLE_IN_TRANSACTION_MS = 30_000
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
-    from sqlalchemy.engine import make_url
-
     if make_url(url).get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": 60}}
     return {"connect_args": {
@@ -45,8 +47,6 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def _refused(url: str, err: Any) -> UsageError:
-    from tuner.store.retry import cause, describe
-
     return UsageError(f"--storage: cannot open {describe(url)}: {cause(err)}; allowed: a "
                       "reachable server and a database that exists (see scripts/postgres.sh)")
 
@@ -68,12 +68,6 @@ def open_storage(url: str, heartbeat: int | None = None, *,
     Raises:
         UsageError: the storage cannot be written or reached when it is opened.
     """
-    from sqlalchemy.exc import DBAPIError
-
-    from tuner.store.locking import schema_lock
-    from tuner.store.persist import fast_sqlite
-    from tuner.store.retry import RetryingStorage, db_error
-
     db = sqlite_file(url)
     if db is not None and not writable(url):
         where = db if db.exists() else db.parent
@@ -108,12 +102,6 @@ def open_readonly(url: str) -> RDBStorage:
     Raises:
         UsageError: no SQLite file there, or the storage cannot be opened.
     """
-    from urllib.parse import quote
-
-    from sqlalchemy.exc import DBAPIError
-
-    from tuner.store.retry import RetryingStorage, db_error
-
     db = sqlite_file(url)
     kwargs: dict[str, Any] = {}
     if db is not None:

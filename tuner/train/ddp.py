@@ -21,13 +21,15 @@ from tuner.train.loop import train_on
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
 
-    from tuner.workload.trained import TrainedWorkload  # a type only (not a runtime import)
+    from tuner.workload.trained import (
+        TrainedWorkload,  # a type only (not a runtime import)
+    )
 
 
 def train_ddp(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> TrialResult:
     """Train one trial with DDP on ``req.devices`` devices; rank 0's result."""
-    import torch.multiprocessing as mp
-    from lightning.fabric import Fabric
+    import torch.multiprocessing as mp  # heavy: torch, only when needed
+    from lightning.fabric import Fabric  # heavy: lightning, only when needed
 
     ctx = mp.get_context("spawn")
     up: Queue = ctx.Queue()  # rank 0 -> here: (step, metrics), then None when done
@@ -62,7 +64,7 @@ def _relay(up: Queue, down: Queue, report: Reporter, errors: list[BaseException]
 
 
 def _rank_main(fabric: Any, job: bytes, up: Queue, down: Queue) -> TrialResult:
-    import torch.distributed
+    import torch.distributed  # heavy: torch, only when needed
 
     workload, req = pickle.loads(job)
 

@@ -29,12 +29,14 @@ from typing import TYPE_CHECKING
 import torch
 from lightning import LightningModule
 
+from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.spec.cadence import resolution
 from tuner.train.optim import build_optimizer, build_schedule
-from tuner.core.trial import Reporter, TrialRequest, TrialResult
 
 if TYPE_CHECKING:
-    from tuner.workload.trained import TrainedWorkload  # a type only (not a runtime import)
+    from tuner.workload.trained import (
+        TrainedWorkload,  # a type only (not a runtime import)
+    )
 
 
 #: Steps between divergence checks (each reads the pending losses from the device at once).

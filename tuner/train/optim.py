@@ -14,7 +14,7 @@ def build_optimizer(
     name: str, parameters: Iterable[torch.nn.Parameter], hp: dict[str, Any]
 ) -> torch.optim.Optimizer:
     """A torch optimizer from resolved metaparameters ``hp``."""
-    import torch
+    import torch  # heavy: torch, only when needed
 
     lr, wd = float(hp["learning_rate"]), float(hp.get("weight_decay", 0.0))
     if name == "sgd":
@@ -43,7 +43,7 @@ def build_schedule(
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-step learning-rate scheduler (call ``.step()`` after each optimizer step), or None
     for a constant learning rate (nothing to step)."""
-    import torch
+    import torch  # heavy: torch, only when needed
 
     if name == "constant":
         return None

@@ -9,7 +9,9 @@ from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.train.loop import make_fabric, train_on
 
 if TYPE_CHECKING:
-    from tuner.workload.trained import TrainedWorkload  # a type only (not a runtime import)
+    from tuner.workload.trained import (
+        TrainedWorkload,  # a type only (not a runtime import)
+    )
 
 
 def train(workload: TrainedWorkload, req: TrialRequest, report: Reporter) -> TrialResult:

@@ -74,7 +74,7 @@ class TrainedWorkload(Workload):
         activations (each saved for backward and its gradient), from the model built on torch's
         meta device (nothing allocated) and one forward pass there; the data is loaded (and
         kept for the trials). None when the model cannot be built or run on the meta device."""
-        import torch
+        import torch  # heavy: torch, only when needed
 
         x = self.data().train_x
         try:
@@ -127,9 +127,11 @@ class TrainedWorkload(Workload):
     def training_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       step: int) -> torch.Tensor:
         """The scalar loss to minimise on one batch."""
-        import torch.nn.functional as F
-        from lightning import LightningModule
-        from lightning.fabric.wrappers import is_wrapped
+        import torch.nn.functional as F  # heavy: torch, only when needed
+        from lightning import LightningModule  # heavy: lightning, only when needed
+        from lightning.fabric.wrappers import (
+            is_wrapped,  # heavy: lightning, only when needed
+        )
 
         # (no getattr(model, "module", None): on a plain module it raises and catches an
         # AttributeError, a few microseconds of every step)
@@ -143,8 +145,8 @@ class TrainedWorkload(Workload):
     def evaluate(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
                  ) -> dict[str, float]:
         """Validation metrics of ``model`` (called in eval mode, under ``torch.no_grad``)."""
-        import torch
-        import torch.nn.functional as F
+        import torch  # heavy: torch, only when needed
+        import torch.nn.functional as F  # heavy: torch, only when needed
 
         loss_sum = torch.zeros((), device=x.device)
         wrong = torch.zeros((), device=x.device, dtype=torch.long)
