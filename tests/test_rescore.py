@@ -348,3 +348,25 @@ def test_also_on_a_trained_workload(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert all(bound == "exact" for _, bound in hard.values())
     assert hard == {b: (best, "exact") for b, (best, _) in direct(out["also"][1], "error", 0.08
                                                                    ).items()}
+
+
+def test_studies_stored_before_curves_were_kept_still_rescore(
+        stored: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Studies of the previous version have no `curve` attr: the target metric's intermediate
+    values stand in, so re-scoring on it works and other metrics are refused by name."""
+    import sqlite3
+
+    spec, url = stored
+    old = tmp_path / "old.db"
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(old) as dst:
+        src.backup(dst)  # (a file copy would miss what is still in the WAL)
+    with sqlite3.connect(old) as db:
+        gone = db.execute("DELETE FROM trial_user_attributes WHERE key = 'curve'").rowcount
+    assert gone > 0
+    old_url = f"sqlite:///{old}"
+    assert curve_points(spec, old_url, capsys) == curve_points(spec, url, capsys)
+    assert curve_points(spec, old_url, capsys, "--target", "error<=0.3") == \
+        curve_points(spec, url, capsys, "--target", "error<=0.3")
+    code, _, err = run_cli(["curve", str(spec), "--storage", old_url, "--target", "loss<=1"],
+                           capsys)
+    assert code == 2 and "allowed: error" in err
