@@ -110,10 +110,51 @@ def test_sensitivity_matches_a_direct_computation(stored: tuple[Path, str],
         assert r["n_unknown"] == 0
         assert r["importances"] is None or set(r["importances"]) == {"learning_rate",
                                                                      "one_minus_momentum"}
-    # a larger factor than the slack leaves unknowns, and the table says how to settle them
-    code, out, _ = run_cli(["sensitivity", str(spec), "--storage", url, "--factor", "3"], capsys)
-    if "unknown:" in out:
-        assert "slack >= 3.0" in out
+
+
+def test_a_factor_above_the_slack_leaves_unknowns_and_says_how_to_settle_them(
+    stored: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    from optuna.trial import TrialState, create_trial
+
+    from tuner.core.space import distributions
+    from tuner.store.storage import open_storage
+
+    spec, url = stored
+    # a copy of the stored studies, with one more B=16 trial that the pruner stopped at twice
+    # the best steps: past slack 1.25 x best (lossless pruning may stop it) but before 3 x best
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    curl = f"sqlite:///{copy}"
+    [s16] = [s for s in optuna.get_all_study_summaries(curl) if s.user_attrs["batch_size"] == 16]
+    study = optuna.load_study(study_name=s16.study_name, storage=open_storage(curl))
+    trials = study.get_trials()
+    best = min(t.user_attrs["steps_to_target"] for t in trials if t.user_attrs.get("reached"))
+    study.add_trial(create_trial(
+        state=TrialState.PRUNED, params=dict(trials[0].params),
+        distributions=distributions(spec_mod.load(spec).space),
+        user_attrs={"slot": 1000, "reached": False, "steps_to_target": None,
+                    "stopped_at_step": 2 * best}))
+    unknown = {}  # batch size -> pruned trials stopped before 3 x its best steps
+    for s in optuna.get_all_study_summaries(curl):
+        ts = optuna.load_study(study_name=s.study_name, storage=curl).get_trials()
+        b = min(t.user_attrs["steps_to_target"] for t in ts if t.user_attrs.get("reached"))
+        unknown[s.user_attrs["batch_size"]] = sum(
+            t.state == TrialState.PRUNED and t.user_attrs["stopped_at_step"] < 3 * b for t in ts)
+    assert unknown[16] >= 1  # the precondition: at least the added trial
+    code, out, err = run_cli(["sensitivity", str(spec), "--storage", curl, "--format", "json",
+                              "--factor", "3"], capsys)
+    assert code == 0, err
+    assert {r["batch_size"]: r["n_unknown"] for r in json.loads(out)["ana"]} == unknown
+    # the table says how many, and how to settle them
+    code, out, err = run_cli(["sensitivity", str(spec), "--storage", curl, "--factor", "3"],
+                             capsys)
+    assert code == 0, err
+    assert f"ana: {sum(unknown.values())} pruned trial(s) are unknown" in out
+    assert "(pruner slack 1.25); a slack >= 3.0 would run them" in out
 
 
 EDGE_SPEC = SMALL_DIGITS.replace(

@@ -61,10 +61,60 @@ def test_slack_below_one_is_refused() -> None:
         LosslessPruner(0.9)
 
 
-def test_optuna_pruner_can_be_combined() -> None:
-    p = build_pruner("median", 1.0, True, {"n_startup_trials": 2})
-    assert isinstance(p, LosslessPruner) and isinstance(p.inner, optuna.pruners.MedianPruner)
-    assert isinstance(build_pruner("none", 1.0, False, {}), optuna.pruners.NopPruner)
+def combined_study(pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """An in-memory study with two finished trials and their learning curves: reached at 100
+    and 200 steps; the median of their values at step 50 is 0.25."""
+    study = optuna.create_study(pruner=pruner)
+    for steps, curve in ((100, {10: 0.5, 50: 0.2, 100: 0.05}),
+                         (200, {10: 0.5, 50: 0.3, 100: 0.2, 200: 0.05})):
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, value=float(steps), intermediate_values=curve,
+            params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+            user_attrs={"reached": True, "steps_to_target": steps}))
+    return study
+
+
+def pruned_after(pruner: optuna.pruners.BasePruner, value: float, step: int) -> bool:
+    """Whether a new trial of :func:`combined_study` that reports ``value`` at ``step`` is
+    pruned, asked the way the objective asks (``Trial.should_prune``)."""
+    study = combined_study(pruner)
+    trial = study.ask()
+    trial.report(value, step)
+    return trial.should_prune()
+
+
+# (value, step): worse than the median at step 50 but within the best's 100 steps; past the
+# best's 100 steps at a step nobody else reported (the median rule has nothing to compare);
+# better than the median, within 100 steps.
+MEDIAN_ONLY, LOSSLESS_ONLY, NEITHER = (0.9, 50), (0.01, 150), (0.1, 50)
+
+
+def test_optuna_pruner_combined_with_lossless_prunes_by_either_rule() -> None:
+    def pruner(name: str, lossless: bool) -> optuna.pruners.BasePruner:  # fresh per study
+        opts = {"n_startup_trials": 2, "n_warmup_steps": 0} if name == "median" else {}
+        return build_pruner(name, 1.0, lossless, opts)
+
+    def combined() -> optuna.pruners.BasePruner:
+        return pruner("median", True)
+
+    def median() -> optuna.pruners.BasePruner:
+        return pruner("median", False)
+
+    def lossless() -> optuna.pruners.BasePruner:
+        return pruner("lossless", True)
+
+    def none() -> optuna.pruners.BasePruner:
+        return pruner("none", False)
+
+    # each rule alone prunes its own case and not the other's
+    assert pruned_after(median(), *MEDIAN_ONLY) and not pruned_after(median(), *LOSSLESS_ONLY)
+    assert pruned_after(lossless(), *LOSSLESS_ONLY) and not pruned_after(lossless(), *MEDIAN_ONLY)
+    # together: either rule prunes, and a trial doing well in both is left to run
+    assert pruned_after(combined(), *MEDIAN_ONLY)
+    assert pruned_after(combined(), *LOSSLESS_ONLY)
+    assert not pruned_after(combined(), *NEITHER)
+    # no pruner prunes nothing
+    assert not any(pruned_after(none(), *c) for c in (MEDIAN_ONLY, LOSSLESS_ONLY, NEITHER))
 
 
 def test_lossless_pruning_keeps_best_and_saves_steps(tmp_path: Path) -> None:

@@ -11,9 +11,34 @@ from tuner.run import specs as spec_mod
 from tuner.core.errors import SpecError
 
 
+#: The repository's studies/ folder (not the working directory's: pytest may run elsewhere).
+STUDIES = Path(__file__).parents[1] / "studies"
+#: Every spec shipped in studies/ -> its workload.
+SHIPPED = {
+    "digits_mlp": "digits", "fashion_mnist_cnn": "fashion_mnist",
+    "fashion_mnist_mlp": "fashion_mnist", "nqm_momentum": "nqm", "nqm_momentum_ema": "nqm",
+    "nqm_precond_p025": "nqm", "nqm_precond_p050": "nqm", "nqm_precond_p075": "nqm",
+    "nqm_sgd": "nqm",
+}
+
+
+def shipped_specs() -> list[Path]:
+    """The spec files in studies/: at least the known shipped ones."""
+    paths = sorted(STUDIES.glob("*.toml"))
+    assert set(SHIPPED) <= {p.stem for p in paths}, (STUDIES, [p.name for p in paths])
+    return paths
+
+
 def test_shipped_specs_parse() -> None:
-    for path in sorted(Path("studies").glob("*.toml")):
-        s = spec_mod.load(path)
+    import workloads
+
+    paths = shipped_specs()
+    for path in paths:
+        s = spec_mod.load(path)  # with its workload, as `tuner run` loads it
+        assert s.name == path.stem
+        if path.stem in SHIPPED:
+            assert s.workload_name == SHIPPED[path.stem]
+        assert isinstance(s.workload, workloads.get(s.workload_name))
         assert s.batch_sizes == tuple(sorted(s.batch_sizes))
         for b in s.batch_sizes:
             steps = s.eval_steps(b)
@@ -131,7 +156,7 @@ INVALID = {
                                           'metric = "accuracy"\nvalue = 0.1'), "target.value",
                                   "allowed: a target above 0.1"),
     "nqm_target_above_initial_loss": (
-        Path("studies/nqm_sgd.toml").read_text().replace("value = 0.01", "value = 5.0"),
+        (STUDIES / "nqm_sgd.toml").read_text().replace("value = 0.01", "value = 5.0"),
         "target.value", "allowed: a target below 4.894"),
     "name_too_long": (replace("seed = 0", "name = '" + "a" * 300 + "'\nseed = 0"), "name",
                       "at most 200"),
@@ -270,7 +295,7 @@ def test_max_share_spaces_evaluations_and_keeps_old_fingerprints() -> None:
 
 def test_max_share_needs_a_validation_pass(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    text = Path("studies/nqm_sgd.toml").read_text().replace("[eval]", "[eval]\nmax_share = 0.05")
+    text = (STUDIES / "nqm_sgd.toml").read_text().replace("[eval]", "[eval]\nmax_share = 0.05")
     path = write(tmp_path, text, "nqm.toml")
     code, out, err = run_cli(["run", str(path), "--storage", f"sqlite:///{tmp_path / 'x.db'}"],
                              capsys)
@@ -369,11 +394,11 @@ def test_evaluation_count_matches_the_cadence() -> None:
 
     from tuner.run.resources import count_evals
 
-    for path in sorted(Path("studies").glob("*.toml")):
+    for path in shipped_specs():
         s = spec_mod.load(path)
         for b in s.batch_sizes:
             assert count_evals(s, b, 10**6) == len(s.eval_steps(b))
-    s = spec_mod.load("studies/digits_mlp.toml")
+    s = spec_mod.load(STUDIES / "digits_mlp.toml")
     for first, relative, interval in [(1, 0.0, 1), (5, 0.05, 5), (3, 0.5, 2), (1, 1.0, 1)]:
         for max_steps in [3, 10, 57, 1000]:
             t = dataclasses.replace(s, cadence=dataclasses.replace(

@@ -24,6 +24,29 @@ def study_at(url: str, name: str = "s", sampler: str = "qmc", heartbeat: int | N
                                sampler=build_sampler(sampler, 7, {}, SPACE), load_if_exists=True)
 
 
+def backdate(study: optuna.Study, trial_id: int, seconds: float) -> None:
+    """Move the trial's last heartbeat, or (it has none) its start, ``seconds`` into the past,
+    in storage: as if its worker had been silent that long, without waiting for it."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models  # the tables tuner.store.compat reads
+
+    from tuner.store.compat import heartbeats, rdb
+
+    _, beats = heartbeats(study._storage, study._study_id)
+    ago = dt.timedelta(seconds=seconds)
+    if trial_id in beats:
+        table = models.TrialHeartbeatModel.__table__
+        values = {"heartbeat": beats[trial_id] - ago}
+    else:
+        table = models.TrialModel.__table__
+        values = {"datetime_start": study._storage.get_trial(trial_id).datetime_start - ago}
+    with rdb(study._storage).engine.begin() as conn:
+        assert conn.execute(sa.update(table).where(table.c.trial_id == trial_id)
+                            .values(**values)).rowcount == 1
+
+
 def run_one(study: optuna.Study, n: int) -> optuna.trial.FrozenTrial | None:
     c = claim(study, n)
     if c.trial is None:
@@ -90,7 +113,7 @@ def test_a_dead_workers_trial_goes_stale_and_is_rerun(tmp_path: Path) -> None:
     c.trial.suggest_float("y", 0.0, 1.0)
     live = study_at(url, heartbeat=1)
     assert claim(live, 1).trial is None  # still within its grace period
-    time.sleep(3)
+    backdate(live, c.trial._trial_id, 3)  # silent for 3 s > 2 x its 1 s interval
     retry = run_one(live, 1)
     assert retry is not None and retry.params == live.get_trials()[0].params
     states = [t.state for t in live.get_trials()]
@@ -155,7 +178,7 @@ def test_a_trial_that_never_beat_is_recovered_after_the_grace_period(tmp_path: P
     orphan = dead.ask()  # claimed the way an older version (or a kill at the wrong time) leaves it
     live = study_at(url, heartbeat=1)
     assert claim(live, 1).trial is None  # within the grace period: its worker may be alive
-    time.sleep(2.5)
+    backdate(live, orphan._trial_id, 2.5)  # started 2.5 s ago > 2 x 1 s, and never beat
     c = claim(live, 1)
     assert c.trial is not None and [t.number for t in c.stale] == [orphan.number]
     assert "never sent a heartbeat" in c.stale[0].system_attrs["fail_reason"]
@@ -168,7 +191,7 @@ def test_staleness_is_judged_by_the_running_trials_own_interval(tmp_path: Path) 
     slow_beats = study_at(url, heartbeat=30)
     c = claim(slow_beats, 1)  # beats now, next in 30 s
     fast = study_at(url, heartbeat=1)
-    time.sleep(2.5)  # stale by the checker's 2 x 1 s, alive by its own 2 x 30 s
+    backdate(fast, c.trial._trial_id, 10)  # stale by the checker's 2 x 1 s, alive by its 2 x 30 s
     again = claim(fast, 1)
     assert again.trial is None and not again.stale
     assert [t.state for t in fast.get_trials()] == [TrialState.RUNNING]
@@ -197,8 +220,15 @@ def test_ctrl_c_while_claiming_fails_the_claimed_trial_at_once(tmp_path: Path) -
             held.set()
             release.wait(10)
 
+    def blocked() -> bool:  # this process waits for a flock: a blocked one shows as "->"
+        return any("-> FLOCK" in line and f" {os.getpid()} " in line
+                   for line in Path("/proc/locks").read_text().splitlines())
+
     def interrupt() -> None:
-        time.sleep(0.5)  # the main thread is blocked on the lock by now
+        for _ in range(1000):  # until the main thread is blocked on the lock (10 s at most)
+            if blocked():
+                break
+            time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.3)
         release.set()
