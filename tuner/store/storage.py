@@ -18,6 +18,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 from tuner.core.errors import UsageError
+from tuner.store.compat import study_id
 from tuner.store.urls import (  # noqa: F401 - re-exported
     DEFAULT_URL,
     ENV_VAR,
@@ -254,7 +255,7 @@ def check_ours(storage: RDBStorage, s: optuna.study.FrozenStudy, spec: Spec) -> 
     name = s.user_attrs.get("spec_name")
     if name == spec.name:
         return
-    n_trials = len(storage.get_all_trials(s._study_id, deepcopy=False))
+    n_trials = len(storage.get_all_trials(study_id(s), deepcopy=False))
     if name is None and not s.user_attrs and not n_trials:
         return
     what = (f"its spec_name attr is {name!r}" if name is not None
