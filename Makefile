@@ -14,7 +14,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075 nqm_momentum_ema
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
-        $(NQM_SPECS) bench-nqm postgres dashboard clean soak lint
+        $(NQM_SPECS) bench-nqm postgres dashboard clean soak lint test-optuna-floor
 
 help:
 	@echo "make demo               a real small scaling study on digits (CPU, < 10 min)"
@@ -56,13 +56,33 @@ debian:
 demo: $(STAMP)
 	$(TUNER) run studies/digits_mlp.toml --storage $(STORAGE)
 
-test: $(STAMP) debian lint
+test: $(STAMP) debian lint test-optuna-floor
 	$(BIN)/python -m pytest -q -m 'not soak'
 
 # The layers of docs/DESIGN.md: import-linter's contracts (pyproject.toml), no import cycles.
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python scripts/import_cycles.py
+
+# Optuna's floor (pyproject: optuna>=5.0) when constraints.txt pins a newer one: the sampling,
+# work-queue, storage and pruning tests again with optuna==$(OPTUNA_FLOOR) laid over .venv
+# (pip --no-deps --target: the same torch and everything else). Nothing to do while the pin is
+# the floor: then `make test` runs the floor already.
+OPTUNA_FLOOR := 5.0.0
+OPTUNA_PIN   ?= $(shell sed -n 's/^optuna==//p' constraints.txt)
+FLOOR_DIR    := .venv-optuna-floor
+FLOOR_TESTS  := tests/test_compat.py tests/test_trialqueue.py tests/test_pruning.py tests/test_persist.py
+
+test-optuna-floor: $(STAMP)
+ifeq ($(OPTUNA_PIN),$(OPTUNA_FLOOR))
+	@echo "optuna floor $(OPTUNA_FLOOR) is constraints.txt's pin: make test runs it already"
+else
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(FLOOR_DIR) optuna==$(OPTUNA_FLOOR)
+	PYTHONPATH=$(FLOOR_DIR):$(CURDIR) $(BIN)/python -c "import optuna; \
+	  assert optuna.__version__ == '$(OPTUNA_FLOOR)', optuna.__file__; print(optuna.__file__)"
+	PYTHONPATH=$(FLOOR_DIR):$(CURDIR) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  -m 'not slow and not soak' $(FLOOR_TESTS)
+endif
 
 # Issue 13's soak test (<= 5 min): 6 workers on PostgreSQL, a random one killed every few seconds.
 soak: $(STAMP) debian

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from tuner.run.sampling import build_sampler
@@ -62,17 +61,39 @@ def test_slots_follow_the_quasi_random_sequence_and_stop_at_n(tmp_path: Path) ->
     assert done[5] is None and done[6] is None  # never more than N
     trials = study.get_trials()
     assert [slot_of(t) for t in trials] == [0, 1, 2, 3, 4]
-    # slot s is the s-th point of Optuna's own QMCSampler on the same space and seed
-    ref = optuna.create_study(sampler=build_sampler("qmc", 7, {}, SPACE))  # no slots: a counter
-    for t in trials:
-        r = ref.ask(SPACE)
-        assert r.params == pytest.approx(t.params, rel=1e-12)
-    # the cached block of the sequence gives Optuna's own fast-forwarded points
+    # slot s is the s-th point of the sequence (test_slot_points_are_optunas_own_qmc_points)
     sampler = build_sampler("qmc", 7, {}, SPACE)
-    for slot in (0, 3, 200, 5):
-        sampler._slot = slot
-        ours = sampler._sample_qmc(study, SPACE)
-        assert np.array_equal(ours, optuna.samplers.QMCSampler._sample_qmc(sampler, study, SPACE))
+    assert [t.params for t in trials] == [sampler.point(slot_of(t)) for t in trials]
+
+
+MIXED = {"lr": FloatDistribution(1e-4, 1.0, log=True), "m": FloatDistribution(0.0, 1.0),
+         "k": IntDistribution(1, 9), "width": IntDistribution(8, 1024, log=True),
+         "f": FloatDistribution(0.0, 1.0, step=0.1),
+         "act": CategoricalDistribution(("relu", "tanh", "gelu"))}
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # QMCSampler
+@pytest.mark.parametrize("qmc_type,scramble", [("halton", True), ("sobol", True),
+                                               ("halton", False), ("sobol", False)])
+def test_slot_points_are_optunas_own_qmc_points(qmc_type: str, scramble: bool) -> None:
+    # Optuna's own QMCSampler on the same space and seed: it samples trial 0 at random (it learns
+    # the space from it), then trial k + 1 is the sequence's point k (its sample id k)
+    ref = optuna.create_study(sampler=optuna.samplers.QMCSampler(
+        qmc_type=qmc_type, scramble=scramble, seed=7, warn_independent_sampling=False))
+    expected = []
+    for _ in range(262):
+        t = ref.ask(MIXED)
+        ref.tell(t, 0.0)
+        expected.append(t.params)
+    ours = build_sampler("qmc", 7, {"qmc_type": qmc_type, "scramble": scramble}, MIXED)
+    # out of order: the cached block of the sequence grows past 128 and 256 rows
+    for slot in (0, 3, 200, 5, 127, 128, 129, 255, 256, 260, 1, 2, *range(6, 40)):
+        assert ours.point(slot) == expected[slot + 1], slot  # the same floats, not approx
+    # and through a study: a trial of slot s gets point s
+    study = optuna.create_study(sampler=ours)
+    for slot in (4, 0, 129):
+        study.enqueue_trial({}, user_attrs={"slot": slot})
+        assert study.ask(MIXED).params == expected[slot + 1]
 
 
 def test_a_failed_trial_is_rerun_with_its_slot_and_params(tmp_path: Path) -> None:

@@ -54,14 +54,15 @@ class LosslessPruner(BasePruner):
         self.slack = slack
         self.inner = inner
         self.refresh_seconds = refresh_seconds
-        self._cache: tuple[int, int, float, int | None] | None = None  # study, trial, time, best
+        self._best: tuple[str, int, float, int | None] | None = None  # study, trial, time, best
 
     def threshold(self, study: Study, trial: FrozenTrial) -> float | None:
         """The step past which ``trial`` is pruned (None while no trial has reached)."""
         now = time.monotonic()
-        c = self._cache
-        if c is None or c[:2] != (study._study_id, trial.number) or now - c[2] > self.refresh_seconds:
-            c = self._cache = (study._study_id, trial.number, now, best_steps(study))
+        c = self._best
+        key = (study.study_name, trial.number)
+        if c is None or c[:2] != key or now - c[2] > self.refresh_seconds:
+            c = self._best = (*key, now, best_steps(study))
         return None if c[3] is None else self.slack * c[3]
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.curves import Point, point
 from tuner.store.source import outcome_of, record
-from tuner.store.compat import heartbeat_thread, tell_pruned
+from tuner.store.compat import heartbeat_thread, storage_of, study_id, tell_pruned, trial_id
 from tuner.store.locking import Holder, LockLost, study_lock
 from tuner.run.objective import make_objective
 from tuner.store.persist import store_trial
@@ -199,7 +199,7 @@ def _reason(exc: BaseException) -> str:
 def _taken(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Whether another worker finished ``trial`` (found it stale and re-queued it)."""
     try:
-        return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+        return storage_of(study).get_trial(trial_id(trial)).state != TrialState.RUNNING
     except Exception:  # noqa: BLE001 - the storage itself is failing: not a taken trial
         return False
 
@@ -218,7 +218,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
     value: float | None = None
     state = TrialState.COMPLETE
     try:
-        with heartbeat_thread(trial._trial_id, study._storage):
+        with heartbeat_thread(trial_id(trial), storage_of(study)):
             trial.set_user_attr("worker", WORKER)
             if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
                 trial.set_user_attr("cuda_visible_devices", gpus)  # --gpus pins a worker to one
@@ -238,7 +238,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
         try:
             if state == TrialState.PRUNED:
                 tell_pruned(study, trial)  # no value: the dashboard would draw an error as steps
-                frozen = study._storage.get_trial(trial._trial_id)
+                frozen = storage_of(study).get_trial(trial_id(trial))
             else:
                 frozen = study.tell(trial, value, state=state)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
@@ -251,7 +251,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
 
 
 def _said_taken(study: optuna.Study, trial: optuna.Trial) -> None:
-    t = study._storage.get_trial(trial._trial_id)
+    t = storage_of(study).get_trial(trial_id(trial))
     print(f"  B={study.user_attrs.get('batch_size')} trial #{t.number} (slot {slot_of(t)}): taken "
           f"from this worker ({t.system_attrs.get('fail_reason', t.state.name)}); another worker "
           "runs its slot: carrying on with the next", file=sys.stderr, flush=True)
@@ -267,8 +267,8 @@ def _buffer(study: optuna.Study) -> optuna.Study:
     """
     mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",
                               sampler=study.sampler, pruner=study.pruner)
-    for k, v in study._storage.get_study_system_attrs(study._study_id).items():
-        mem._storage.set_study_system_attr(mem._study_id, k, v)
+    for k, v in storage_of(study).get_study_system_attrs(study_id(study)).items():
+        storage_of(mem).set_study_system_attr(study_id(mem), k, v)
     for k, v in study.user_attrs.items():
         mem.set_user_attr(k, v)
     mem.add_trials(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
@@ -294,7 +294,7 @@ def _persist(study: optuna.Study, storage: RDBStorage, holder: Holder | None = N
              ) -> Callback:
     """Store each finished trial in ``study`` (of ``storage``) in one transaction, while
     ``holder`` (if given) still holds the study lock."""
-    sid = study._study_id
+    sid = study_id(study)
 
     def callback(_: optuna.Study, t: FrozenTrial) -> None:
         store_trial(storage, sid, t, {}, holder)
@@ -310,7 +310,7 @@ def _progress(b: int, total: int, echo: Callable[[str], None]) -> Callback:
         kind = outcome_of(t)
         a = t.user_attrs
         # from the study, where other workers add trials too; in memory, nobody else does
-        if not best or not isinstance(study._storage, optuna.storages.InMemoryStorage):
+        if not best or not isinstance(storage_of(study), optuna.storages.InMemoryStorage):
             best[:] = [point(b, [record(x) for x in study.get_trials(deepcopy=False)]).best_steps]
         elif kind == "reached" and a.get("steps_to_target") is not None and (
                 best[0] is None or a["steps_to_target"] < best[0]):

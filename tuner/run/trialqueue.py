@@ -40,7 +40,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.store.compat import heartbeats, is_heartbeat_enabled, record_heartbeat
+from tuner.store.compat import (forget_cached_trials, heartbeats, is_heartbeat_enabled,
+                                record_heartbeat, storage_of, study_id, trial_id)
 from tuner.store.source import slot_of
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -92,14 +93,14 @@ class Claim:
 
 def mark_failed(study: optuna.Study, t: FrozenTrial, reason: str) -> FrozenTrial | None:
     """Mark ``t`` FAIL with ``reason``; None if it finished meanwhile."""
-    storage = study._storage
+    storage = storage_of(study)
     try:
-        storage.set_trial_system_attr(t._trial_id, "fail_reason", reason)
-        if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+        storage.set_trial_system_attr(trial_id(t), "fail_reason", reason)
+        if not storage.set_trial_state_values(trial_id(t), state=TrialState.FAIL):
             return None
     except optuna.exceptions.UpdateFinishedTrialError:
         return None
-    return storage.get_trial(t._trial_id)
+    return storage.get_trial(trial_id(t))
 
 
 def stale_trials(study: optuna.Study, trials: list[FrozenTrial], default_interval: float
@@ -109,21 +110,21 @@ def stale_trials(study: optuna.Study, trials: list[FrozenTrial], default_interva
     A trial's own ``heartbeat_interval`` system attr decides; ``default_interval`` is for trials
     stored by versions that did not record it.
     """
-    storage = study._storage
+    storage = storage_of(study)
     if not is_heartbeat_enabled(storage):
         return []
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if not running:
         return []
-    now, beats = heartbeats(storage, study._study_id)
+    now, beats = heartbeats(storage, study_id(study))
     local_now = dt.datetime.now()
     out = []
     for t in running:
         interval = float(t.system_attrs.get("heartbeat_interval", default_interval))
         grace = 2 * interval
         who = t.user_attrs.get("worker") or t.system_attrs.get("worker", "?")
-        if t._trial_id in beats:
-            silent = (now - beats[t._trial_id]).total_seconds()
+        if trial_id(t) in beats:
+            silent = (now - beats[trial_id(t)]).total_seconds()
             if silent > grace:
                 out.append((t, f"stale: worker {who} sent no heartbeat for {silent:.0f} s "
                                f"(its interval {interval:g} s); re-queued"))
@@ -146,7 +147,7 @@ def claim(study: optuna.Study, n_trials: int, heartbeat_interval: float | None =
     attr ``worker``).
     """
     if heartbeat_interval is None:
-        get = getattr(study._storage, "get_heartbeat_interval", lambda: None)
+        get = getattr(storage_of(study), "get_heartbeat_interval", lambda: None)
         heartbeat_interval = get() or DEFAULT_INTERVAL
     trials = study.get_trials(deepcopy=False)
     stale = []
@@ -186,25 +187,25 @@ def claim(study: optuna.Study, n_trials: int, heartbeat_interval: float | None =
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     # Optuna's ask() pops the oldest WAITING trial; nobody else pops while we hold the lock.
     # Its heartbeat is recorded first: a worker killed right after ask() leaves a stale trial.
-    nxt = min(waiting, key=lambda t: t._trial_id)
-    study._storage.set_trial_system_attr(nxt._trial_id, "heartbeat_interval", heartbeat_interval)
+    nxt = min(waiting, key=trial_id)
+    storage_of(study).set_trial_system_attr(trial_id(nxt), "heartbeat_interval", heartbeat_interval)
     if worker:
-        study._storage.set_trial_system_attr(nxt._trial_id, "worker", worker)
-    record_heartbeat(study._storage, nxt._trial_id)
+        storage_of(study).set_trial_system_attr(trial_id(nxt), "worker", worker)
+    record_heartbeat(storage_of(study), trial_id(nxt))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... used with Study.optimize"
         trial = study.ask()
-    assert trial._trial_id == nxt._trial_id, (trial._trial_id, nxt._trial_id)
+    assert trial_id(trial) == trial_id(nxt), (trial_id(trial), trial_id(nxt))
     return Claim(trial, finished, running + 1, requeued, stale, superseded)
 
 
 def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> FrozenTrial | None:
     """Mark a running trial FAIL (with ``fail_reason``) and re-queue its slot. Hold the study
     lock. None if the trial was no longer running (another worker took it)."""
-    frozen = mark_failed(study, study._storage.get_trial(trial._trial_id), reason)
+    frozen = mark_failed(study, storage_of(study).get_trial(trial_id(trial)), reason)
     if frozen is None:
         return None
-    study._thread_local.cached_all_trials = None
+    forget_cached_trials(study)
     trials = study.get_trials(deepcopy=False)
     mine = slot_of(frozen)
     if not any(slot_of(t) == mine and t.state in (*FINISHED, *ACTIVE) for t in trials):

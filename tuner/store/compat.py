@@ -1,9 +1,13 @@
-"""The Optuna internals the work queue needs, in one place, checked against the tested version.
+"""The Optuna internals tuner needs, in one place, checked against the tested version.
 
 Optuna's public API has no way to read a trial's last heartbeat, to run a heartbeat thread for a
-trial outside ``Study.optimize``, or to finish a PRUNED trial without a value. These wrappers use
-its private modules (``optuna.storages._heartbeat``, ``optuna.storages._rdb.models``); a new
-Optuna major version fails loudly here, at import, instead of somewhere in a worker.
+trial outside ``Study.optimize``, to finish a PRUNED trial without a value, to write its tables
+in one transaction, or to reach a study's storage and ids (what ``Study.ask``/``tell`` do
+internally, which the work queue does under its lock). These wrappers use its private modules
+(``optuna.storages._heartbeat``, ``optuna.storages._rdb.models``) and attributes
+(``Study._storage``, ``Study._study_id``, ``Trial._trial_id``, ...); a new Optuna major version
+fails loudly here, at import, instead of somewhere in a worker. No other module touches a private
+Optuna name (``tests/test_compat.py`` checks the source tree); the rest is Optuna's public API.
 """
 
 from __future__ import annotations
@@ -15,16 +19,51 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread as _heartbeat_thread
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 #: Optuna major versions these wrappers were written and tested against.
 TESTED_MAJOR = (5,)
 if int(optuna.__version__.split(".")[0]) not in TESTED_MAJOR:
-    raise ImportError(f"tuner needs optuna {' or '.join(map(str, TESTED_MAJOR))}.x (its heartbeat "
+    raise ImportError(f"tuner needs optuna {' or '.join(map(str, TESTED_MAJOR))}.x (its private "
                       f"internals are used by tuner.store.compat); found {optuna.__version__}")
 
-__all__ = ["heartbeat_thread", "heartbeats", "is_heartbeat_enabled", "record_heartbeat",
-           "tell_pruned"]
+__all__ = ["RETRIED_PRIVATE_METHODS", "forget_cached_trials", "heartbeat_thread", "heartbeats",
+           "is_heartbeat_enabled", "models", "rdb", "record_heartbeat", "storage_of", "study_id",
+           "tell_pruned", "trial_id"]
+
+#: Private ``RDBStorage`` methods that talk to the database, retried by
+#: :class:`tuner.store.retry.RetryingStorage` like the public ones (``Study.optimize``'s
+#: ``fail_stale_trials`` calls them).
+RETRIED_PRIVATE_METHODS = ("_get_stale_trial_ids",)
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The study's storage (as the study uses it: wrapped in Optuna's cache for an RDB storage)."""
+    return study._storage
+
+
+def study_id(study: Any) -> int:
+    """The storage's id of a ``Study`` or ``FrozenStudy``."""
+    return study._study_id
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a ``Trial`` or ``FrozenTrial`` (its ``number`` counts within the
+    study; the storage's trial methods take this id)."""
+    return trial._trial_id
+
+
+def forget_cached_trials(study: optuna.Study) -> None:
+    """Drop the study's cached trial list, as ``Study.tell`` does when a trial finishes (the
+    samplers read the trials from that cache while a trial runs)."""
+    study._thread_local.cached_all_trials = None
+
+
+def models() -> Any:
+    """Optuna's SQLAlchemy models of its RDB tables (``optuna.storages._rdb.models``)."""
+    from optuna.storages._rdb import models as rdb_models
+
+    return rdb_models
 
 
 def heartbeat_thread(trial_id: int, storage: BaseStorage) -> Any:
@@ -48,13 +87,13 @@ def heartbeats(storage: BaseStorage, study_id: int) -> tuple[dt.datetime, dict[i
     """The database's clock now and the last heartbeat of every RUNNING trial of the study that
     has one (trial id -> time, both naive, in the database's clock, as Optuna writes them)."""
     import sqlalchemy as sa
-    from optuna.storages._rdb import models
 
+    m = models()
     storage = rdb(storage)
     if not isinstance(storage, RDBStorage):
         return dt.datetime.now(), {}
-    beats = models.TrialHeartbeatModel.__table__
-    trials = models.TrialModel.__table__
+    beats = m.TrialHeartbeatModel.__table__
+    trials = m.TrialModel.__table__
     query = (sa.select(beats.c.trial_id, beats.c.heartbeat)
              .join(trials, trials.c.trial_id == beats.c.trial_id)
              .where((trials.c.study_id == study_id) & (trials.c.state == TrialState.RUNNING)))
@@ -84,9 +123,9 @@ def tell_pruned(study: optuna.Study, trial: optuna.Trial) -> None:
         optuna.exceptions.UpdateFinishedTrialError: the trial was finished meanwhile (by another
             worker that found it stale).
     """
-    frozen = study._storage.get_trial(trial._trial_id)
-    study._thread_local.cached_all_trials = None
+    frozen = storage_of(study).get_trial(trial_id(trial))
+    forget_cached_trials(study)
     try:
         study.sampler.after_trial(study, frozen, TrialState.PRUNED, None)
     finally:
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED, None)
+        storage_of(study).set_trial_state_values(trial_id(trial), TrialState.PRUNED, None)

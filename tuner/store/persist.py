@@ -17,7 +17,7 @@ An operating-system crash or power loss may lose the last commits before a check
 the database's consistency; a resumed run re-runs the lost trials. (Write-ahead logging needs a
 local file system, not NFS: use PostgreSQL across machines, as for several workers.)
 
-It writes Optuna's own tables through Optuna's own models (``optuna.storages._rdb.models``, not a
+It writes Optuna's own tables through Optuna's own models (:func:`tuner.store.compat.models`, not a
 public API; the trial row's values come from Optuna's model, which converts the datetimes):
 ``tests/test_persist.py`` checks that a trial stored here reads back exactly as one stored by
 Optuna, so a schema change in a new Optuna fails there.
@@ -32,6 +32,8 @@ from optuna.distributions import distribution_to_json
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy import Engine, event
+
+from tuner.store import compat
 
 
 def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
@@ -57,10 +59,9 @@ def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
 
 def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
            study_system_attrs: dict[str, Any], holder: Any = None) -> int:
-    from optuna.storages._rdb import models
     from sqlalchemy import func, inspect, select
 
-
+    models = compat.models()
     # The trial row's columns as Optuna's model writes them (it converts the datetimes).
     model = models.TrialModel(study_id=study_id, number=None, state=trial.state,
                               datetime_start=trial.datetime_start,

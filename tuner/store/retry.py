@@ -27,6 +27,8 @@ from optuna.storages import RDBStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from tuner.store import compat
+
 #: Seconds to keep retrying a storage that cannot be reached (``--storage-retry``).
 DEFAULT_SECONDS = 60.0
 #: Longest wait between two attempts, seconds.
@@ -140,7 +142,7 @@ METHODS = (
     "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
     "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
-    "get_trial_system_attrs", "_get_stale_trial_ids",
+    "get_trial_system_attrs", *compat.RETRIED_PRIVATE_METHODS,
 )
 
 

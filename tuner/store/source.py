@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import spec as spec_mod
 from tuner.analysis.records import BatchStudy, SpecStudies, TrialRecord, param_from_attr
 from tuner.core.errors import UsageError
+from tuner.store.compat import study_id
 from tuner.store.storage import changed_key, first_difference, sqlite_file
 
 
@@ -189,7 +190,7 @@ def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None =
         check_unchanged(spec, summaries)
     studies = []
     for s in sorted(summaries, key=lambda s: s.user_attrs["batch_size"]):
-        stored = storage.get_all_trials(s._study_id, deepcopy=False)
+        stored = storage.get_all_trials(study_id(s), deepcopy=False)
         usable = [t for t in stored if has_result(t)]
         trials, n_dup = distinct_slots(usable)
         space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}

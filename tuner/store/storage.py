@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tuner.core.errors import UsageError
 from tuner.spec import Spec
+from tuner.store.compat import study_id
 from tuner.store.locking import schema_lock
 from tuner.store.persist import fast_sqlite
 from tuner.store.retry import RetryingStorage, cause, db_error, describe
@@ -242,7 +243,7 @@ def check_ours(storage: RDBStorage, s: optuna.study.FrozenStudy, spec: Spec) -> 
     name = s.user_attrs.get("spec_name")
     if name == spec.name:
         return
-    n_trials = len(storage.get_all_trials(s._study_id, deepcopy=False))
+    n_trials = len(storage.get_all_trials(study_id(s), deepcopy=False))
     if name is None and not s.user_attrs and not n_trials:
         return
     what = (f"its spec_name attr is {name!r}" if name is not None
