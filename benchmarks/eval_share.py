@@ -7,7 +7,7 @@ prints each trial's ``eval_share`` attr (``eval_seconds / wall_seconds``). Then 
 behind it: one evaluation (the whole validation split) against one training step, and the
 interval at which evaluation would take 5 % of the time, and the share projected from those two
 measured costs for trials that run 10 % and all of the spec's whole budget, at the spec's cadence
-and with ``[eval] max_share`` (``--max-share``, default 0.05; see tuner/cadence.py).
+and with ``[eval] max_share`` (``--max-share``, default 0.05; see tuner/spec/cadence.py).
 
     .venv/bin/python benchmarks/eval_share.py [--batch-size B ...] [--steps N] [--trials N]
                                               [--max-share S] [--run-max-share]

@@ -248,7 +248,8 @@ def run_trainer(case: Case, wl: TrainedWorkload, device: torch.device, seed: int
 
 
 def loop_at(rev: str) -> Callable:
-    """``train`` from ``tuner/loop.py`` and ``tuner/optim.py`` as they were at git revision
+    """``train`` from ``tuner/loop.py`` and ``tuner/optim.py`` as they were at git revision (one
+    before the packages of commit d8a0b10; today they are tuner/train/loop.py and optim.py)
     ``rev`` (the workloads' own code is today's)."""
     folder = Path(tempfile.mkdtemp())
     modules = {}

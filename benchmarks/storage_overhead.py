@@ -32,10 +32,10 @@ from tuner.run import specs as spec_mod
 
 #: (label, file suffix, function name) of the parts of a run the profile breaks out.
 PARTS = [
-    ("opening the storage", "tuner/storage.py", "open_storage"),
-    ("creating the studies + their attrs", "tuner/storage.py", "create_or_load"),
-    ("trials: the workload", "tuner/objective.py", "objective"),
-    ("trials: storing each (one transaction)", "tuner/persist.py", "store_trial"),
+    ("opening the storage", "tuner/store/storage.py", "open_storage"),
+    ("creating the studies + their attrs", "tuner/store/storage.py", "create_or_load"),
+    ("trials: the workload", "tuner/run/objective.py", "objective"),
+    ("trials: storing each (one transaction)", "tuner/store/persist.py", "store_trial"),
 ]
 
 

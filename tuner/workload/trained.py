@@ -1,4 +1,4 @@
-"""The base class of trained workloads: data + a model, trained by :func:`tuner.train.loop.train`."""
+"""The base class of trained workloads: data + a model, trained by :func:`tuner.train.trial.train`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Data:
 
 
 class TrainedWorkload(Workload):
-    """A workload trained by :func:`tuner.train.loop.train`: subclasses give data and a model.
+    """A workload trained by :func:`tuner.train.trial.train`: subclasses give data and a model.
 
     Defaults suit classification: the loss is cross-entropy of ``model(x)`` (or the model's own
     ``training_step`` when it is a LightningModule), and the metrics are ``error``, ``accuracy``
