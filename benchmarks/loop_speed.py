@@ -248,9 +248,9 @@ def run_trainer(case: Case, wl: TrainedWorkload, device: torch.device, seed: int
 
 
 def loop_at(rev: str) -> Callable:
-    """``train`` from ``tuner/loop.py`` and ``tuner/optim.py`` as they were at git revision (one
-    before the packages of commit d8a0b10; today they are tuner/train/loop.py and optim.py)
-    ``rev`` (the workloads' own code is today's)."""
+    """``train`` from ``tuner/loop.py`` and ``tuner/optim.py`` as they were at git revision
+    ``rev``, one from before commit d8a0b10 moved them into tuner/train/ (the workloads' own code
+    is today's)."""
     folder = Path(tempfile.mkdtemp())
     modules = {}
     for name in ("optim", "loop"):
