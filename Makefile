@@ -71,7 +71,7 @@ lint: $(STAMP)
 OPTUNA_FLOOR := 5.0.0
 OPTUNA_PIN   ?= $(shell sed -n 's/^optuna==//p' constraints.txt)
 FLOOR_DIR    := .venv-optuna-floor
-FLOOR_TESTS  := tests/test_compat.py tests/test_trialqueue.py tests/test_pruning.py tests/test_persist.py
+FLOOR_TESTS  := tests/store/test_compat.py tests/run/test_trialqueue.py tests/run/test_pruning.py tests/store/test_persist.py
 
 test-optuna-floor: $(STAMP)
 ifeq ($(OPTUNA_PIN),$(OPTUNA_FLOOR))
@@ -86,7 +86,7 @@ endif
 
 # Issue 13's soak test (<= 5 min): 6 workers on PostgreSQL, a random one killed every few seconds.
 soak: $(STAMP) debian
-	$(BIN)/python -m pytest -q -m soak tests/test_soak.py
+	$(BIN)/python -m pytest -q -m soak tests/run/test_soak.py
 
 # One target per study spec.
 digits-mlp: $(STAMP)

@@ -39,6 +39,11 @@ min_interval = 5
 """
 
 
+#: Trial user attrs every finished trial carries (tuner/run/objective.py).
+TRIAL_ATTRS = {"reached", "steps_to_target", "diverged", "stopped_at_step", "examples_seen",
+               "wall_seconds", "best_metric", "seed"}
+
+
 # A small NQM study: real, closed-form trials (milliseconds each) on the buffered path.
 SMALL_NQM = """\
 batch_sizes = [16, 1024]

@@ -176,7 +176,7 @@ def wait_mid_trial(url: str, w: Worker, timeout: float = 120) -> FrozenTrial:
 
 def slot_points(spec_path: Path | str, n: int) -> list[dict[str, float]]:
     """The params of slots 0..n-1: the spec's sampler (tuner.run.sampling.build_sampler) asked for
-    a trial with that ``slot`` user attr, as the work queue does (tests/test_trialqueue.py)."""
+    a trial with that ``slot`` user attr, as the work queue does (tests/run/test_trialqueue.py)."""
     from tuner.run import specs as spec_mod
     from tuner.run.sampling import build_sampler
     from tuner.core.space import distributions

@@ -6,7 +6,7 @@ seeded from (seed, slot), so several workers never draw the same point and a slo
 depend on who ran it.
 
 All three are user-defined samplers on Optuna's public :class:`~optuna.samplers.BaseSampler` API;
-none reaches into Optuna's own samplers (``tests/test_compat.py`` checks that no module but
+none reaches into Optuna's own samplers (``tests/store/test_compat.py`` checks that no module but
 :mod:`tuner.store.compat` touches a private Optuna name).
 """
 
@@ -185,7 +185,7 @@ class SlotQMCSampler(BaseSampler):
 
         Optuna builds an engine and fast-forwards it for every trial (~5 ms for slot 1000, more
         than an NQM trial); the sequence is deterministic, and the rows of one ``random(n)``
-        block are the same points (``tests/test_trialqueue.py``), so a block is cached, grown
+        block are the same points (``tests/run/test_trialqueue.py``), so a block is cached, grown
         in powers of two (Sobol's balanced sizes).
         """
         with self._mutex:

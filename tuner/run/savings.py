@@ -1,5 +1,5 @@
 """What pruning saves: the same seeded trials run with the spec's pruner and without any
-(tests/test_pruning.py, benchmarks/pruning_savings.py)."""
+(tests/run/test_pruning.py, benchmarks/pruning_savings.py)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ internally, which the work queue does under its lock). These wrappers use its pr
 (``optuna.storages._heartbeat``, ``optuna.storages._rdb.models``) and attributes
 (``Study._storage``, ``Study._study_id``, ``Trial._trial_id``, ...); a new Optuna major version
 fails loudly here, at import, instead of somewhere in a worker. No other module touches a private
-Optuna name (``tests/test_compat.py`` checks the source tree); the rest is Optuna's public API.
+Optuna name (``tests/store/test_compat.py`` checks the source tree); the rest is Optuna's public API.
 """
 
 from __future__ import annotations

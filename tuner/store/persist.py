@@ -19,7 +19,7 @@ local file system, not NFS: use PostgreSQL across machines, as for several worke
 
 It writes Optuna's own tables through Optuna's own models (:func:`tuner.store.compat.models`, not a
 public API; the trial row's values come from Optuna's model, which converts the datetimes):
-``tests/test_persist.py`` checks that a trial stored here reads back exactly as one stored by
+``tests/store/test_persist.py`` checks that a trial stored here reads back exactly as one stored by
 Optuna, so a schema change in a new Optuna fails there.
 """
 

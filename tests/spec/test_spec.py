@@ -12,7 +12,7 @@ from tuner.core.errors import SpecError
 
 
 #: The repository's studies/ folder (not the working directory's: pytest may run elsewhere).
-STUDIES = Path(__file__).parents[1] / "studies"
+STUDIES = Path(__file__).parents[2] / "studies"
 #: Every spec shipped in studies/ -> its workload.
 SHIPPED = {
     "digits_mlp": "digits", "fashion_mnist_cnn": "fashion_mnist",

@@ -1,5 +1,5 @@
 """Many workers on one storage: exact counts, no duplicate points (crash and signal recovery:
-tests/test_faults.py).
+tests/run/test_faults.py).
 
 Real worker processes (``tuner run``) against a real PostgreSQL server on loopback (started by
 scripts/postgres.sh) and against the default SQLite file.
@@ -72,7 +72,7 @@ def test_two_workers_on_the_default_sqlite_file(tmp_path: Path) -> None:
 
 def test_two_workers_share_a_buffered_nqm_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nqm.db'}"
-    spec = Path(__file__).parents[1] / "studies" / "nqm_sgd.toml"
+    spec = Path(__file__).parents[2] / "studies" / "nqm_sgd.toml"
     r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "--workers", "2", "-n", "30",
                         "-b", "16", "-b", "1024", "-q"], capture_output=True, text=True,
                        timeout=600)

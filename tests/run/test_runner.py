@@ -8,12 +8,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import TRIAL_ATTRS, run_cli
 
 STUDY_ATTRS = {"spec_name", "batch_size", "workload", "optimizer", "target", "budget",
                "search_space", "sampler", "pruner", "eval_cadence", "versions", "spec_text"}
-TRIAL_ATTRS = {"reached", "steps_to_target", "diverged", "stopped_at_step", "examples_seen",
-               "wall_seconds", "best_metric", "seed"}
 
 
 def counts(url: str) -> dict[int, int]:

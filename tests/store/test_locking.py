@@ -23,7 +23,7 @@ from tuner.core.errors import UsageError
 from tuner.store.locking import Holder, LockLost, lock_key, schema_lock, study_lock
 
 Lock = Callable[[], contextlib.AbstractContextManager]
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 class Contender(threading.Thread):

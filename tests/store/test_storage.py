@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from conftest import SMALL_DIGITS, SMALL_NQM, run_cli, write
 
 TUNER = [sys.executable, "-m", "tuner.cli"]
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 # A tiny NQM spec: real, closed-form trials (milliseconds each), two batch sizes.
 NQM = (SMALL_NQM.replace("trials = 12", "trials = 3").replace("dimensions = 1000",

@@ -18,13 +18,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import write
-from test_nqm import NQM_SPEC
-from test_runner import TRIAL_ATTRS
+from conftest import SMALL_NQM as NQM_SPEC
+from conftest import TRIAL_ATTRS, write
 from tuner.store.persist import store_trial
 from tuner.store.storage import open_storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def template(state: TrialState, value: float | None) -> optuna.trial.FrozenTrial:

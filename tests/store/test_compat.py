@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TUNER = ROOT / "tuner"
 COMPAT = TUNER / "store" / "compat.py"
 PRIVATE = re.compile(r"_[A-Za-z]\w*")  # a leading underscore, not a dunder
