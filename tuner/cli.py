@@ -264,7 +264,8 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
 
     SPEC is a spec file or a spec name already in storage; give several to compare them.
     Fits S(B) = S_min (1 + B_noise/B) (McCandlish et al.) and reports S_min, E_min,
-    B_crit = E_min/S_min with a 95 % bootstrap interval.
+    B_crit = E_min/S_min with a 95 % bootstrap interval. With several --target values: one
+    curve per target, and one figure (--plot) with all of them.
     """
     from tuner.render import plots  # heavy: matplotlib, only for --plot
 
