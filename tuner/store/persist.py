@@ -42,9 +42,11 @@ def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
     in one transaction. Returns the new trial's id. ``trial.number`` is assigned by the storage
     (the count of earlier trials in the study), as Optuna does.
 
-    With ``holder`` (a :class:`tuner.store.locking.Holder`), the transaction first checks that the
-    study lock is still held and raises :class:`tuner.store.locking.LockLost`, storing nothing, if
-    a storage outage took it away (another worker may be running the same slots now)."""
+    With ``holder`` (a :class:`tuner.store.locking.Holder`, or a :class:`tuner.store.claims.Claimed`
+    slot), the transaction checks that the study lock is still held (or the slot still claimed)
+    once it has locked the study's row (PostgreSQL) or the database (SQLite), and raises
+    :class:`tuner.store.locking.LockLost` (:class:`tuner.store.claims.ClaimLost`), storing
+    nothing, if a storage outage took it away (another worker may be running the same slots)."""
     assert trial.state.is_finished(), trial.state
     if not isinstance(storage, RDBStorage):  # another kind of storage: Optuna's own way
         tid = storage.create_new_trial(study_id, template_trial=trial)
@@ -70,8 +72,6 @@ def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
            for prop in inspect(models.TrialModel).column_attrs if prop.key != "trial_id"}
     trials = models.TrialModel.__table__
     with storage.engine.begin() as conn:
-        if holder is not None:
-            holder.check(conn)  # still ours? (committing below is then safe: see store_trial)
         # The trial number counts the trials before this one: lock the study row as Optuna does
         # (SQLite has no row locks; there the insert below takes the database's write lock).
         if storage.engine.name != "sqlite":
@@ -79,6 +79,8 @@ def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
             conn.execute(select(studies.c.study_id).where(studies.c.study_id == study_id)
                          .with_for_update())
         tid = conn.execute(trials.insert().values(**row)).inserted_primary_key[0]
+        if holder is not None:  # still ours? checked once the study (or database) is locked
+            holder.check(conn)
         number = conn.execute(select(func.count()).select_from(trials).where(
             (trials.c.study_id == study_id) & (trials.c.trial_id < tid))).scalar_one()
         conn.execute(trials.update().where(trials.c.trial_id == tid).values(number=number))
