@@ -4,6 +4,10 @@ Any number of these run at once, on one machine or many, against one storage: ea
 that claims trials from the studies' work queues (:mod:`tuner.run.trialqueue`) until every study has
 N finished trials, waiting while the last ones run elsewhere (and re-running them if their
 worker dies). ``--workers N`` starts N local worker processes (:mod:`tuner.run.workers`).
+
+Fast workloads (``Workload.buffered``: the NQM, milliseconds a trial) claim a block of slots at
+a time instead (:mod:`tuner.store.claims`), run it in an in-memory study without holding the
+study lock, and store each trial whole when it finishes, so several workers share one study.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
@@ -23,7 +29,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.analysis.curves import Point, point
 from tuner.store.source import outcome_of, record
 from tuner.store.compat import heartbeat_thread, storage_of, study_id, tell_pruned, trial_id
-from tuner.store.locking import Holder, LockLost, study_lock
+from tuner.store.claims import PREFIX as CLAIM_PREFIX
+from tuner.store.claims import Block, Claimed, ClaimLost, claim_block, finished_count, release
+from tuner.store.locking import Liveness, LockLost, study_lock, worker_lock
 from tuner.run.objective import make_objective
 from tuner.store.persist import store_trial
 from tuner.run.pruning import build_pruner
@@ -32,12 +40,15 @@ from tuner.core.space import distributions
 from tuner.run.signals import deferred, stop_cleanly
 from tuner.spec import Spec
 from tuner.store.storage import check_studies, create_or_load, open_storage, study_name
-from tuner.run.trialqueue import FINISHED, Claim, claim, fail, finished_slots, mark_failed, slot_of
+from tuner.run.trialqueue import (FINISHED, Claim, claim, fail, finished_slots, mark_failed,
+                                  requeue, slot_of)
 
 #: Seconds between a running trial's heartbeats; a trial silent for twice as long is re-run.
 HEARTBEAT = 30
 #: Who runs a trial (trial attr ``worker``): host and process id.
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+#: Seconds between two looks at a buffered study whose last block runs in another worker.
+BUFFERED_POLL = 0.2
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -106,19 +117,22 @@ def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
     """Work on the studies until each has ``trials`` finished trials; one point per batch size."""
     storage, studies = prepare(spec, url, batch_sizes, heartbeat)
     echo(f"storage: {url}")
-    with stop_cleanly():
-        _work_all(spec, url, storage, studies, trials, echo, min(poll, heartbeat), heartbeat)
+    buffered = spec.workload.buffered
+    with stop_cleanly(), (worker_lock(url) if buffered else contextlib.nullcontext()) as live:
+        _work_all(spec, url, storage, studies, trials, echo,
+                  min(poll, heartbeat, BUFFERED_POLL if buffered else poll), heartbeat, live)
     return points(studies)
 
 
 def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optuna.Study],
               trials: int, echo: Callable[[str], None], poll: float,
-              heartbeat: float = HEARTBEAT) -> None:
+              heartbeat: float = HEARTBEAT, live: Liveness | None = None) -> None:
     left = dict(studies)
     said_waiting: set[int] = set()
     while left:
         for b, study in list(left.items()):
-            n_done = len(finished_slots(study.get_trials(deepcopy=False)))
+            n_done = (finished_count(storage, study_id(study)) if live is not None
+                      else len(finished_slots(study.get_trials(deepcopy=False))))
             if n_done >= trials:
                 echo(f"{spec.name} B={b}: {n_done} trials stored, nothing to run")
                 del left[b]
@@ -126,7 +140,7 @@ def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optu
             if b not in said_waiting:
                 echo(f"{spec.name} B={b}: {n_done} trials stored, up to {trials - n_done} to run "
                      f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
-            if _work(spec, url, storage, b, study, trials, echo, heartbeat):
+            if _work(spec, url, storage, b, study, trials, echo, heartbeat, live):
                 del left[b]
             elif b not in said_waiting:
                 echo(f"{spec.name} B={b}: the last trials are running in other workers; waiting")
@@ -136,28 +150,100 @@ def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optu
 
 
 def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study, n: int,
-          echo: Callable[[str], None], heartbeat: float = HEARTBEAT) -> bool:
+          echo: Callable[[str], None], heartbeat: float = HEARTBEAT, live: Liveness | None = None
+          ) -> bool:
     """Run trials of one study until none is left to claim; True when it has ``n`` finished."""
     objective = make_objective(spec, b, spec.workload)
     lock = partial(study_lock, url, study.study_name)
-    callbacks: list[Callback] = [_progress(b, n, echo)]
     if not spec.workload.buffered:
-        return _drain(study, n, objective, lock, callbacks, echo, heartbeat)
-    # Fast workloads (the NQM) run each trial in memory and store it whole in one transaction,
-    # holding the study lock throughout: other workers wait, then find the study full.
-    # A storage outage can take the lock away (the server drops the connection that holds it):
-    # each store checks it still holds it, and on losing it the worker starts this study over.
-    try:
-        with lock() as holder:
-            for t, why in _tidy_for_buffer(study, heartbeat):
-                echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): {why}")
-            mem = _buffer(study)
-            return _drain(mem, n, objective, contextlib.nullcontext,
-                          [_persist(study, storage, holder), *callbacks], echo)
-    except LockLost as exc:
-        echo(f"  B={b}: {exc} (a storage outage?); the trial in hand was not stored; "
-             "re-reading the study")
-        return False
+        return _drain(study, n, objective, lock, [_progress(b, n, echo)], echo, heartbeat)
+    assert live is not None
+    return _blocks(study, storage, n, objective, lock, live, [], echo,
+                   _reads_history(spec, study))
+
+
+def _blocks(study: optuna.Study, storage: RDBStorage, n: int,
+            objective: Callable[[optuna.Trial], float],
+            lock: Callable[[], contextlib.AbstractContextManager], live: Liveness,
+            callbacks: list[Callback], echo: Callable[[str], None], history: bool = True
+            ) -> bool:
+    """The buffered path: claim a block of slots under the study lock, run it in memory without
+    the lock, store each trial whole (while its slot is still claimed), drop the claim; again,
+    until nothing is left to claim. True when the study has ``n`` finished trials.
+
+    Other workers claim other blocks meanwhile (:mod:`tuner.store.claims`). A worker killed
+    mid-block leaves only its claim, which the next worker to claim drops at once (its liveness
+    lock is free); Ctrl-C or SIGTERM stores the trial in hand as FAIL (re-run with its params)
+    and drops the claim. ``history``: copy the other workers' trials into memory (for a sampler
+    or pruner that reads them)."""
+    b = study.user_attrs.get("batch_size")
+    sid = study_id(study)
+    mem: optuna.Study | None = None
+    known = {"done": 0, "best": None}  # the study's finished slots and best, as last claimed
+    persist = _persist(study, storage, live, known)
+    callbacks = [persist, _block_progress(b, n, echo, known), *callbacks]
+    tidied = False
+    while True:
+        block = None
+        try:
+            with deferred(), lock():
+                block = _claim(storage, sid, n, live, echo, b)
+                if block.active and not tidied:  # an older version's trials: fail, claim again
+                    tidied = True
+                    for t, why in _tidy_for_buffer(study):
+                        echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): {why}")
+                    block = _claim(storage, sid, n, live, echo, b)
+            for who in block.dropped:
+                echo(f"  B={b}: worker {who} is gone (its liveness lock is free); the slots it "
+                     "had claimed are free again")
+            if not block.slots:
+                return block.finished >= n
+            known.update(done=block.finished, best=block.best)
+            # others' trials are copied in only for a sampler or pruner that reads them: reading
+            # them back costs about what storing them did
+            if mem is None:
+                mem = _buffer(study, history)
+            elif history:
+                _catch_up(mem, study)
+            for slot in block.slots:
+                if slot in block.lost:  # failed before: the same params and seed again
+                    requeue(mem, storage.get_trial(block.lost[slot]))
+                else:
+                    mem.enqueue_trial({}, user_attrs={"slot": slot})
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # heartbeat + ask(): in memory
+                    trial = mem.ask()
+                storage_of(mem).set_trial_system_attr(trial_id(trial), "heartbeat_interval",
+                                                      HEARTBEAT)
+                storage_of(mem).set_trial_system_attr(trial_id(trial), "worker", WORKER)
+                run_trial(mem, trial, objective, contextlib.nullcontext, callbacks)
+        except ClaimLost as exc:
+            echo(f"  B={b}: {exc} (a storage outage?); the trial in hand was not stored; "
+                 "re-reading the study")
+        finally:
+            if block is not None and block.slots:
+                with deferred():
+                    release(storage, sid, live)
+
+
+def _reads_history(spec: Spec, study: optuna.Study) -> bool:
+    """Whether the study's sampler or pruner looks at its other trials (TPE, any pruner): the
+    quasi-random and random samplers take each slot's point from the slot alone."""
+    return spec.sampler.name == "tpe" or not isinstance(study.pruner, optuna.pruners.NopPruner)
+
+
+def _claim(storage: RDBStorage, sid: int, n: int, live: Liveness, echo: Callable[[str], None],
+           b: object) -> Block:
+    """:func:`claim_block`, taking this worker's liveness lock again if an outage took it."""
+    while True:
+        if live.ensure():
+            echo(f"  B={b}: this worker's liveness lock was lost (a storage outage?); "
+                 "taken again")
+        try:
+            return claim_block(storage, sid, n, live, WORKER)
+        except LockLost as exc:
+            echo(f"  B={b}: {exc} (a storage outage?); taking it again")
+            live.ensure(lost=True)
 
 
 def _drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float],
@@ -258,46 +344,85 @@ def _said_taken(study: optuna.Study, trial: optuna.Trial) -> None:
     return None
 
 
-def _buffer(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of ``study`` (its trials, same numbers, and system attrs).
+def _buffer(study: optuna.Study, trials: bool = True) -> optuna.Study:
+    """An in-memory copy of ``study``: its sampler, pruner, attrs and (if ``trials``) finished
+    trials.
 
-    Trials run there and :func:`_persist` stores each finished one in ``study`` with a single
-    transaction (:func:`tuner.store.persist.store_trial`), instead of one per reported value.
-    A killed run loses only the trial in flight.
+    Buffered trials run there and :func:`_persist` stores each finished one in ``study`` with a
+    single transaction (:func:`tuner.store.persist.store_trial`), instead of one per reported
+    value. A killed run loses only the trials of its block not stored yet.
     """
     mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",
                               sampler=study.sampler, pruner=study.pruner)
     for k, v in storage_of(study).get_study_system_attrs(study_id(study)).items():
-        storage_of(mem).set_study_system_attr(study_id(mem), k, v)
+        if not k.startswith(CLAIM_PREFIX):
+            storage_of(mem).set_study_system_attr(study_id(mem), k, v)
     for k, v in study.user_attrs.items():
         mem.set_user_attr(k, v)
-    mem.add_trials(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)))
+    if trials:
+        _catch_up(mem, study)
     return mem
 
 
-def _tidy_for_buffer(study: optuna.Study, heartbeat: float) -> list[tuple[FrozenTrial, str]]:
-    """Before a buffered run (which holds the study lock throughout, so nobody else runs a
-    trial of ``study``): fail the RUNNING and WAITING trials left in ``study`` by a killed
-    worker or an older version. Their slots, if lost, are re-run in memory (:func:`_buffer`
-    copies the FAIL trials; the work queue re-queues each lost slot once)."""
+def _catch_up(mem: optuna.Study, study: optuna.Study) -> None:
+    """Copy into ``mem`` the trials of slots finished in ``study`` (by other workers too) and
+    not in ``mem``."""
+    have = finished_slots(mem.get_trials(deepcopy=False, states=FINISHED))
+    new = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if slot_of(t) not in have]
+    if new:
+        mem.add_trials(new)
+
+
+def _tidy_for_buffer(study: optuna.Study) -> list[tuple[FrozenTrial, str]]:
+    """When a worker starts on a buffered study (under the study lock): fail the RUNNING and
+    WAITING trials of ``study``. Buffered workers never leave any (their trials run in memory), so
+    these are an older version's, whose worker is gone. Their slots are then lost, and re-run
+    with their params (:func:`tuner.store.claims.claim_block`)."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        why = (f"stale: worker {t.user_attrs.get('worker', '?')} left it RUNNING (the study lock "
-               "was free, so it is gone); re-queued" if t.state == TrialState.RUNNING
+        why = (f"stale: worker {t.user_attrs.get('worker', '?')} left it RUNNING (buffered "
+               "trials run in memory, so it is gone); re-queued" if t.state == TrialState.RUNNING
                else "superseded: the buffered path re-runs its slot in memory")
         if (frozen := mark_failed(study, t, why)) is not None:
             out.append((frozen, why))
     return out
 
 
-def _persist(study: optuna.Study, storage: RDBStorage, holder: Holder | None = None
-             ) -> Callback:
-    """Store each finished trial in ``study`` (of ``storage``) in one transaction, while
-    ``holder`` (if given) still holds the study lock."""
+def _persist(study: optuna.Study, storage: RDBStorage, live: Liveness | None = None,
+             known: dict[str, Any] | None = None) -> Callback:
+    """Store each finished trial in ``study`` (of ``storage``) in one transaction, while its
+    slot is still in this worker's claim (``live``: its liveness lock; None: unchecked).
+    ``known["done"]`` counts the finished slots stored."""
     sid = study_id(study)
 
     def callback(_: optuna.Study, t: FrozenTrial) -> None:
-        store_trial(storage, sid, t, {}, holder)
+        check = None if live is None else Claimed(sid, live.token, slot_of(t))
+        store_trial(storage, sid, t, {}, check)
+        if known is not None and t.state in FINISHED:
+            known["done"] += 1
+
+    return callback
+
+
+def _block_progress(b: int, total: int, echo: Callable[[str], None], known: dict[str, Any]
+                    ) -> Callback:
+    """A progress line per buffered trial: the study's count and best as of the last claim
+    (:class:`tuner.store.claims.Block`) and this worker's trials since."""
+    started = time.monotonic()
+
+    def callback(study: optuna.Study, t: FrozenTrial) -> None:
+        a = t.user_attrs
+        kind = outcome_of(t)
+        steps = a.get("steps_to_target")
+        if kind == "reached" and isinstance(steps, int) and (
+                known["best"] is None or steps < known["best"]):
+            known["best"] = steps
+        what = (f"reached at step {steps}" if kind == "reached"
+                else f"{kind} at step {a.get('stopped_at_step')}" if t.state in FINISHED
+                else f"failed ({t.system_attrs.get('fail_reason', '?')}), re-queued")
+        best = known["best"]
+        echo(f"  B={b} trial {known['done']}/{total} (#{t.number}): {what:28s} best so far "
+             f"{best if best is not None else '-':>6}  [{time.monotonic() - started:.0f}s]")
 
     return callback
 
