@@ -354,58 +354,85 @@ def test_a_half_created_study_is_completed_by_run_and_curve_does_not_crash(tmp_p
     assert c.returncode == 0 and "Traceback" not in c.stderr, c.stderr[-2000:]
 
 
-# -- Defect 8, buffered path: an outage takes the study lock away -------------------------------
+# -- Defect 8, buffered path: an outage takes a worker's locks away ------------------------------
 
-def _advisory_holders(url: str, granted: bool = True) -> list[int]:
+def _sql(url: str, query: str, **params: object) -> list[tuple]:
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
     engine = sa.create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = :g"),
-                {"g": granted}).scalars())
+        with engine.begin() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(query), params).all()]
     finally:
         engine.dispose()
 
 
-def _terminate(url: str, pid: int) -> None:
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
+def _claim_token(url: str, pid: int) -> str | None:
+    """The liveness token of the worker with ``pid``, from the claim it holds now (if any)."""
+    import json
 
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-    finally:
-        engine.dispose()
+    from tuner.store.claims import PREFIX
+
+    for key, value in _sql(url, "SELECT key, value_json FROM study_system_attributes "
+                                "WHERE key LIKE :p", p=PREFIX + "%"):
+        if str(json.loads(value).get("worker", "")).endswith(f":{pid}"):
+            return key[len(PREFIX):]
+    return None
+
+
+def _liveness_backend(url: str, token: str) -> int | None:
+    """The server backend holding the liveness lock of ``token`` (tuner.store.locking)."""
+    from tuner.store.locking import lock_key
+
+    key = lock_key(f"tuner worker {token}")
+    rows = _sql(url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                     "AND objsubid = 1 AND classid::bigint = :h AND objid::bigint = :l",
+                h=(key >> 32) & 0xFFFFFFFF, l=key & 0xFFFFFFFF)
+    return rows[0][0] if rows else None
 
 
 @pytest.mark.slow
-def test_a_buffered_worker_that_loses_its_study_lock_stores_no_duplicate(
+def test_a_buffered_worker_whose_claim_was_taken_stores_no_duplicate(
         tmp_path: Path, postgres_url: str) -> None:
-    # A buffered (NQM) worker holds the study lock for the whole study. When the connection
-    # holding it dies (a server restart, a network outage: here the server ends that one
-    # backend), the server releases the lock and a waiting worker takes the study over; the
-    # first one used to go on storing the same slots.
+    # Buffered (NQM) workers claim blocks of slots and run them without the study lock; each
+    # holds a liveness lock on a connection of its own. When that connection dies (a server
+    # restart, a network outage: here the server ends that one backend) while worker a is
+    # paused mid-block, worker b finds a's liveness lock free, drops a's claim and runs its
+    # slots. Resumed, a must store none of them (the slot is no longer in its claim), take its
+    # liveness lock again, and carry on.
     n = 600
     spec = write(tmp_path, NQM.replace("trials = 12", f"trials = {n}"), "nqm_lock.toml")
-    args = ["run", str(spec), "--storage", postgres_url, "-b", "16", "--heartbeat", "2"]
+    args = ["run", str(spec), "--storage", postgres_url, "-b", "16"]
     with workers() as started:
         a = Worker(args)
         started.append(a)
         assert a.wait_line(lambda s: "trial 5/" in s, 120), a.stderr[-2000:]
         b = Worker(args)
         started.append(b)
-        # b waits for the study lock (to load the study) while a holds it for its whole run
-        wait_for(lambda: _advisory_holders(postgres_url, granted=False), 120, "b to wait")
-        assert a.popen.poll() is None, ("a finished before b waited", a.err[-3:])
-        [holder] = _advisory_holders(postgres_url)
-        _terminate(postgres_url, holder)
+        assert b.wait_line(lambda s: " trial " in s, 120), b.stderr[-2000:]
+        for _ in range(50):  # pause a while it holds a claim, and no study lock
+            a.send(signal.SIGSTOP)
+            token = _claim_token(postgres_url, a.pid)
+            held = _sql(postgres_url, "SELECT count(*) FROM pg_locks WHERE locktype = "
+                                      "'advisory' AND granted")[0][0]
+            if token is not None and held == 2:  # the two workers' liveness locks only
+                break
+            a.send(signal.SIGCONT)
+            time.sleep(0.05)
+        else:
+            raise AssertionError("worker a never seen holding a claim")
+        try:
+            backend = _liveness_backend(postgres_url, token)
+            assert backend is not None
+            _sql(postgres_url, "SELECT pg_terminate_backend(:p)", p=backend)
+            assert b.wait_line(lambda s: "is gone" in s, 120), b.stderr[-2000:]
+        finally:
+            a.send(signal.SIGCONT)
         assert a.wait(300) == 0 and b.wait(300) == 0, (a.stderr[-2000:], b.stderr[-2000:])
     no_traceback(a)
     no_traceback(b)
     [trials] = trials_of(postgres_url).values()
     check_exact(trials, n, slot_points(spec, n))
-    assert any("study lock" in line and "re-reading" in line for line in a.err), a.err[-5:]
+    assert any("no longer claimed" in line and "re-reading" in line for line in a.err), a.err[-5:]
+    assert any("liveness lock" in line and "taken again" in line for line in a.err), a.err[-5:]

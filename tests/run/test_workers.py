@@ -7,8 +7,11 @@ scripts/postgres.sh) and against the default SQLite file.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +19,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import SMALL_DIGITS, write
+from conftest import SMALL_DIGITS, SMALL_NQM, write
+from tuner.store.compat import study_id
 
 TUNER = [sys.executable, "-m", "tuner.cli"]
 # Every trial runs its whole budget (the target is out of reach): seconds long, to kill mid-way.
@@ -70,17 +74,73 @@ def test_two_workers_on_the_default_sqlite_file(tmp_path: Path) -> None:
         check_exact(trials, 5)
 
 
-def test_two_workers_share_a_buffered_nqm_study(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'nqm.db'}"
-    spec = Path(__file__).parents[2] / "studies" / "nqm_sgd.toml"
-    r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "--workers", "2", "-n", "30",
-                        "-b", "16", "-b", "1024", "-q"], capture_output=True, text=True,
-                       timeout=600)
+def _holding(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (a worker waiting for that lock file)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if Path(os.readlink(fd)) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def results_by_slot(trials: list[optuna.trial.FrozenTrial]) -> dict[int, tuple]:
+    """slot -> what the finished trial found: its params, value, seed, outcome and curve."""
+    return {t.user_attrs["slot"]: (t.params, t.value, t.user_attrs["seed"],
+                                   t.user_attrs["outcome"], t.intermediate_values)
+            for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+
+
+def test_two_buffered_workers_share_each_nqm_study(tmp_path: Path) -> None:
+    # Buffered (NQM) workers claim blocks of slots and run them without the study lock, so
+    # two of them split a study: both store some of its trials, every slot exactly once,
+    # each with what one worker alone finds for it. Both start together: the test holds the
+    # SQLite file's lock until each waits for it.
+    n = 40
+    spec = write(tmp_path, SMALL_NQM.replace("dimensions = 1000", "dimensions = 10000")
+                 .replace("trials = 12", f"trials = {n}"), "nqm.toml")
+    db = tmp_path / "two.db"
+    url = f"sqlite:///{db}"
+    lock = Path(f"{db}.lock")
+    args = [*TUNER, "run", str(spec), "--storage", url, "-q"]
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        deadline = time.monotonic() + 120
+        while not all(_holding(p.pid, lock) for p in procs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [p.poll() for p in procs]
+            time.sleep(0.05)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errs]
+    one = f"sqlite:///{tmp_path / 'one.db'}"
+    r = subprocess.run([*TUNER, "run", str(spec), "--storage", one, "-q"], capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    found = trials_of(url)
-    assert sorted(found) == [16, 1024]
-    for trials in found.values():
-        check_exact(trials, 30)
+
+    found, alone = trials_of(url), trials_of(one)
+    assert sorted(found) == sorted(alone) == [16, 1024]
+    pids = {str(p.pid) for p in procs}
+    for b, trials in found.items():
+        check_exact(trials, n)
+        assert not [t for t in trials if t.state == TrialState.FAIL]
+        workers = {t.user_attrs["worker"] for t in trials}
+        assert {w.rsplit(":", 1)[1] for w in workers} == pids, (b, workers)
+        assert {t.system_attrs["worker"] for t in trials} == workers
+        assert results_by_slot(trials) == results_by_slot(alone[b])
+    # nothing of the claims is left behind: no study attr, no liveness lock file
+    storage = optuna.storages.RDBStorage(url)
+    for s in storage.get_all_studies():
+        assert not [k for k in storage.get_study_system_attrs(study_id(s))
+                    if k.startswith("tuner:claim:")]
+    assert not list(tmp_path.glob("two.db.worker-*"))
 
 
 @pytest.mark.slow
