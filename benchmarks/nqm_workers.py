@@ -1,0 +1,135 @@
+"""Do two buffered workers share a fast study? ``tuner run SPEC --workers 1`` vs ``--workers W``.
+
+Times whole ``tuner run`` processes (start-up, every worker, the summary table) into fresh SQLite
+files, the two worker counts interleaved, ``--reps`` times each, and prints the median wall time
+of each and the ratio. Then checks that every storage holds the same results: the ``tuner
+curve --format json`` points (less the fields that differ by design: which trial number was
+best and how long it took) and, per batch size, each slot's params, value, seed and outcome.
+
+    .venv/bin/python benchmarks/nqm_workers.py [SPEC] [--workers 2] [--reps 3]
+
+Default SPEC: ``studies/nqm_sgd.toml`` (10 batch sizes x 100 NQM trials, milliseconds each:
+the buffered path, trials run in memory and stored whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Curve point fields that depend on who ran which trial when, not on the results.
+NOT_RESULTS = ("best_trial", "best_wall_seconds")
+
+
+def tuner(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+
+
+def timed_run(spec: str, url: str, workers: int) -> float:
+    """Wall seconds of ``tuner run SPEC --workers N -q`` into ``url``."""
+    t0 = time.perf_counter()
+    r = tuner("run", spec, "--storage", url, "--workers", str(workers), "-q")
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"tuner run --workers {workers} failed ({r.returncode}):\n"
+                         f"{r.stderr[-3000:]}")
+    return wall
+
+
+def curve_points(spec: str, url: str) -> list[dict]:
+    """``tuner curve --format json`` points, less :data:`NOT_RESULTS`."""
+    r = tuner("curve", spec, "--storage", url, "--format", "json", "--n-boot", "0")
+    if r.returncode != 0:
+        raise SystemExit(f"tuner curve failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return [{k: v for k, v in p.items() if k not in NOT_RESULTS}
+            for p in json.loads(r.stdout)["points"]]
+
+
+def slot_results(url: str) -> dict[int, dict[int, tuple]]:
+    """batch size -> slot -> (params, value, seed, outcome, steps) of its finished trial;
+    also checks that each study has one finished trial per slot and nothing unfinished."""
+    import optuna
+    from optuna.trial import TrialState
+
+    out: dict[int, dict[int, tuple]] = {}
+    for s in optuna.get_all_study_summaries(url):
+        trials = optuna.load_study(study_name=s.study_name, storage=url).get_trials()
+        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        slots = [t.user_attrs["slot"] for t in done]
+        assert len(slots) == len(set(slots)), f"{s.study_name}: a slot finished twice"
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        out[s.user_attrs["batch_size"]] = {
+            t.user_attrs["slot"]: (sorted(t.params.items()), t.value, t.user_attrs["seed"],
+                                   t.user_attrs["outcome"], t.user_attrs["stopped_at_step"])
+            for t in done}
+    return out
+
+
+def workers_of(url: str) -> dict[int, int]:
+    """batch size -> how many workers stored its finished trials."""
+    import optuna
+
+    out = {}
+    for s in optuna.get_all_study_summaries(url):
+        trials = optuna.load_study(study_name=s.study_name, storage=url).get_trials()
+        out[s.user_attrs["batch_size"]] = len({t.user_attrs.get("worker") for t in trials})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("spec", nargs="?", default="studies/nqm_sgd.toml")
+    ap.add_argument("--workers", type=int, default=2, help="compared with 1 (default 2)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--dir", help="folder for the SQLite files (default: a temp folder)")
+    args = ap.parse_args()
+    counts = (1, args.workers)
+    print(f"{args.spec}: tuner run --workers {counts[0]} vs {counts[1]}, {args.reps} reps "
+          f"interleaved, {os.cpu_count()} CPUs", flush=True)
+    times: dict[int, list[float]] = {w: [] for w in counts}
+    loads: list[float] = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        urls: dict[int, str] = {}
+        for rep in range(args.reps):
+            for w in counts:
+                url = f"sqlite:///{Path(tmp) / f'w{w}_rep{rep}.db'}"
+                urls.setdefault(w, url)
+                times[w].append(timed_run(args.spec, url, w))
+            loads.append(os.getloadavg()[0])
+            print(f"  rep {rep}: " + ", ".join(f"{w} worker(s) {times[w][-1]:.2f} s"
+                                             for w in counts)
+                  + f"  (load average {loads[-1]:.2f})", flush=True)
+
+        one, many = (statistics.median(times[w]) for w in counts)
+        print()
+        print(f"{'workers':>7}  {'median s':>8}  {'all runs s':<24}")
+        for w in counts:
+            print(f"{w:>7}  {statistics.median(times[w]):>8.2f}  "
+                  f"{', '.join(f'{t:.2f}' for t in times[w]):<24}")
+        print(f"ratio (1 worker / {args.workers} workers): {one / many:.2f}x; "
+              f"load average after each rep: {', '.join(f'{x:.2f}' for x in loads)}")
+
+        base = urls[1]
+        same_curve = all(curve_points(args.spec, u) == curve_points(args.spec, base)
+                         for u in urls.values())
+        same_slots = all(slot_results(u) == slot_results(base) for u in urls.values())
+        shared = workers_of(urls[args.workers])
+        print(f"identical curve points: {same_curve}; identical trials slot by slot: "
+              f"{same_slots}; batch sizes whose trials {args.workers} workers shared: "
+              f"{sum(v >= 2 for v in shared.values())}/{len(shared)}")
+        if not (same_curve and same_slots):
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
