@@ -1,5 +1,6 @@
 """The work-queue locks (tuner.store.locking): a second holder waits until the first lets go, a
-dead holder's lock is released, and a lost PostgreSQL lock is noticed (LockLost).
+dead holder's lock is released, and a lost PostgreSQL lock is noticed (LockLost); a worker's
+liveness lock is seen held while it lives, free once it is released or killed.
 
 SQLite files are locked with flock (a blocked flock shows in /proc/locks), in-memory SQLite with
 a thread lock, PostgreSQL with advisory locks (a waiting one shows in pg_locks as not granted).
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tuner.core.errors import UsageError
-from tuner.store.locking import Holder, LockLost, lock_key, schema_lock, study_lock
+from tuner.store.locking import Holder, LockLost, lock_key, schema_lock, study_lock, worker_lock
 
 Lock = Callable[[], contextlib.AbstractContextManager]
 ROOT = Path(__file__).parents[2]
@@ -219,4 +220,79 @@ def test_a_lost_postgresql_lock_is_noticed_and_taken_over(postgres_url: str) -> 
     c.leave.set()
     c.join(60)
     assert order == ["contender acquired"]
+    engine.dispose()
+
+
+# -- liveness locks: is a buffered worker with a claim alive? -----------------------------------
+
+LIVE = """\
+import sys, time
+from tuner.store.locking import worker_lock
+with worker_lock(sys.argv[1]) as live:
+    print(live.token, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_sqlite_liveness_lock_is_held_until_released_or_killed(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    url = f"sqlite:///{db}"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with worker_lock(url) as me:
+        p = subprocess.Popen([sys.executable, "-c", LIVE, url], stdout=subprocess.PIPE,
+                             text=True, env=env)
+        try:
+            other = p.stdout.readline().strip()
+            assert other and me.alive(other)
+            assert me.lock_file(other).exists()
+            p.send_signal(signal.SIGKILL)  # no release: the kernel lets the flock go
+            assert p.wait(60) == -signal.SIGKILL
+            assert me.lock_file(other).exists()  # left behind ...
+            assert not me.alive(other)  # ... free, so its worker is dead; and removed
+            assert not me.lock_file(other).exists()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert not me.alive("never-held")
+        # a new worker sweeps the files of dead ones
+        Path(f"{db}.worker-deadbeef.lock").write_text("")
+        with worker_lock(url) as second:
+            assert me.alive(second.token) and second.alive(me.token)
+        assert not me.alive(second.token)
+        assert not Path(f"{db}.worker-deadbeef.lock").exists()
+    assert not list(tmp_path.glob("l.db.worker-*"))
+
+
+def test_an_in_memory_liveness_lock_is_this_process() -> None:
+    with worker_lock("sqlite://") as a:
+        with worker_lock("sqlite://") as b:
+            assert a.alive(b.token) and b.alive(a.token)
+        assert not a.alive(b.token)
+
+
+def test_a_lost_postgresql_liveness_lock_is_noticed_and_taken_again(postgres_url: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as probe, worker_lock(postgres_url) as me:
+        with worker_lock(postgres_url) as other:
+            assert me.alive(other.token, probe) and other.alive(me.token)
+            me.check(probe)  # held: no error
+            assert me.ensure() is False  # nothing lost
+            [pid] = probe.execute(sa.text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                "objsubid = 1 AND classid::bigint = :h AND objid::bigint = :l"),
+                {"h": (lock_key(f"tuner worker {me.token}") >> 32) & 0xFFFFFFFF,
+                 "l": lock_key(f"tuner worker {me.token}") & 0xFFFFFFFF}).scalars()
+            probe.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            probe.commit()
+            wait_for(lambda: not other.alive(me.token), "the server to release it")
+            with pytest.raises(LockLost, match="liveness lock"):
+                me.check(probe)
+            probe.commit()
+            assert me.ensure() is True  # taken again, on a new connection
+            me.check(probe)
+            assert other.alive(me.token)
+        assert not me.alive(other.token)
     engine.dispose()

@@ -36,9 +36,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
+from tuner.store.compat import models, trial_id
 from tuner.store.locking import Liveness
 from tuner.store.source import slot_of
 
@@ -165,8 +165,9 @@ def finished_count(storage: BaseStorage, study_id: int) -> int:
 
 
 def _tables() -> tuple[Any, Any, Any, Any]:
-    return (models.StudyModel.__table__, models.TrialModel.__table__,
-            models.TrialUserAttributeModel.__table__, models.StudySystemAttributeModel.__table__)
+    m = models()
+    return (m.StudyModel.__table__, m.TrialModel.__table__, m.TrialUserAttributeModel.__table__,
+            m.StudySystemAttributeModel.__table__)
 
 
 def _retrying(storage: BaseStorage, fn: Callable[[], Any]) -> Any:
@@ -213,7 +214,7 @@ def _claim_rdb(storage: RDBStorage, study_id: int, n: int, live: Liveness, worke
 
 def _claim_api(storage: BaseStorage, study_id: int, n: int, live: Liveness, worker: str
                ) -> Block:
-    found = [(slot_of(t), t._trial_id, t.state, _steps(t.user_attrs))
+    found = [(slot_of(t), trial_id(t), t.state, _steps(t.user_attrs))
              for t in storage.get_all_trials(study_id, deepcopy=False)]
     claims = {k[len(PREFIX):]: v for k, v in storage.get_study_system_attrs(study_id).items()
               if k.startswith(PREFIX)}

@@ -198,7 +198,8 @@ class Liveness:
         self._fh: Any = None
         self._holder: Holder | None = None
 
-    def _path(self, token: str) -> Path:
+    def lock_file(self, token: str) -> Path:
+        """The lock file of the worker with ``token`` (a SQLite file's storage)."""
         assert self.db is not None
         return Path(f"{self.db}.worker-{token}.lock")
 
@@ -215,7 +216,7 @@ class Liveness:
             tmp = Path(f"{self.db}.worker-{self.token}.tmp")
             self._fh = open(tmp, "a")  # noqa: SIM115 - held until release()
             fcntl.flock(self._fh, fcntl.LOCK_EX)
-            os.replace(tmp, self._path(self.token))
+            os.replace(tmp, self.lock_file(self.token))
             self._sweep()
         else:
             _held_here.add(self.token)
@@ -266,7 +267,7 @@ class Liveness:
             return True
         if self.db is None:
             return token in _held_here
-        path = self._path(token)
+        path = self.lock_file(token)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -290,7 +291,7 @@ class Liveness:
             self._holder = None
         elif self._fh is not None:
             with contextlib.suppress(FileNotFoundError):
-                self._path(self.token).unlink()
+                self.lock_file(self.token).unlink()
             self._fh.close()
             self._fh = None
         else:
