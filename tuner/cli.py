@@ -77,9 +77,11 @@ def cli() -> None:
 @click.option("--allow-large", is_flag=True,
               help="Run even where a trial's estimated memory exceeds what is free here, or it "
               "would evaluate more than 10,000 times.")
+@click.option("--no-summary", is_flag=True, hidden=True,
+              help="No summary table (the workers --workers starts: it prints the table).")
 def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storage: str | None,
         seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
-        storage_retry: float, quiet: bool, allow_large: bool) -> None:
+        storage_retry: float, quiet: bool, allow_large: bool, no_summary: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
     Re-running a finished spec adds nothing. Progress goes to stderr; the summary table
@@ -106,22 +108,24 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     n = trials or spec.trials
     if n_workers == 1 and not gpu_ids:
-        points = runner.run(spec, url, chosen, n, echo, heartbeat)
+        points = runner.run(spec, url, chosen, n, echo, heartbeat, summary=not no_summary)
+        if no_summary:
+            return
     else:
         if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
             raise UsageError(f"--workers: an in-memory storage ({url}) cannot be shared; "
                              "allowed: a SQLite file or a PostgreSQL URL")
-        runner.prepare(spec, url, chosen, heartbeat)  # refuse a changed spec once, up front
+        _, studies = runner.prepare(spec, url, chosen, heartbeat)  # refuse a changed spec once
         args = ["run", spec_path, "--trials", str(n), "--storage", url, "--heartbeat",
                 str(heartbeat), *(["--seed", str(seed)] if seed is not None else []),
                 *[a for b in chosen for a in ("-b", str(b))], *(["-q"] if quiet else []),
-                *(["--allow-large"] if allow_large else [])]
+                *(["--allow-large"] if allow_large else []), "--no-summary"]
         echo(f"storage: {url}; starting {n_workers} workers"
              + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else ""))
         code = workers_mod.launch(args, n_workers, gpu_ids, echo)
         if code:
             raise SystemExit(code)
-        points = runner.points(runner.prepare(spec, url, chosen, heartbeat)[1])
+        points = runner.points(studies)
     click.echo(points_table(spec, points))
 
 

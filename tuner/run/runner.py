@@ -113,15 +113,16 @@ def points(studies: dict[int, optuna.Study]) -> list[Point]:
 
 def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,
         echo: Callable[[str], None] = lambda s: None, heartbeat: int = HEARTBEAT,
-        poll: float = 5.0) -> list[Point]:
-    """Work on the studies until each has ``trials`` finished trials; one point per batch size."""
+        poll: float = 5.0, summary: bool = True) -> list[Point]:
+    """Work on the studies until each has ``trials`` finished trials; one point per batch size
+    (none without ``summary``: the trials are not read back)."""
     storage, studies = prepare(spec, url, batch_sizes, heartbeat)
     echo(f"storage: {url}")
     buffered = spec.workload.buffered
     with stop_cleanly(), (worker_lock(url) if buffered else contextlib.nullcontext()) as live:
         _work_all(spec, url, storage, studies, trials, echo,
                   min(poll, heartbeat, BUFFERED_POLL if buffered else poll), heartbeat, live)
-    return points(studies)
+    return points(studies) if summary else []
 
 
 def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optuna.Study],
