@@ -10,6 +10,7 @@ so in one line before anything is written. The size checks are estimates: ``tune
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 
@@ -27,6 +28,8 @@ def check_devices(spec: Spec, gpu_ids: list[str]) -> None:
     Raises:
         UsageError: one line naming the spec key or option and what is available.
     """
+    if spec.accelerator in ("auto", "cpu") and not gpu_ids and spec.devices <= 1:
+        return  # nothing below can refuse it: no torch import (seconds) for CPU runs, the NQM
     import torch  # heavy: torch, only when needed
 
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -78,10 +81,11 @@ def count_evals(spec: Spec, batch_size: int, limit: int) -> int:
 def available_memory(spec: Spec) -> tuple[int, str]:
     """(bytes free, where) on the device trials will use: the GPU's free memory when trials
     train on one, else the host's MemAvailable."""
-    import torch  # heavy: torch, only when needed
+    if spec.accelerator in ("cuda", "gpu", "auto") and _may_have_cuda():
+        import torch  # heavy: torch, only when needed
 
-    if spec.accelerator in ("cuda", "gpu", "auto") and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info()[0]), "free on GPU 0"
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0]), "free on GPU 0"
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -91,6 +95,12 @@ def available_memory(spec: Spec) -> tuple[int, str]:
         pass
 
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available memory"
+
+
+def _may_have_cuda() -> bool:
+    """False where CUDA cannot be there: no NVIDIA device node (``/dev/nvidia0``..., or WSL's
+    ``/dev/dxg``), so importing torch (seconds) to ask is skipped."""
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg"))
 
 
 def _size(n: float) -> str:
