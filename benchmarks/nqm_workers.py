@@ -6,6 +6,10 @@ of each and the ratio. Then checks that every storage holds the same results: th
 curve --format json`` points (less the fields that differ by design: which trial number was
 best and how long it took) and, per batch size, each slot's params, value, seed and outcome.
 
+Besides the whole processes (start-up, checks and the summary table included: seconds of fixed
+cost per process), it reports the *trial phase* of each run, read from the storage: from the
+first trial's start to the last trial's end, where the workers share the studies.
+
     .venv/bin/python benchmarks/nqm_workers.py [SPEC] [--workers 2] [--reps 3]
 
 Default SPEC: ``studies/nqm_sgd.toml`` (10 batch sizes x 100 NQM trials, milliseconds each:
@@ -75,6 +79,18 @@ def slot_results(url: str) -> dict[int, dict[int, tuple]]:
     return out
 
 
+def trial_phase(url: str) -> float:
+    """Seconds from the first trial's start to the last trial's end (the storage's times)."""
+    import optuna
+
+    starts, ends = [], []
+    for s in optuna.get_all_study_summaries(url):
+        for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials():
+            starts.append(t.datetime_start)
+            ends.append(t.datetime_complete)
+    return (max(ends) - min(starts)).total_seconds()
+
+
 def workers_of(url: str) -> dict[int, int]:
     """batch size -> how many workers stored its finished trials."""
     import optuna
@@ -97,6 +113,7 @@ def main() -> None:
     print(f"{args.spec}: tuner run --workers {counts[0]} vs {counts[1]}, {args.reps} reps "
           f"interleaved, {os.cpu_count()} CPUs", flush=True)
     times: dict[int, list[float]] = {w: [] for w in counts}
+    phases: dict[int, list[float]] = {w: [] for w in counts}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         urls: dict[int, str] = {}
@@ -105,19 +122,25 @@ def main() -> None:
                 url = f"sqlite:///{Path(tmp) / f'w{w}_rep{rep}.db'}"
                 urls.setdefault(w, url)
                 times[w].append(timed_run(args.spec, url, w))
+                phases[w].append(trial_phase(url))
             loads.append(os.getloadavg()[0])
-            print(f"  rep {rep}: " + ", ".join(f"{w} worker(s) {times[w][-1]:.2f} s"
-                                             for w in counts)
-                  + f"  (load average {loads[-1]:.2f})", flush=True)
+            print(f"  rep {rep}: " + ", ".join(
+                f"{w} worker(s) {times[w][-1]:.2f} s (trials {phases[w][-1]:.2f} s)"
+                for w in counts) + f"  (load average {loads[-1]:.2f})", flush=True)
 
-        one, many = (statistics.median(times[w]) for w in counts)
         print()
-        print(f"{'workers':>7}  {'median s':>8}  {'all runs s':<24}")
+        print(f"{'workers':>7}  {'median s':>8}  {'trial phase s':>13}  {'runs s':<20}  "
+              f"{'trial phases s':<20}")
         for w in counts:
             print(f"{w:>7}  {statistics.median(times[w]):>8.2f}  "
-                  f"{', '.join(f'{t:.2f}' for t in times[w]):<24}")
-        print(f"ratio (1 worker / {args.workers} workers): {one / many:.2f}x; "
-              f"load average after each rep: {', '.join(f'{x:.2f}' for x in loads)}")
+                  f"{statistics.median(phases[w]):>13.2f}  "
+                  f"{', '.join(f'{t:.2f}' for t in times[w]):<20}  "
+                  f"{', '.join(f'{t:.2f}' for t in phases[w]):<20}")
+        ratio = statistics.median(times[1]) / statistics.median(times[args.workers])
+        phase = statistics.median(phases[1]) / statistics.median(phases[args.workers])
+        print(f"ratio (1 worker / {args.workers} workers): whole runs {ratio:.2f}x, trial phase "
+              f"{phase:.2f}x; load average after each rep: "
+              f"{', '.join(f'{x:.2f}' for x in loads)}")
 
         base = urls[1]
         same_curve = all(curve_points(args.spec, u) == curve_points(args.spec, base)
