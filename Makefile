@@ -28,7 +28,8 @@ help:
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
-	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage (benchmarks/README.md)"
+	@echo "make bench-nqm-workers  tuner run nqm_sgd: --workers 1 vs 2 (time, identical results)"
+	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers (benchmarks/README.md)"
 	@echo "make wheels             wheels/ for an offline install (NO_TORCH=1: without torch/lightning)"
 	@echo "make install-offline    .venv from wheels/, no network; uses an installed torch"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
@@ -122,7 +123,8 @@ dashboard: $(STAMP)
 # Speed (issue 6): side-by-side measurements, never part of `make test` (benchmarks/README.md),
 # and an offline install for GPU machines without a network.
 
-.PHONY: bench bench-eval bench-pruning bench-storage bench-all wheels install-offline
+.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-all wheels \
+        install-offline
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loop_speed.py
@@ -136,7 +138,10 @@ bench-pruning: $(STAMP)
 bench-storage: $(STAMP)
 	$(BIN)/python benchmarks/storage_overhead.py
 
-bench-all: bench bench-eval bench-pruning bench-storage
+bench-nqm-workers: $(STAMP)
+	$(BIN)/python benchmarks/nqm_workers.py
+
+bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers
 
 # On a machine with a network: wheels/ gets this project's wheel and every dependency at the
 # versions of constraints.txt. NO_TORCH=1 leaves out torch, torchvision, lightning and their CUDA

@@ -6,9 +6,10 @@ of each and the ratio. Then checks that every storage holds the same results: th
 curve --format json`` points (less the fields that differ by design: which trial number was
 best and how long it took) and, per batch size, each slot's params, value, seed and outcome.
 
-Besides the whole processes (start-up, checks and the summary table included: seconds of fixed
-cost per process), it reports the *trial phase* of each run, read from the storage: from the
-first trial's start to the last trial's end, where the workers share the studies.
+Besides the whole processes it splits each run, from the storage's trial times: *start-up*
+(the command's start to the first trial: imports, checks, opening the studies; with ``--workers``
+the launcher's and then its workers'), the *trial phase* (first trial's start to last trial's
+end: where the workers share the studies) and *after* (the summary table, processes ending).
 
     .venv/bin/python benchmarks/nqm_workers.py [SPEC] [--workers 2] [--reps 3]
 
@@ -19,6 +20,7 @@ the buffered path, trials run in memory and stored whole).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
@@ -39,15 +41,16 @@ def tuner(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=1800)
 
 
-def timed_run(spec: str, url: str, workers: int) -> float:
-    """Wall seconds of ``tuner run SPEC --workers N -q`` into ``url``."""
-    t0 = time.perf_counter()
+def timed_run(spec: str, url: str, workers: int) -> tuple[float, dt.datetime, dt.datetime]:
+    """Wall seconds of ``tuner run SPEC --workers N -q`` into ``url``, and when it started and
+    ended (local clock, as the trials' times)."""
+    started, t0 = dt.datetime.now(), time.perf_counter()
     r = tuner("run", spec, "--storage", url, "--workers", str(workers), "-q")
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"tuner run --workers {workers} failed ({r.returncode}):\n"
                          f"{r.stderr[-3000:]}")
-    return wall
+    return wall, started, started + dt.timedelta(seconds=wall)
 
 
 def curve_points(spec: str, url: str) -> list[dict]:
@@ -79,8 +82,8 @@ def slot_results(url: str) -> dict[int, dict[int, tuple]]:
     return out
 
 
-def trial_phase(url: str) -> float:
-    """Seconds from the first trial's start to the last trial's end (the storage's times)."""
+def trial_phase(url: str) -> tuple[dt.datetime, dt.datetime]:
+    """The first trial's start and the last trial's end (the storage's times)."""
     import optuna
 
     starts, ends = [], []
@@ -88,7 +91,7 @@ def trial_phase(url: str) -> float:
         for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials():
             starts.append(t.datetime_start)
             ends.append(t.datetime_complete)
-    return (max(ends) - min(starts)).total_seconds()
+    return min(starts), max(ends)
 
 
 def workers_of(url: str) -> dict[int, int]:
@@ -112,42 +115,47 @@ def main() -> None:
     counts = (1, args.workers)
     print(f"{args.spec}: tuner run --workers {counts[0]} vs {counts[1]}, {args.reps} reps "
           f"interleaved, {os.cpu_count()} CPUs", flush=True)
-    times: dict[int, list[float]] = {w: [] for w in counts}
-    phases: dict[int, list[float]] = {w: [] for w in counts}
+    # per worker count: (whole run, start-up, trial phase, after the last trial) seconds
+    runs: dict[int, list[tuple[float, float, float, float]]] = {w: [] for w in counts}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        urls: dict[int, str] = {}
+        urls: dict[int, list[str]] = {w: [] for w in counts}
         for rep in range(args.reps):
             for w in counts:
                 url = f"sqlite:///{Path(tmp) / f'w{w}_rep{rep}.db'}"
-                urls.setdefault(w, url)
-                times[w].append(timed_run(args.spec, url, w))
-                phases[w].append(trial_phase(url))
+                urls[w].append(url)
+                wall, began, ended = timed_run(args.spec, url, w)
+                first, last = trial_phase(url)
+                runs[w].append((wall, (first - began).total_seconds(),
+                                (last - first).total_seconds(), (ended - last).total_seconds()))
             loads.append(os.getloadavg()[0])
             print(f"  rep {rep}: " + ", ".join(
-                f"{w} worker(s) {times[w][-1]:.2f} s (trials {phases[w][-1]:.2f} s)"
+                f"{w} worker(s) {runs[w][-1][0]:.2f} s (trials {runs[w][-1][2]:.2f} s)"
                 for w in counts) + f"  (load average {loads[-1]:.2f})", flush=True)
 
+        def med(w: int, k: int) -> float:
+            return statistics.median(r[k] for r in runs[w])
+
         print()
-        print(f"{'workers':>7}  {'median s':>8}  {'trial phase s':>13}  {'runs s':<20}  "
-              f"{'trial phases s':<20}")
+        print("| workers | whole run s (median) | start-up s | trial phase s | after s | "
+              "whole runs s |")
+        print("|---:|---:|---:|---:|---:|---|")
         for w in counts:
-            print(f"{w:>7}  {statistics.median(times[w]):>8.2f}  "
-                  f"{statistics.median(phases[w]):>13.2f}  "
-                  f"{', '.join(f'{t:.2f}' for t in times[w]):<20}  "
-                  f"{', '.join(f'{t:.2f}' for t in phases[w]):<20}")
-        ratio = statistics.median(times[1]) / statistics.median(times[args.workers])
-        phase = statistics.median(phases[1]) / statistics.median(phases[args.workers])
-        print(f"ratio (1 worker / {args.workers} workers): whole runs {ratio:.2f}x, trial phase "
-              f"{phase:.2f}x; load average after each rep: "
+            print(f"| {w} | {med(w, 0):.2f} | {med(w, 1):.2f} | {med(w, 2):.2f} | "
+                  f"{med(w, 3):.2f} | {', '.join(f'{r[0]:.2f}' for r in runs[w])} |")
+        print(f"ratio (1 worker / {args.workers} workers): whole runs "
+              f"{med(1, 0) / med(args.workers, 0):.2f}x, trial phase "
+              f"{med(1, 2) / med(args.workers, 2):.2f}x; load average after each rep: "
               f"{', '.join(f'{x:.2f}' for x in loads)}")
 
-        base = urls[1]
-        same_curve = all(curve_points(args.spec, u) == curve_points(args.spec, base)
-                         for u in urls.values())
-        same_slots = all(slot_results(u) == slot_results(base) for u in urls.values())
-        shared = workers_of(urls[args.workers])
-        print(f"identical curve points: {same_curve}; identical trials slot by slot: "
+        base = urls[1][0]
+        every = [u for w in counts for u in urls[w]]
+        curve, slots = curve_points(args.spec, base), slot_results(base)
+        same_curve = all(curve_points(args.spec, u) == curve for u in every)
+        same_slots = all(slot_results(u) == slots for u in every)
+        shared = workers_of(urls[args.workers][0])
+        print(f"all {len(every)} runs: identical curve points: {same_curve}; identical trials "
+              f"slot by slot: "
               f"{same_slots}; batch sizes whose trials {args.workers} workers shared: "
               f"{sum(v >= 2 for v in shared.values())}/{len(shared)}")
         if not (same_curve and same_slots):
