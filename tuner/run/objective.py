@@ -65,12 +65,10 @@ def curve_attr(curve: list[tuple[int, dict[str, float]]]) -> dict[str, Any]:
             "metrics": {k: [m.get(k) for _, m in curve] for k in names}}
 
 
-def steps_to_goals(curve: list[tuple[int, dict[str, float]]], goals: tuple[Goal, ...]
-                   ) -> dict[str, int | None]:
+def steps_to_goals(curve: dict[str, Any], goals: tuple[Goal, ...]) -> dict[str, int | None]:
     """Goal -> the first evaluation step that met it (None: not met before the trial
     stopped), the ``steps_to_also`` attr of a spec with ``[target] also``."""
-    c = curve_attr(curve)
-    return {str(g): steps_to(c, g.metric, g.value, g.strict, g.direction) for g in goals}
+    return {str(g): steps_to(curve, g.metric, g.value, g.strict, g.direction) for g in goals}
 
 
 def make_objective(spec: Spec, batch_size: int, workload: Workload
@@ -110,6 +108,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
 
         r = workload.run(request, report)
         kind = outcome(r)
+        curve = curve_attr(r.curve)  # every metric at every evaluation, by column
         attrs = {
             "reached": r.reached,
             "steps_to_target": r.steps_to_target,
@@ -122,8 +121,8 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             "eval_share": r.eval_seconds / r.wall_seconds if r.wall_seconds > 0 else 0.0,
             "best_metric": r.best_metric,
             "final_metrics": r.curve[-1][1] if r.curve else None,
-            "curve": curve_attr(r.curve),
-            **({"steps_to_also": steps_to_goals(r.curve, spec.also)} if spec.also else {}),
+            "curve": curve,
+            **({"steps_to_also": steps_to_goals(curve, spec.also)} if spec.also else {}),
             "max_steps": max_steps,
             "outcome": kind,
             "device": r.device,
