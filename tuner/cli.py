@@ -10,7 +10,8 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -79,9 +80,12 @@ def cli() -> None:
               "would evaluate more than 10,000 times.")
 @click.option("--no-summary", is_flag=True, hidden=True,
               help="No summary table (the workers --workers starts: it prints the table).")
+@click.option("--no-preflight", is_flag=True, hidden=True,
+              help="Skip the pre-flight trial (the workers --workers starts: it ran it).")
 def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storage: str | None,
         seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
-        storage_retry: float, quiet: bool, allow_large: bool, no_summary: bool) -> None:
+        storage_retry: float, quiet: bool, allow_large: bool, no_summary: bool,
+        no_preflight: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
     Re-running a finished spec adds nothing. Progress goes to stderr; the summary table
@@ -106,6 +110,13 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     n_workers = workers or max(1, len(gpu_ids))
     url = storage_mod.resolve_url(storage)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    if not no_preflight:  # a tiny trial at the smallest and largest B, before any storage
+        t0 = time.perf_counter()
+        metrics = spec_mod.preflight(spec, chosen)
+        at = " and ".join(map(str, sorted({min(chosen), max(chosen)})))
+        echo = _first(echo, f"pre-flight: a training step and an evaluation at B = {at} ran "
+                      f"({time.perf_counter() - t0:.1f} s); metrics: "
+                      f"{', '.join(sorted(metrics))}")
     n = trials or spec.trials
     if n_workers == 1 and not gpu_ids:
         points = runner.run(spec, url, chosen, n, echo, heartbeat, summary=not no_summary)
@@ -119,7 +130,7 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         args = ["run", spec_path, "--trials", str(n), "--storage", url, "--heartbeat",
                 str(heartbeat), *(["--seed", str(seed)] if seed is not None else []),
                 *[a for b in chosen for a in ("-b", str(b))], *(["-q"] if quiet else []),
-                *(["--allow-large"] if allow_large else []), "--no-summary"]
+                *(["--allow-large"] if allow_large else []), "--no-summary", "--no-preflight"]
         echo(f"storage: {url}; starting {n_workers} workers"
              + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else ""))
         code = workers_mod.launch(args, n_workers, gpu_ids, echo)
@@ -127,6 +138,19 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
             raise SystemExit(code)
         points = runner.points(studies)
     click.echo(points_table(spec, points))
+
+
+def _first(echo: Callable[[str], None], line: str) -> Callable[[str], None]:
+    """``echo`` that prints ``line`` before its first line (so that an error found before
+    any progress stays the only line)."""
+    pending = [line]
+
+    def out(s: str) -> None:
+        while pending:
+            echo(pending.pop())
+        echo(s)
+
+    return out
 
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),

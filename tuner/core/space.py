@@ -47,6 +47,18 @@ class Param:
             return IntDistribution(int(self.low), int(self.high), log=self.log)
         return FloatDistribution(float(self.low), float(self.high), log=self.log)
 
+    def middle(self) -> Any:
+        """A value in the middle of the range (geometric with ``log``), or the middle choice:
+        what a pre-flight trial uses."""
+        if self.choices is not None:
+            return self.choices[len(self.choices) // 2]
+        assert self.low is not None and self.high is not None
+        if self.log:
+            v = math.sqrt(float(self.low) * float(self.high))
+        else:
+            v = (float(self.low) + float(self.high)) / 2
+        return round(v) if self.integer else v
+
     def to_attr(self) -> dict[str, Any]:
         """The JSON form stored in the study's ``search_space`` attr (docs/DESIGN.md)."""
         if self.choices is not None:

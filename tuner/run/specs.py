@@ -8,18 +8,21 @@ options only in their constructors.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tuner import spec as pure
 from tuner.core.errors import SpecError
+from tuner.core.trial import TrialRequest
 from tuner.run.pruning import build_pruner
 from tuner.run.sampling import build_sampler
 from tuner.spec import Spec, with_seed
 from tuner.workload.registry import get as resolve
 
-__all__ = ["Spec", "check_builds", "load", "parse", "with_seed"]
+__all__ = ["Spec", "check_builds", "load", "parse", "preflight", "probe_request", "with_seed"]
 
 
 def check_builds(spec: Spec) -> Spec:
@@ -42,6 +45,33 @@ def check_builds(spec: Spec) -> Spec:
             raise SpecError(spec.path, "pruner.options", f"Optuna's {p.name} pruner refuses "
                             f"these options: {exc}") from None
     return spec
+
+
+def probe_request(spec: Spec, batch_size: int) -> TrialRequest:
+    """A pre-flight trial at ``batch_size``: one step and one evaluation, the searched
+    metaparameters at the middle of their ranges, on one device (B / devices examples)."""
+    return TrialRequest(
+        params={**spec.fixed, **{p.name: p.middle() for p in spec.space}},
+        optimizer=spec.optimizer, schedule=spec.schedule,
+        batch_size=max(1, batch_size // spec.devices), max_steps=1, eval_steps=(1,),
+        target=spec.target, seed=spec.seed, divergence_factor=math.inf,
+        accelerator=spec.accelerator, precision=spec.precision, devices=1, also=spec.also)
+
+
+def preflight(spec: Spec, batch_sizes: Sequence[int]) -> set[str]:
+    """Run the workload's pre-flight trial at the smallest and the largest batch size, before
+    any storage is touched; the metrics it produced.
+
+    Raises:
+        SpecError: the first problem, naming the spec key and the cause.
+    """
+    metrics: set[str] = set()
+    workload = spec.bound()
+    for b in sorted({min(batch_sizes), max(batch_sizes)}):
+        problems, metrics = workload.preflight(probe_request(spec, b))
+        for key, message in problems:
+            raise SpecError(spec.path, key, f"pre-flight at batch size {b}: {message}")
+    return metrics
 
 
 def load(path: str | Path) -> Spec:

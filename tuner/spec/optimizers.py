@@ -9,7 +9,10 @@ them is :mod:`tuner.train.optim`'s job.
 
 from __future__ import annotations
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+#: ``[optimizer] name = "module"``: a LightningModule's own ``configure_optimizers`` (its
+#: schedulers too); only for ``[workload] module = ...`` specs, and always the last name here.
+MODULE_OPTIMIZER = "module"
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", MODULE_OPTIMIZER)
 SCHEDULES = ("constant", "linear_decay")
 
 #: Metaparameters each optimizer takes; ``None`` means "no default: search it or fix it".
@@ -24,6 +27,7 @@ OPTIMIZER_PARAMS: dict[str, dict[str, float | None]] = {
         "epsilon": 1e-8,
         "weight_decay": 0.0,
     },
+    MODULE_OPTIMIZER: {},
 }
 
 SCHEDULE_PARAMS: dict[str, dict[str, float | None]] = {

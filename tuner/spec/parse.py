@@ -26,7 +26,13 @@ from tuner.core.goal import Goal
 from tuner.core.space import PARAM_BOUNDS, Param
 from tuner.core.trial import Target
 from tuner.spec.cadence import eval_steps, share_interval
-from tuner.spec.optimizers import OPTIMIZERS, OPTIONAL_PARAMS, SCHEDULES, allowed_params
+from tuner.spec.optimizers import (
+    MODULE_OPTIMIZER,
+    OPTIMIZERS,
+    OPTIONAL_PARAMS,
+    SCHEDULES,
+    allowed_params,
+)
 
 #: ``resolve(name)`` -> the workload class a spec's ``[workload] name`` stands for (raises
 #: KeyError with a message listing what is allowed).
@@ -52,6 +58,12 @@ MAX_STEPS = 2**31 - 1
 #: The longest spec name: a study is named ``NAME.B<batch size>.seed<seed>`` in Optuna's
 #: 512-character ``study_name`` column.
 MAX_NAME = 200
+
+#: The workload a ``[workload] module = "..."`` spec names: a user's LightningModule, run by
+#: Lightning's Trainer (:mod:`tuner.workload.lightning`).
+LIGHTNING = "lightning"
+#: Searched constructor arguments of a LightningModule spec: ``"module.dropout"``.
+ARG_PREFIXES = ("module.", "datamodule.")
 
 TOP_KEYS = ("name", "description", "seed", "batch_sizes", "trials", "workload", "optimizer",
             "search_space", "target", "budget", "eval", "sampler", "pruner", "trainer")
@@ -282,6 +294,8 @@ def _is(v: Any, kind: str) -> bool:
         return isinstance(v, list) and all(isinstance(x, str) for x in v)
     if kind == "list":
         return isinstance(v, list)
+    if kind == "table":
+        return isinstance(v, dict)
     raise AssertionError(kind)
 
 
@@ -299,7 +313,7 @@ def _type_name(tp: Any) -> str:
 #: Workload option types (dataclass field annotations) -> the spec kind that expresses them.
 _KINDS: dict[Any, str] = {int: "integer", float: "number", str: "string", bool: "boolean",
                           list[int]: "list of integers", list[float]: "list of numbers",
-                          list[str]: "list of strings"}
+                          list[str]: "list of strings", dict[str, Any]: "table"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +326,8 @@ def _raw_options(t: _Table) -> dict[str, Any]:
 
 
 def _workload(t: _Table, resolve: Resolver | None) -> tuple[str, Any, dict[str, Any]]:
-    name = t.get("name", "string")
+    # ``module = "pkg.mod:LitModel"`` without a name: the user's LightningModule
+    name = t.get("name", "string", LIGHTNING if "module" in t.data else ...)
     if resolve is None:
         return name, None, _raw_options(t)
     try:
@@ -359,11 +374,22 @@ def _check_bounds(t: _Table, k: str, v: float) -> None:
         raise t.error(k, f"{v!r} is outside {allowed}")
 
 
-def _space(t: _Table, allowed: dict[str, Any]) -> tuple[Param, ...]:
-    t.only(allowed)
+def _space(t: _Table, allowed: dict[str, Any], args: bool = False) -> tuple[Param, ...]:
+    """``[search_space]``: the optimizer's metaparameters, and with ``args`` (a LightningModule
+    spec) ``"module.NAME"`` / ``"datamodule.NAME"`` constructor arguments too."""
+    for k in t.data:
+        if k.startswith(ARG_PREFIXES) and not args:
+            raise t.error(k, "searched constructor arguments are for [workload] module = "
+                          "'pkg.mod:LitModel' specs; allowed: "
+                          f"{', '.join(allowed) or 'none'}")
+        if k not in allowed and not (args and k.startswith(ARG_PREFIXES)
+                                     and len(k.split(".", 1)[1]) > 0):
+            more = ", 'module.NAME', 'datamodule.NAME'" if args else ""
+            raise t.error(k, f"unknown key; allowed: {', '.join(allowed)}{more}")
     params = []
     for name in t.data:
         p = t.table(name)
+        arg = name.startswith(ARG_PREFIXES)
         if "choices" in p.data:
             p.only(["choices"])
             choices = p.get("choices", "list")
@@ -372,6 +398,8 @@ def _space(t: _Table, allowed: dict[str, Any]) -> tuple[Param, ...]:
             if len(set(map(repr, choices))) != len(choices):
                 raise p.error("choices", f"has duplicates: {choices}")
             for c in choices:
+                if arg and isinstance(c, (str, bool, int, float)):
+                    continue  # a constructor argument: any value TOML and Optuna can store
                 if not _is(c, "number"):
                     raise p.error("choices", f"{c!r}: choices of {name} must be numbers")
                 _check_bounds(t, name, float(c))
@@ -392,12 +420,16 @@ def _space(t: _Table, allowed: dict[str, Any]) -> tuple[Param, ...]:
     return tuple(params)
 
 
-def _optimizer(t: _Table, space_t: _Table) -> tuple[str, str, dict[str, Any], tuple[Param, ...]]:
-    name = t.get("name", "string", choices=OPTIMIZERS)
+def _optimizer(t: _Table, space_t: _Table, lightning: bool = False
+               ) -> tuple[str, str, dict[str, Any], tuple[Param, ...]]:
+    name = t.get("name", "string", choices=OPTIMIZERS if lightning else OPTIMIZERS[:-1])
     schedule = t.get("schedule", "string", "constant", choices=SCHEDULES)
+    if name == MODULE_OPTIMIZER and schedule != "constant":
+        raise t.error("schedule", f"{schedule!r} with name = 'module': the module's "
+                      "configure_optimizers owns its schedulers; allowed: constant")
     allowed = allowed_params(name, schedule)
     t.only(["name", "schedule", *allowed])
-    space = _space(space_t, allowed)
+    space = _space(space_t, allowed, args=lightning)
     searched = {p.name for p in space}
     fixed: dict[str, Any] = {}
     for k, default in allowed.items():
@@ -431,7 +463,8 @@ def _also(t: _Table, target: Target, workload: Any) -> tuple[Goal, ...]:
             g = Goal.parse(text)
         except ValueError as exc:
             raise t.error("also", str(exc)) from None
-        if workload is not None and g.metric not in workload.metrics:
+        if (workload is not None and not workload.metrics_from_preflight
+                and g.metric not in workload.metrics):
             raise t.error("also", f"{g}: {g.metric!r} is not produced by workload "
                           f"{workload.name!r}; allowed: {', '.join(workload.metrics)}")
         if g in goals or (target.direction and g == Goal.of_target(dataclasses.asdict(target))):
@@ -445,6 +478,13 @@ def _target(t: _Table, workload: Any) -> Target:
     if workload is None:  # read without the workload: its metrics and ranges are unknown
         return Target(t.get("metric", "string"), t.get("value", "number"),
                       t.get("direction", "string", "", choices=DIRECTIONS))
+    if workload.metrics_from_preflight:  # a LightningModule: what validation_step logs
+        direction = t.get("direction", "string", None, choices=DIRECTIONS)
+        if direction is None:
+            raise t.error("direction", "required for a LightningModule's metric (the tool "
+                          "cannot know whether it improves up or down); allowed: "
+                          f"{', '.join(DIRECTIONS)}")
+        return Target(t.get("metric", "string"), t.get("value", "number"), direction)
     metrics = workload.metrics
     metric = t.get("metric", "string")
     if metric not in metrics:
@@ -660,7 +700,7 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
 
     wname, workload, options = _workload(top.table("workload"), resolve)
     optimizer, schedule, fixed, space = _optimizer(top.table("optimizer"),
-                                                   top.table("search_space"))
+                                                   top.table("search_space"), wname == LIGHTNING)
     for key, message in (workload.check_metaparameters(optimizer, schedule, fixed,
                                                        {p.name for p in space})
                          if workload is not None else ()):

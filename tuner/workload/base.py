@@ -54,6 +54,9 @@ class Workload(ABC):
     buffered: ClassVar[bool] = False
     #: Metric name -> the closed range its values lie in (a target outside it is refused).
     metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+    #: The metrics are known only once a pre-flight trial ran (:meth:`preflight`): a spec's
+    #: target metric is then checked there, not while the spec is read.
+    metrics_from_preflight: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -85,6 +88,13 @@ class Workload(ABC):
         """About how many bytes one trial at ``batch_size`` needs on its device, or None when
         unknown. ``tuner run`` refuses batch sizes that do not fit (unless ``--allow-large``)."""
         return None
+
+    def preflight(self, request: TrialRequest) -> tuple[list[tuple[str, str]], set[str]]:
+        """A tiny trial before any storage is touched: ``(problems, metrics)``, where problems
+        are (spec key, message) pairs (empty when fine) and metrics the names one evaluation
+        produced. ``request`` is a short trial (a step or two, one evaluation) at a real batch
+        size. The default runs nothing and answers :attr:`metrics`."""
+        return [], set(self.metrics)
 
     @abstractmethod
     def num_train_examples(self) -> int:

@@ -15,6 +15,7 @@ _BUILTIN = {
     "digits": "workloads.digits:Digits",
     "fashion_mnist": "workloads.fashion_mnist:FashionMNIST",
     "nqm": "workloads.nqm:NQM",
+    "lightning": "tuner.workload.lightning:LightningWorkload",
 }
 _REGISTERED: dict[str, type[Workload]] = {}
 
@@ -44,18 +45,10 @@ def get(name: str) -> type[Workload]:
     if path is None:
         raise KeyError(f"unknown workload {name!r}; allowed: {', '.join(names())} "
                        "or 'package.module:Class'")
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
+    if not path.partition(":")[0] or not path.partition(":")[2]:
         raise KeyError(f"{name!r}: allowed: a registered name ({', '.join(names())}) or "
                        "'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - a plug-in's import may raise anything
-        raise KeyError(f"cannot import workload {name!r}: {_one_line(exc)}") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise KeyError(f"cannot import workload {name!r}: module {module_name!r} has no "
-                       f"attribute {attr!r}")
+    cls = import_object(path, "workload")
     if not (isinstance(cls, type) and issubclass(cls, Workload)):
         raise KeyError(f"{name!r} is not a tuner.workload.Workload subclass")
     if inspect.isabstract(cls):
@@ -64,9 +57,31 @@ def get(name: str) -> type[Workload]:
     return cls
 
 
-def _one_line(exc: BaseException) -> str:
-    """An import error in one line: its type, message, and where (for a syntax error)."""
+def import_object(path: str, what: str) -> object:
+    """The object a ``"package.module:Name"`` path names.
+
+    Raises:
+        KeyError: one line: the path, and the import error's last line (or the missing name).
+    """
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise KeyError(f"{path!r}; allowed: 'package.module:Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - a plug-in's import may raise anything
+        raise KeyError(f"cannot import {what} {path!r}: {one_line(exc)}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise KeyError(f"cannot import {what} {path!r}: module {module_name!r} has no "
+                       f"attribute {attr!r}")
+    return obj
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception in one line: its type and its message's last line (a multi-line message
+    ends with the cause), and where for a syntax error."""
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    text = " ".join(str(exc).split())
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[-1].split()) if lines else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.workload.base import Workload
+from tuner.workload.registry import one_line as _one_line
 
 if TYPE_CHECKING:
     import torch
@@ -159,6 +160,37 @@ class TrainedWorkload(Workload):
         n = len(x)
         error = wrong.item() / n
         return {"error": error, "accuracy": 1.0 - error, "loss": loss_sum.item() / n}
+
+    def preflight(self, request: TrialRequest) -> tuple[list[tuple[str, str]], set[str]]:
+        """Load the data, refuse float labels under the default cross-entropy loss, and run the
+        model's loss on one training batch and :meth:`evaluate` on a few validation examples."""
+        import torch  # heavy: torch, only when needed
+
+        try:
+            data = self.data()
+        except Exception as exc:  # noqa: BLE001 - plug-in code
+            return [("workload.name", f"loading the data failed: {_one_line(exc)}")], set()
+        own_loss = type(self).training_loss is not TrainedWorkload.training_loss
+        if data.train_y.is_floating_point() and not own_loss:
+            return [("workload.name", f"{self.name!r}: the labels are {data.train_y.dtype} "
+                     "(a regression?), but the default loss is cross-entropy on class "
+                     "indices; allowed: int64 class labels, or override training_loss and "
+                     "evaluate (workloads/README.md), or write a LightningModule")], set()
+        torch.manual_seed(request.seed)
+        try:
+            model = self.build_model()
+            loss = self.training_loss(model, data.train_x[:request.batch_size],
+                                      data.train_y[:request.batch_size], 0)
+            loss.backward()
+        except Exception as exc:  # noqa: BLE001 - plug-in code
+            return [("workload.name", f"the training step failed: {_one_line(exc)}")], set()
+        try:
+            model.eval()
+            with torch.no_grad():
+                metrics = self.evaluate(model, data.val_x[:64], data.val_y[:64])
+        except Exception as exc:  # noqa: BLE001 - plug-in code
+            return [("workload.name", f"evaluation failed: {_one_line(exc)}")], set()
+        return [], set(metrics)
 
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
         """Train with the shared Lightning loop."""

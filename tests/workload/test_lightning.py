@@ -1,0 +1,276 @@
+"""A researcher's LightningModule + LightningDataModule, unchanged, through ``tuner``.
+
+The user code is ``tests/mylab`` (written as Lightning's docs write it, no tuner imports); every
+test trains for real on scikit-learn's digits or diabetes data, on real SQLite storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import run_cli, write
+
+LIT = """\
+batch_sizes = [16, 64]
+trials = {trials}
+
+[workload]
+module = "mylab.models:{module}"
+datamodule = "mylab.data:{datamodule}"
+module_args = {{ hidden = 32 }}
+{workload_extra}
+
+[optimizer]
+{optimizer}
+
+[search_space]
+{space}
+
+[target]
+metric = "{metric}"
+value = {value}
+direction = "{direction}"
+
+[budget]
+max_steps = {max_steps}
+
+[eval]
+first_step = 5
+relative = 0.05
+min_interval = 5
+"""
+
+MOMENTUM = 'name = "momentum"'
+MOMENTUM_SPACE = """\
+learning_rate = { low = 0.03, high = 0.5, log = true }
+one_minus_momentum = { low = 0.05, high = 0.5, log = true }
+"module.dropout" = { low = 0.0, high = 0.3 }"""
+
+
+def lit_spec(tmp_path: Path, **kw: object) -> Path:
+    """A small digits spec over the user's classes (keywords override the defaults)."""
+    values = dict(trials=2, module="LitClassifier", datamodule="DigitsDataModule",
+                  workload_extra="", optimizer=MOMENTUM, space=MOMENTUM_SPACE,
+                  metric="val_acc", value=0.85, direction="maximize", max_steps=200)
+    values.update(kw)
+    return write(tmp_path, LIT.format(**values))
+
+
+def trials_of(db: Path) -> list[optuna.trial.FrozenTrial]:
+    """Every stored trial of every study in ``db``."""
+    url = f"sqlite:///{db}"
+    out: list[optuna.trial.FrozenTrial] = []
+    for name in sorted(optuna.get_all_study_names(url)):
+        out += optuna.load_study(study_name=name, storage=url).trials
+    return out
+
+
+def test_docs_style_module_runs_through_every_command(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """run, curve, edges, sensitivity and report on a docs-style module with target val_acc,
+    a searched ``module.dropout``; hooks called, global_step advanced, logged metrics stored."""
+    from mylab.models import CALLS
+
+    CALLS.clear()
+    spec = lit_spec(tmp_path, module="ProbedClassifier", trials=3)
+    db = tmp_path / "t.db"
+    url = f"sqlite:///{db}"
+    code, out, err = run_cli(["run", str(spec), "--storage", url], capsys)
+    assert code == 0, err
+    assert "pre-flight" in err and "val_acc" in err
+    trials = trials_of(db)
+    assert len(trials) == 6
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in trials)
+    reached = [t for t in trials if t.user_attrs.get("reached")]
+    assert reached, "no trial reached val_acc >= 0.85"
+    for t in trials:
+        c = t.user_attrs["curve"]
+        assert {"val_acc", "val_loss", "global_step", "epoch", "max_steps"} <= set(c["metrics"])
+        # the module saw Lightning's global step at each evaluation step, and the budget
+        assert c["metrics"]["global_step"] == [float(s) for s in c["steps"]]
+        assert set(c["metrics"]["max_steps"]) == {200.0}
+        assert "module.dropout" in t.params
+    hooks = {name for name, _ in CALLS}
+    assert {"on_train_start", "validation_step"} <= hooks
+    assert "configure_optimizers" not in hooks  # the spec's momentum replaces it
+    assert max(step for name, step in CALLS if name == "validation_step") >= 5
+
+    for cmd in (["curve", "--format", "json"], ["edges"], ["sensitivity"]):
+        code, out, err = run_cli([*cmd, str(spec), "--storage", url], capsys)
+        assert code in (0, 1), (cmd, err)
+        if cmd[0] == "curve":
+            points = json.loads(out)["points"]
+            assert [p["batch_size"] for p in points] == [16, 64]
+            assert any(p["best_steps"] for p in points)
+    code, out, err = run_cli(["report", str(spec), "--storage", url, "--out",
+                              str(tmp_path / "report"), "--no-dashboard"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "report" / "index.html").exists()
+    code, out, err = run_cli(["curve", str(spec), "--storage", url, "--target",
+                              "val_loss<=0.5"], capsys)
+    assert code == 0, err  # every logged metric is stored: re-scoring at another one works
+
+
+def test_module_mode_calls_configure_optimizers(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``[optimizer] name = "module"``: the module's own optimizer, searched ``module.*``
+    constructor arguments reach it (``self.hparams.lr``)."""
+    from mylab.models import CALLS
+
+    CALLS.clear()
+    spec = lit_spec(tmp_path, module="ProbedClassifier", optimizer='name = "module"',
+                    space='"module.lr" = { low = 0.05, high = 0.5, log = true }\n'
+                          '"module.dropout" = { low = 0.0, high = 0.3 }')
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{db}", "-b", "64"],
+                             capsys)
+    assert code == 0, err
+    assert ("configure_optimizers", 0) in CALLS
+    trials = trials_of(db)
+    assert len(trials) == 2 and all(set(t.params) == {"module.lr", "module.dropout"}
+                                    for t in trials)
+    assert any(t.user_attrs["reached"] for t in trials)
+
+
+@pytest.mark.parametrize(("module", "datamodule", "metric", "value", "direction"), [
+    ("NoForward", "DigitsDataModule", "val_error", 0.2, "minimize"),
+    ("MetricsClassifier", "DigitsDataModule", "val_acc", 0.8, "maximize"),
+    ("ManualClassifier", "DigitsDataModule", "val_acc", 0.8, "maximize"),
+    ("DictClassifier", "DictDigitsDataModule", "val_acc", 0.8, "maximize"),
+    ("LitClassifier", "StreamingDigitsDataModule", "val_acc", 0.8, "maximize"),
+    ("LitRegressor", "DiabetesDataModule", "val_mse", 0.7, "minimize"),
+])
+def test_module_kinds_reach_their_target(module: str, datamodule: str, metric: str, value: float,
+                                         direction: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """No forward(), torchmetrics, manual optimization, dict batches, an IterableDataset and a
+    regression: each trains and reaches a real target."""
+    args = "" if module != "LitRegressor" else "module_args = { hidden = 32 }"
+    text = LIT.format(trials=2, module=module, datamodule=datamodule, workload_extra="",
+                      optimizer=MOMENTUM if module != "LitRegressor" else 'name = "adam"',
+                      space=("learning_rate = { low = 0.05, high = 0.3, log = true }\n"
+                             "one_minus_momentum = { low = 0.05, high = 0.2, log = true }"
+                             if module != "LitRegressor" else
+                             "learning_rate = { low = 0.003, high = 0.03, log = true }"),
+                      metric=metric, value=value, direction=direction, max_steps=300)
+    if module in ("NoForward", "LitRegressor"):
+        text = text.replace("module_args = { hidden = 32 }", args)
+    spec = write(tmp_path, text)
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{db}", "-b", "64"],
+                             capsys)
+    assert code == 0, err
+    trials = trials_of(db)
+    assert len(trials) == 2
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in trials), [
+        t.system_attrs.get("fail_reason") for t in trials]
+    assert any(t.user_attrs["reached"] for t in trials), [t.user_attrs["best_metric"]
+                                                          for t in trials]
+    assert all(metric in t.user_attrs["curve"]["metrics"] for t in trials)
+
+
+def test_every_batch_holds_b_examples_across_epochs(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """B = 100 does not divide the 1437 training digits: the partial last batch of each epoch
+    is dropped (a partial batch would fail the trial), and epochs wrap."""
+    spec = lit_spec(tmp_path, module="ProbedClassifier", value=0.999, max_steps=40,
+                    trials=1).read_text().replace("[16, 64]", "[100]")
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(write(tmp_path, spec)), "--storage",
+                              f"sqlite:///{db}"], capsys)
+    assert code == 0, err
+    (t,) = trials_of(db)
+    assert t.state == optuna.trial.TrialState.COMPLETE, t.system_attrs
+    assert t.user_attrs["stopped_at_step"] == 40 and t.user_attrs["examples_seen"] == 4000
+    assert max(t.user_attrs["curve"]["metrics"]["epoch"]) >= 2.0  # 14 batches an epoch
+
+
+def test_a_trial_is_reproducible_from_its_seed(tmp_path: Path) -> None:
+    """The same request twice: the same curve, to float tolerance."""
+    from tuner.run.specs import load, probe_request
+
+    spec = load(lit_spec(tmp_path))
+    req = probe_request(spec, 16)
+    req = dataclasses.replace(req, max_steps=60, eval_steps=(20, 40, 60))
+    w = spec.bound()
+    a = w.run(req, lambda s, m: False)
+    b = w.run(req, lambda s, m: False)
+    assert [s for s, _ in a.curve] == [20, 40, 60]
+    assert all(sa == sb and ma == pytest.approx(mb)
+               for (sa, ma), (sb, mb) in zip(a.curve, b.curve, strict=True))
+    c = w.run(dataclasses.replace(req, seed=req.seed + 1), lambda s, m: False)
+    assert c.curve[-1][1]["val_loss"] != a.curve[-1][1]["val_loss"]
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    ({"module": "Nope"}, "workload.module", "has no attribute 'Nope'"),
+    ({"datamodule": "Nope"}, "workload.datamodule", "has no attribute 'Nope'"),
+    ({"module": "CALLS"}, "workload.module", "not a LightningModule"),
+    ({"workload_extra": "module_args = { width = 3 }"}, "workload", "module_args"),
+    ({"module": "BrokenStep"}, "workload.module", "the training step failed: RuntimeError"),
+    ({"datamodule": "FixedBatchDigits"}, "workload.batch_size_arg", "50 examples"),
+    ({"metric": "val_accuracy"}, "target.metric", "logged: val_acc, val_loss"),
+    ({"space": MOMENTUM_SPACE + '\n"module.width" = { low = 1, high = 4 }'},
+     "search_space.module.width",
+     "takes no argument"),
+    ({"module": "ManualClassifier", "optimizer": 'name = "momentum"\nschedule = "linear_decay"'
+      "\nend_factor = 0.1", "space": "learning_rate = { low = 0.01, high = 0.1 }\n"
+      "one_minus_momentum = { low = 0.05, high = 0.2 }"}, "optimizer.schedule",
+     "manual optimization"),
+    ({"optimizer": 'name = "module"\nschedule = "linear_decay"'}, "optimizer.schedule",
+     "configure_optimizers"),
+])
+def test_preflight_failures_are_one_line_exit_2_no_storage(
+        change: dict[str, str], key: str, words: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Every kind of broken user code or spec: one line naming the key, exit 2, no storage."""
+    spec = lit_spec(tmp_path, **change)
+    if change.get("workload_extra"):  # module_args given twice: replace the default line
+        text = spec.read_text().replace("module_args = { hidden = 32 }\n", "", 1)
+        spec.write_text(text)
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{db}"], capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert key in lines[0] and words in lines[0], lines[0]
+    assert not db.exists()
+
+
+def test_a_regression_through_the_tensor_path_is_refused(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """A plain workload with float labels and the default cross-entropy loss: one line, exit 2
+    (it used to "run" with loss -0. and miss every trial)."""
+    plugin = tmp_path / "floaty.py"
+    plugin.write_text(
+        "import torch\n"
+        "from tuner.workload import Data, TrainedWorkload\n"
+        "class Floaty(TrainedWorkload):\n"
+        "    name = 'floaty'\n"
+        "    def num_train_examples(self): return 64\n"
+        "    def load_data(self):\n"
+        "        x = torch.randn(80, 4)\n"
+        "        return Data(x[:64], x[:64, 0], x[64:], x[64:, 0])\n"
+        "    def build_model(self): return torch.nn.Linear(4, 1)\n")
+    text = (LIT.replace('module = "mylab.models:{module}"\ndatamodule = "mylab.data:'
+                        '{datamodule}"\nmodule_args = {{ hidden = 32 }}\n{workload_extra}',
+                        'name = "floaty:Floaty"')
+            .format(trials=1, optimizer=MOMENTUM, space=MOMENTUM_SPACE.rsplit("\n", 1)[0],
+                    metric="loss", value=0.1, direction="minimize", max_steps=50))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        db = tmp_path / "t.db"
+        code, out, err = run_cli(["run", str(write(tmp_path, text)), "--storage",
+                                  f"sqlite:///{db}"], capsys)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert code == 2, err
+    assert "workload.name" in err and "cross-entropy" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()

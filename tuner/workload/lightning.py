@@ -1,0 +1,295 @@
+"""A user's LightningModule (and LightningDataModule), unchanged, as a workload.
+
+A spec names them instead of a workload::
+
+    [workload]
+    module = "mylab.models:LitClassifier"
+    datamodule = "mylab.data:FashionMNISTDataModule"   # optional: else the module's dataloaders
+    module_args = { hidden = 64 }
+    datamodule_args = { augment = true }
+    batch_size_arg = "batch_size"                       # the argument that receives B
+
+and may search constructor arguments as ``"module.NAME"`` / ``"datamodule.NAME"``. Each trial
+seeds every RNG with the trial's seed, constructs both with the fixed and searched arguments, and
+runs Lightning's ``Trainer.fit`` (:mod:`tuner.train.fit`). The metrics are what the module logs in
+validation: :meth:`LightningWorkload.preflight` finds them with one tiny fit before any storage is
+touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tuner.core.trial import Reporter, TrialRequest, TrialResult
+from tuner.workload.base import Workload
+from tuner.workload.registry import import_object, one_line
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+#: Search-space prefixes of constructor arguments.
+MODULE, DATAMODULE = "module.", "datamodule."
+
+
+@dataclass
+class LightningOptions:
+    """``[workload]`` keys of a LightningModule spec."""
+
+    module: str
+    datamodule: str = ""
+    module_args: dict[str, Any] = field(default_factory=dict)
+    datamodule_args: dict[str, Any] = field(default_factory=dict)
+    batch_size_arg: str = "batch_size"
+    #: ``"package.module:Class"`` of Lightning callbacks, constructed without arguments.
+    callbacks: list[str] = field(default_factory=list)
+    #: ``Trainer(gradient_clip_val=...)``; 0 = no clipping.
+    gradient_clip_val: float = 0.0
+
+
+class BuildError(Exception):
+    """Constructing the module (``key = "module"``) or DataModule failed (the cause chained)."""
+
+    def __init__(self, key: str, what: str) -> None:
+        super().__init__(f"constructing {what} failed")
+        self.key, self.what = key, what
+
+
+def _accepts(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes a keyword argument ``name``."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # a signature Python cannot read: let the call decide
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The searched ``module.*`` and ``datamodule.*`` arguments, without their prefixes."""
+    mod = {k[len(MODULE):]: v for k, v in params.items() if k.startswith(MODULE)}
+    dm = {k[len(DATAMODULE):]: v for k, v in params.items() if k.startswith(DATAMODULE)}
+    return mod, dm
+
+
+class LightningWorkload(Workload):
+    """A LightningModule + LightningDataModule named by a spec; trained by ``Trainer.fit``."""
+
+    name: ClassVar[str] = "lightning"
+    Options: ClassVar[type] = LightningOptions
+    metrics_from_preflight: ClassVar[bool] = True
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.metrics: dict[str, str] = {}  # filled by preflight
+        self._sizes: tuple[int, int] | None = None
+
+    # -- classes and arguments ------------------------------------------------------------------
+
+    def module_class(self) -> type[LightningModule]:
+        """The LightningModule class (imported)."""
+        return import_object(self.options.module, "module")  # type: ignore[return-value]
+
+    def datamodule_class(self) -> type[LightningDataModule] | None:
+        """The LightningDataModule class, or None when the module has its own dataloaders."""
+        if not self.options.datamodule:
+            return None
+        return import_object(self.options.datamodule, "datamodule")  # type: ignore[return-value]
+
+    def check_options(self) -> list[tuple[str, str]]:
+        """Import both classes and check the arguments the spec passes them."""
+        from lightning.pytorch import (  # heavy: lightning, only for these specs
+            LightningDataModule,
+            LightningModule,
+        )
+
+        o = self.options
+        try:
+            mod = self.module_class()
+        except KeyError as exc:
+            return [("module", exc.args[0])]
+        if not (isinstance(mod, type) and issubclass(mod, LightningModule)):
+            return [("module", f"{o.module!r} is not a LightningModule subclass; allowed: a "
+                     "lightning.pytorch.LightningModule (or pytorch_lightning's) class")]
+        try:
+            dm = self.datamodule_class()
+        except KeyError as exc:
+            return [("datamodule", exc.args[0])]
+        if dm is not None and not (isinstance(dm, type) and issubclass(dm, LightningDataModule)):
+            return [("datamodule", f"{o.datamodule!r} is not a LightningDataModule subclass")]
+        if mod.validation_step is LightningModule.validation_step:
+            return [("module", f"{o.module!r} defines no validation_step: the target is a "
+                     "metric it logs there with self.log")]
+        holder = dm or mod
+        base = LightningDataModule if dm is not None else LightningModule
+        for hook in ("train_dataloader", "val_dataloader"):
+            if getattr(holder, hook) is getattr(base, hook):
+                key = "datamodule" if dm is not None else "module"
+                return [(key, f"{(o.datamodule or o.module)!r} defines no {hook}()"
+                         + ("" if dm is not None else "; give [workload] datamodule"))]
+        for key, cls, args in (("module_args", mod, o.module_args),
+                               ("datamodule_args", dm, o.datamodule_args)):
+            if cls is None and args:
+                return [(key, "given without [workload] datamodule")]
+            for k in args if cls is not None else ():
+                if not _accepts(cls, k):
+                    return [(key, f"{cls.__name__} takes no argument {k!r}")]
+        if not _accepts(holder, o.batch_size_arg):
+            return [("batch_size_arg", f"{holder.__name__} takes no argument "
+                     f"{o.batch_size_arg!r}, which receives the batch size B; allowed: the "
+                     "name of its batch-size argument")]
+        for path in o.callbacks:
+            try:
+                import_object(path, "callback")
+            except KeyError as exc:
+                return [("callbacks", exc.args[0])]
+        if o.gradient_clip_val < 0:
+            return [("gradient_clip_val", f"{o.gradient_clip_val}; allowed: >= 0 (0: off)")]
+        return []
+
+    def check_metaparameters(self, optimizer: str, schedule: str, fixed: dict[str, Any],
+                             searched: set[str]) -> list[tuple[str, str]]:
+        """Searched constructor arguments must be arguments of their class."""
+        mod, dm = self.module_class(), self.datamodule_class()
+        for name in sorted(searched):
+            cls = mod if name.startswith(MODULE) else dm if name.startswith(DATAMODULE) else None
+            if name.startswith(DATAMODULE) and cls is None:
+                return [(f"search_space.{name}", "searches a DataModule argument without "
+                         "[workload] datamodule")]
+            arg = name.split(".", 1)[1] if cls is not None else ""
+            if cls is not None and not _accepts(cls, arg):
+                return [(f"search_space.{name}", f"{cls.__name__} takes no argument {arg!r}")]
+            if cls is not None and name.startswith(MODULE) and arg in self.options.module_args:
+                return [(f"search_space.{name}", "is also in [workload] module_args; searched or "
+                         "fixed, not both")]
+            if cls is not None and name.startswith(DATAMODULE) and (
+                    arg in self.options.datamodule_args):
+                return [(f"search_space.{name}", "is also in [workload] datamodule_args")]
+        return []
+
+    def build(self, request: TrialRequest) -> tuple[LightningModule, LightningDataModule | None,
+                                                    int]:
+        """Seed every RNG with the trial's seed, then construct the module and DataModule:
+        ``(module, datamodule or None, per-device batch size)``."""
+        import lightning.pytorch as pl  # heavy: lightning
+
+        pl.seed_everything(request.seed, workers=True, verbose=False)
+        o = self.options
+        per_device = request.batch_size // request.devices
+        mod_params, dm_params = _split(request.params)
+        dm_cls = self.datamodule_class()
+        mod_args = {**o.module_args, **mod_params}
+        if dm_cls is None:
+            mod_args[o.batch_size_arg] = per_device
+        mod_cls = self.module_class()
+        try:
+            module = mod_cls(**mod_args)
+        except Exception as exc:  # noqa: BLE001 - the user's constructor
+            raise BuildError("module", mod_cls.__name__) from exc
+        dm = None
+        if dm_cls is not None:
+            try:
+                dm = dm_cls(**o.datamodule_args, **dm_params, **{o.batch_size_arg: per_device})
+            except Exception as exc:  # noqa: BLE001 - the user's constructor
+                raise BuildError("datamodule", dm_cls.__name__) from exc
+        return module, dm, per_device
+
+    def callbacks(self) -> tuple[Any, ...]:
+        """The spec's Lightning callbacks, freshly constructed."""
+        return tuple(import_object(p, "callback")() for p in self.options.callbacks)
+
+    # -- data sizes ----------------------------------------------------------------------------
+
+    def _data_sizes(self) -> tuple[int, int]:
+        """(training, validation) examples, from the DataModule's datasets after ``setup``."""
+        if self._sizes is None:
+            import lightning.pytorch as pl  # heavy: lightning
+
+            pl.seed_everything(0, verbose=False)
+            o = self.options
+            dm_cls = self.datamodule_class()
+            holder: Any
+            if dm_cls is None:
+                holder = self.module_class()(**o.module_args, **{o.batch_size_arg: 1})
+            else:
+                holder = dm_cls(**o.datamodule_args, **{o.batch_size_arg: 1})
+                holder.prepare_data()
+                holder.setup("fit")
+            sizes = []
+            for hook in ("train_dataloader", "val_dataloader"):
+                loader = getattr(holder, hook)()
+                try:
+                    sizes.append(len(loader.dataset))
+                except TypeError:  # an IterableDataset without __len__
+                    sizes.append(0)
+            self._sizes = (sizes[0], sizes[1])
+        return self._sizes
+
+    def num_train_examples(self) -> int:
+        """Training examples (0 for a stream without a length)."""
+        return self._data_sizes()[0]
+
+    def num_val_examples(self) -> int:
+        """Validation examples; an unsized validation stream counts as 1 (it exists)."""
+        return self._data_sizes()[1] or 1
+
+    # -- trials ---------------------------------------------------------------------------------
+
+    def preflight(self, request: TrialRequest) -> tuple[list[tuple[str, str]], set[str]]:
+        """Construct both, run one training step and one validation pass over two batches, and
+        name what fails (a spec key and the exception's last line)."""
+        from tuner.train import fit  # heavy: torch and lightning
+
+        o = self.options
+        try:
+            module, dm, per_device = self.build(request)
+        except BuildError as exc:
+            return [(f"workload.{exc.key}", f"{exc.what}(...) failed: "
+                     f"{one_line(exc.__cause__ or exc)}")], set()
+        if request.schedule != "constant" and not module.automatic_optimization:
+            return [("optimizer.schedule", f"{request.schedule!r} with a module that uses "
+                     "manual optimization (it steps its own schedulers); allowed: constant, "
+                     "or [optimizer] name = 'module'")], set()
+        phase = fit.Phase()
+        try:
+            _, out = fit.fit_trial(
+                module, dm, request, lambda s, m: False, per_device_batch=per_device,
+                callbacks=self.callbacks(), gradient_clip_val=o.gradient_clip_val or None,
+                limit_val_batches=2, module_optimizers=request.optimizer == "module",
+                phase=phase)
+        except fit.BadBatch as exc:
+            holder = o.datamodule or o.module
+            return [("workload.batch_size_arg", f"{exc} at {o.batch_size_arg}={per_device}: "
+                     f"does {holder} pass {o.batch_size_arg!r} to its DataLoader?")], set()
+        except fit.MissingMetric as exc:
+            return [("target.metric", f"{request.target.metric!r} is not logged in "
+                     f"validation_step; logged: {', '.join(exc.logged) or 'nothing'}")], set()
+        except Exception as exc:  # noqa: BLE001 - the user's code
+            key = ("workload.datamodule" if phase.name == "setup" and o.datamodule
+                   else "workload.module")
+            where = {"setup": "setting up the data", "training_step": "the training step",
+                     "validation_step": "validation"}[phase.name]
+            return [(key, f"{where} failed: {one_line(exc)}")], set()
+        logged = set(out.curve[0][1]) if out.curve else set()
+        for g in request.also:
+            if g.metric not in logged:
+                return [("target.also", f"{g}: {g.metric!r} is not logged in validation_step; "
+                         f"logged: {', '.join(sorted(logged))}")], logged
+        self.metrics = {k: "" for k in sorted(logged)}
+        return [], logged
+
+    def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
+        """One trial under ``Trainer.fit``."""
+        from tuner.train.fit import fit_trial  # heavy: torch and lightning
+
+        module, dm, per_device = self.build(request)
+        result, _ = fit_trial(
+            module, dm, request, report, per_device_batch=per_device,
+            callbacks=self.callbacks(), gradient_clip_val=self.options.gradient_clip_val or None,
+            module_optimizers=request.optimizer == "module")
+        return result
+
+    def options_dict(self) -> dict[str, Any]:
+        """The options as plain data (stored in the study attrs)."""
+        return dataclasses.asdict(self.options)
