@@ -1,0 +1,197 @@
+"""Training steps per second over a DataLoader: a raw PyTorch loop vs our LightningModule path.
+
+The same small CNN, the same map-style Dataset (Fashion-MNIST images converted per item in
+``__getitem__``, as a torchvision dataset does), the same ``DataLoader(batch_size=B,
+shuffle=True, drop_last=True)``, the same SGD, in the same process:
+
+- raw: ``for x, y in loader``: forward, cross-entropy, ``zero_grad``, ``backward``, ``step``.
+- ours: :func:`tuner.train.fit.fit_trial`, the path every ``[workload] module = ...`` trial runs:
+  ``Trainer.fit`` of a LightningModule (``training_step`` returns the loss, ``self.log`` of the
+  training loss at every step) with the trial callback (the batch-size check, the divergence
+  check, validation only at the last step).
+- trainer: the same LightningModule under a plain ``Trainer`` (logger, checkpoints, progress bar
+  and model summary off, no callback of ours): Lightning's own cost.
+
+Each measurement times ``steps`` training steps after ``warmup`` steps, from the end of the
+warm-up's last batch to the end of the last timed batch (set-up, teardown and validation
+excluded). Repetitions are interleaved (each loop takes its turn first); a ratio is the median
+over repetitions of (loop / raw in the same repetition).
+
+    .venv/bin/python benchmarks/dataloader_speed.py [--reps 5] [--batch-sizes 32 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tuner.core.trial import Target, TrialRequest
+from tuner.train.fit import fit_trial, quiet_lightning
+from workloads.fashion_mnist import FashionMNIST, FashionMNISTOptions
+
+clock = time.perf_counter
+NEVER = Target("val_loss", -1.0, "minimize")
+
+
+class Images(Dataset):
+    """uint8 images -> normalised float tensors, one item at a time."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pixels = (x.reshape(-1, 1, 28, 28) * 0.3530 + 0.2860) * 255  # back to the file's bytes
+        self.x, self.y = pixels.round().clamp(0, 255).to(torch.uint8), y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.x[i].float() / 255.0 - 0.2860) / 0.3530, self.y[i]
+
+
+def cnn() -> nn.Module:
+    """A small CNN: two 3x3 conv layers (16, 32 channels) with max-pooling, a linear head."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
+
+
+class LitCNN(L.LightningModule):
+    """The CNN as a user writes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = cnn()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+class Data(L.LightningDataModule):
+    """The benchmark's loaders."""
+
+    def __init__(self, train: Dataset, val: Dataset, batch_size: int) -> None:
+        super().__init__()
+        self.train, self.val, self.batch_size = train, val, batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=256)
+
+
+class Timer(L.Callback):
+    """Seconds from the end of batch ``warmup`` to the end of batch ``warmup + steps``."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps, self.n, self.t0, self.seconds = warmup, steps, 0, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.n += 1
+        if self.n == self.warmup:
+            self.t0 = clock()
+        elif self.n == self.warmup + self.steps:
+            self.seconds = clock() - self.t0
+
+
+def run_raw(data: Data, warmup: int, steps: int) -> float:
+    torch.manual_seed(0)
+    model = cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    n, t0 = 0, 0.0
+    while True:
+        for x, y in data.train_dataloader():
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n += 1
+            if n == warmup:
+                t0 = clock()
+            elif n == warmup + steps:
+                return clock() - t0
+
+
+def run_ours(data: Data, warmup: int, steps: int) -> float:
+    torch.manual_seed(0)
+    timer = Timer(warmup, steps)
+    total = warmup + steps
+    req = TrialRequest(params={"learning_rate": 0.01, "one_minus_momentum": 0.1,
+                               "weight_decay": 0.0}, optimizer="momentum", schedule="constant",
+                       batch_size=data.batch_size, max_steps=total, eval_steps=(total,),
+                       target=NEVER, seed=0, accelerator="cpu")
+    fit_trial(LitCNN(), data, req, lambda s, m: False, per_device_batch=data.batch_size,
+              callbacks=(timer,))
+    return timer.seconds
+
+
+def run_trainer(data: Data, warmup: int, steps: int) -> float:
+    torch.manual_seed(0)
+    timer = Timer(warmup, steps)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[timer])
+    trainer.fit(LitCNN(), datamodule=data)
+    return timer.seconds
+
+
+LOOPS: dict[str, Callable[[Data, int, int], float]] = {
+    "raw": run_raw, "ours": run_ours, "trainer": run_trainer}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 512])
+    ap.add_argument("--examples", type=int, default=8192, help="training images used")
+    args = ap.parse_args()
+    quiet_lightning()
+    torch.set_flush_denormal(True)
+    fm = FashionMNIST(FashionMNISTOptions(model="cnn", val_size=1000))
+    d = fm.data()
+    train = Images(d.train_x[:args.examples], d.train_y[:args.examples])
+    val = Images(d.val_x[:256], d.val_y[:256])
+    print(f"torch {torch.__version__}, lightning {L.__version__}, threads "
+          f"{torch.get_num_threads()}, {args.examples} training images, {args.reps} reps")
+    print(f"{'B':>5} {'steps':>6} {'raw steps/s':>12} {'ours/raw':>9} {'trainer/raw':>12}"
+          f"  (per rep: ours/raw)")
+    for b in args.batch_sizes:
+        steps = max(20, 12000 // b)  # about a second of the raw loop here
+        warmup = max(5, steps // 10)
+        data = Data(train, val, b)
+        ratios: dict[str, list[float]] = {"ours": [], "trainer": []}
+        raw_rates: list[float] = []
+        names = list(LOOPS)
+        for rep in range(args.reps):
+            order = names[rep % len(names):] + names[:rep % len(names)]
+            secs = {name: LOOPS[name](data, warmup, steps) for name in order}
+            raw_rates.append(steps / secs["raw"])
+            for name in ratios:
+                ratios[name].append(secs["raw"] / secs[name])
+        print(f"{b:>5} {steps:>6} {statistics.median(raw_rates):>12.1f} "
+              f"{statistics.median(ratios['ours']):>8.2f}x "
+              f"{statistics.median(ratios['trainer']):>11.2f}x  "
+              f"({', '.join(f'{r:.2f}' for r in ratios['ours'])})")
+
+
+if __name__ == "__main__":
+    main()
