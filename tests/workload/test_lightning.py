@@ -274,3 +274,22 @@ def test_a_regression_through_the_tensor_path_is_refused(tmp_path: Path,
     assert code == 2, err
     assert "workload.name" in err and "cross-entropy" in err and len(err.strip().splitlines()) == 1
     assert not db.exists()
+
+
+def test_spec_callbacks_clipping_and_precision_reach_the_trainer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``callbacks``, ``gradient_clip_val`` and ``[trainer] precision`` are the Trainer's."""
+    from mylab.callbacks import SEEN
+
+    SEEN.clear()
+    spec = lit_spec(tmp_path, workload_extra='callbacks = ["mylab.callbacks:Recorder"]\n'
+                    "gradient_clip_val = 0.5", max_steps=20, trials=1)
+    spec.write_text(spec.read_text() + '\n[trainer]\nprecision = "64-true"\n')
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{db}", "-b", "16"],
+                             capsys)
+    assert code == 0, err
+    assert ("on_train_start", 0.5, "64-true", "torch.float64") in SEEN
+    assert sum(hook == "on_validation_end" for hook, *_ in SEEN) >= 2  # pre-flight + the trial
+    (t,) = trials_of(db)
+    assert t.state == optuna.trial.TrialState.COMPLETE
