@@ -191,11 +191,13 @@ def test_every_batch_holds_b_examples_across_epochs(tmp_path: Path,
     assert max(t.user_attrs["curve"]["metrics"]["epoch"]) >= 2.0  # 14 batches an epoch
 
 
-def test_a_trial_is_reproducible_from_its_seed(tmp_path: Path) -> None:
-    """The same request twice: the same curve, to float tolerance."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_trial_is_reproducible_from_its_seed(workers: int, tmp_path: Path) -> None:
+    """The same request twice: the same curve, to float tolerance (with DataLoader worker
+    processes too: the loader the tool rebuilds with drop_last keeps them)."""
     from tuner.run.specs import load, probe_request
 
-    spec = load(lit_spec(tmp_path))
+    spec = load(lit_spec(tmp_path, workload_extra=f"datamodule_args = {{ num_workers = {workers} }}"))
     req = probe_request(spec, 16)
     req = dataclasses.replace(req, max_steps=60, eval_steps=(20, 40, 60))
     w = spec.bound()
