@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -295,3 +298,19 @@ def test_spec_callbacks_clipping_and_precision_reach_the_trainer(
     assert sum(hook == "on_validation_end" for hook, *_ in SEEN) >= 2  # pre-flight + the trial
     (t,) = trials_of(db)
     assert t.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_package_in_the_current_folder_runs_with_workers(tmp_path: Path) -> None:
+    """``tuner run`` from the folder that holds the user's package, as a user runs it (no
+    PYTHONPATH, not installed), with two worker processes: each imports it."""
+    shutil.copytree(Path(__file__).parents[1] / "mylab", tmp_path / "mylab")
+    lit_spec(tmp_path, trials=2)
+    tuner = Path(sys.executable).parent / "tuner"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([str(tuner), "run", "spec.toml", "--storage", "sqlite:///t.db", "-b", "16",
+                        "--workers", "2", "-q"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    trials = trials_of(tmp_path / "t.db")
+    assert len(trials) == 2 and len({t.user_attrs["worker"] for t in trials}) >= 1
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in trials)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 
 from tuner.workload.base import Workload
 
@@ -66,6 +68,8 @@ def import_object(path: str, what: str) -> object:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise KeyError(f"{path!r}; allowed: 'package.module:Name'")
+    if os.getcwd() not in sys.path:  # as `python -m` would: your package in the current folder
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - a plug-in's import may raise anything
