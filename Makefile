@@ -8,7 +8,7 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 STORAGE  ?= sqlite:///results/tuner.db
 TUNER    := $(BIN)/tuner
-DEBIAN_PACKAGES := dataset-fashion-mnist chromium postgresql
+DEBIAN_PACKAGES := dataset-fashion-mnist bible-kjv bible-kjv-text chromium postgresql
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075 nqm_momentum_ema
