@@ -14,6 +14,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075 nqm_momentum_ema
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
+        charlm-kjv fashion-mnist-resnet8 \
         $(NQM_SPECS) bench-nqm postgres dashboard clean soak lint test-optuna-floor
 
 help:
@@ -24,12 +25,15 @@ help:
 	@echo "make digits-mlp         reproduce studies/digits_mlp.toml"
 	@echo "make fashion-mnist-cnn  reproduce studies/fashion_mnist_cnn.toml (hours on CPU)"
 	@echo "make fashion-mnist-mlp  reproduce studies/fashion_mnist_mlp.toml"
+	@echo "make charlm-kjv         reproduce studies/charlm_kjv.toml: a char-level Transformer, Lightning (hours on CPU)"
+	@echo "make fashion-mnist-resnet8  reproduce studies/fashion_mnist_resnet8.toml: ResNet-8 + augmentation (hours on CPU)"
 	@echo "make nqm                the six NQM studies + the two headline figures in results/"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
 	@echo "make bench-nqm-workers  tuner run nqm_sgd: --workers 1 vs 2 (time, identical results)"
-	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers (benchmarks/README.md)"
+	@echo "make bench-dataloader   steps/s over a DataLoader: raw PyTorch vs our LightningModule path"
+	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader (benchmarks/README.md)"
 	@echo "make wheels             wheels/ for an offline install (NO_TORCH=1: without torch/lightning)"
 	@echo "make install-offline    .venv from wheels/, no network; uses an installed torch"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
@@ -99,6 +103,14 @@ fashion-mnist-cnn: $(STAMP) debian
 fashion-mnist-mlp: $(STAMP) debian
 	$(TUNER) run studies/fashion_mnist_mlp.toml --storage $(STORAGE)
 
+# LightningModule + LightningDataModule workloads (workloads/charlm.py, workloads/resnet.py):
+# hours on this CPU, minutes per batch size on a GPU.
+charlm-kjv: $(STAMP) debian
+	$(TUNER) run studies/charlm_kjv.toml --storage $(STORAGE)
+
+fashion-mnist-resnet8: $(STAMP) debian
+	$(TUNER) run studies/fashion_mnist_resnet8.toml --storage $(STORAGE)
+
 # The noisy quadratic model (Zhang et al. 2019): five algorithms, then the paper's two figures.
 $(NQM_SPECS): $(STAMP)
 	$(TUNER) run studies/$@.toml --storage $(STORAGE) --quiet
@@ -123,7 +135,7 @@ dashboard: $(STAMP)
 # Speed (issue 6): side-by-side measurements, never part of `make test` (benchmarks/README.md),
 # and an offline install for GPU machines without a network.
 
-.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-all wheels \
+.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-all wheels \
         install-offline
 
 bench: $(STAMP)
@@ -141,7 +153,10 @@ bench-storage: $(STAMP)
 bench-nqm-workers: $(STAMP)
 	$(BIN)/python benchmarks/nqm_workers.py
 
-bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers
+bench-dataloader: $(STAMP) debian
+	$(BIN)/python benchmarks/dataloader_speed.py
+
+bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader
 
 # On a machine with a network: wheels/ gets this project's wheel and every dependency at the
 # versions of constraints.txt. NO_TORCH=1 leaves out torch, torchvision, lightning and their CUDA

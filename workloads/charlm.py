@@ -140,11 +140,14 @@ class CharDataModule(L.LightningDataModule):
         max_chars: use only the text's first ``max_chars`` characters (0: all).
         text_path: a UTF-8 text file; empty: the King James Version (Debian packages).
         num_workers: DataLoader worker processes.
+        eval_batch_size: examples per validation batch (validation is in eval mode: the
+            result does not depend on it, only the time does).
     """
 
     def __init__(self, batch_size: int = 64, context: int = 128, val_fraction: float = 0.1,
                  block: int = 4096, split_seed: int = 0, max_chars: int = 0,
-                 text_path: str = "", num_workers: int = 0) -> None:
+                 text_path: str = "", num_workers: int = 0,
+                 eval_batch_size: int = 256) -> None:
         super().__init__()
         if block <= context:
             raise ValueError(f"block ({block}) must exceed context ({context})")
@@ -202,7 +205,7 @@ class CharDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """The fixed validation windows, in order."""
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,
+        return DataLoader(self.val_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
 

@@ -117,6 +117,8 @@ class ImageDataModule(L.LightningDataModule):
         train_size: use only this many of the remaining training images (0: all).
         data_seed: seed of the hold-out split (the same for every trial).
         num_workers: DataLoader worker processes.
+        eval_batch_size: examples per validation batch (validation is in eval mode: the
+            result does not depend on it, only the time does).
     """
 
     cifar_class: type[CIFAR10] = CIFAR10  # a subclass may read another CIFAR-format copy
@@ -124,7 +126,8 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 128, dataset: str = "fashion_mnist", data_dir: str = "",
                  download: bool = False, crop_padding: int = 4, flip: bool = True,
                  augment: bool = True, val_size: int = 10000, train_size: int = 0,
-                 data_seed: int = 0, num_workers: int = 0) -> None:
+                 data_seed: int = 0, num_workers: int = 0,
+                 eval_batch_size: int = 256) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
@@ -209,7 +212,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """The validation hold-out, unaugmented, in order."""
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,
+        return DataLoader(self.val_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
 
