@@ -9,6 +9,8 @@ shuffle=True, drop_last=True)``, the same SGD, in the same process:
   ``Trainer.fit`` of a LightningModule (``training_step`` returns the loss, ``self.log`` of the
   training loss at every step) with the trial callback (the batch-size check, the divergence
   check, validation only at the last step).
+- ours/no-log: ours with a module whose ``training_step`` does not call ``self.log``
+  (Lightning's per-step logging cost is the difference).
 - trainer: the same LightningModule under a plain ``Trainer`` (logger, checkpoints, progress bar
   and model summary off, no callback of ours): Lightning's own cost.
 
@@ -17,7 +19,7 @@ warm-up's last batch to the end of the last timed batch (set-up, teardown and va
 excluded). Repetitions are interleaved (each loop takes its turn first); a ratio is the median
 over repetitions of (loop / raw in the same repetition).
 
-    .venv/bin/python benchmarks/dataloader_speed.py [--reps 5] [--batch-sizes 32 512]
+    .venv/bin/python benchmarks/dataloader_speed.py [--reps 5] [--batch-sizes 32 512] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -84,6 +86,14 @@ class LitCNN(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
+class LitCNNNoLog(LitCNN):
+    """The same module without ``self.log`` in ``training_step`` (Lightning's logging cost)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+
 class Data(L.LightningDataModule):
     """The benchmark's loaders."""
 
@@ -130,7 +140,7 @@ def run_raw(data: Data, warmup: int, steps: int) -> float:
                 return clock() - t0
 
 
-def run_ours(data: Data, warmup: int, steps: int) -> float:
+def run_ours(data: Data, warmup: int, steps: int, module: type[LitCNN] = LitCNN) -> float:
     torch.manual_seed(0)
     timer = Timer(warmup, steps)
     total = warmup + steps
@@ -138,7 +148,7 @@ def run_ours(data: Data, warmup: int, steps: int) -> float:
                                "weight_decay": 0.0}, optimizer="momentum", schedule="constant",
                        batch_size=data.batch_size, max_steps=total, eval_steps=(total,),
                        target=NEVER, seed=0, accelerator="cpu")
-    fit_trial(LitCNN(), data, req, lambda s, m: False, per_device_batch=data.batch_size,
+    fit_trial(module(), data, req, lambda s, m: False, per_device_batch=data.batch_size,
               callbacks=(timer,))
     return timer.seconds
 
@@ -154,8 +164,12 @@ def run_trainer(data: Data, warmup: int, steps: int) -> float:
     return timer.seconds
 
 
+def run_ours_nolog(data: Data, warmup: int, steps: int) -> float:
+    return run_ours(data, warmup, steps, LitCNNNoLog)
+
+
 LOOPS: dict[str, Callable[[Data, int, int], float]] = {
-    "raw": run_raw, "ours": run_ours, "trainer": run_trainer}
+    "raw": run_raw, "ours": run_ours, "trainer": run_trainer, "ours/no-log": run_ours_nolog}
 
 
 def main() -> None:
@@ -163,7 +177,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 512])
     ap.add_argument("--examples", type=int, default=8192, help="training images used")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: this process's CPU time (robust to other processes' load)")
     args = ap.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     quiet_lightning()
     torch.set_flush_denormal(True)
     fm = FashionMNIST(FashionMNISTOptions(model="cnn", val_size=1000))
@@ -171,14 +189,15 @@ def main() -> None:
     train = Images(d.train_x[:args.examples], d.train_y[:args.examples])
     val = Images(d.val_x[:256], d.val_y[:256])
     print(f"torch {torch.__version__}, lightning {L.__version__}, threads "
-          f"{torch.get_num_threads()}, {args.examples} training images, {args.reps} reps")
+          f"{torch.get_num_threads()}, {args.examples} training images, {args.reps} reps, "
+          f"{args.clock} clock")
     print(f"{'B':>5} {'steps':>6} {'raw steps/s':>12} {'ours/raw':>9} {'trainer/raw':>12}"
-          f"  (per rep: ours/raw)")
+          f" {'ours/no-log/raw':>16}  (per rep: ours/raw)")
     for b in args.batch_sizes:
         steps = max(20, 12000 // b)  # about a second of the raw loop here
         warmup = max(5, steps // 10)
         data = Data(train, val, b)
-        ratios: dict[str, list[float]] = {"ours": [], "trainer": []}
+        ratios: dict[str, list[float]] = {"ours": [], "trainer": [], "ours/no-log": []}
         raw_rates: list[float] = []
         names = list(LOOPS)
         for rep in range(args.reps):
@@ -189,7 +208,8 @@ def main() -> None:
                 ratios[name].append(secs["raw"] / secs[name])
         print(f"{b:>5} {steps:>6} {statistics.median(raw_rates):>12.1f} "
               f"{statistics.median(ratios['ours']):>8.2f}x "
-              f"{statistics.median(ratios['trainer']):>11.2f}x  "
+              f"{statistics.median(ratios['trainer']):>11.2f}x "
+              f"{statistics.median(ratios['ours/no-log']):>15.2f}x  "
               f"({', '.join(f'{r:.2f}' for r in ratios['ours'])})")
 
 
