@@ -192,6 +192,7 @@ def test_every_batch_holds_b_examples_across_epochs(tmp_path: Path,
     assert t.state == optuna.trial.TrialState.COMPLETE, t.system_attrs
     assert t.user_attrs["stopped_at_step"] == 40 and t.user_attrs["examples_seen"] == 4000
     assert max(t.user_attrs["curve"]["metrics"]["epoch"]) >= 2.0  # 14 batches an epoch
+    assert t.user_attrs["curve"]["steps"][-1] == 40  # the last evaluation is at the budget
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -314,3 +315,20 @@ def test_a_package_in_the_current_folder_runs_with_workers(tmp_path: Path) -> No
     trials = trials_of(tmp_path / "t.db")
     assert len(trials) == 2 and len({t.user_attrs["worker"] for t in trials}) >= 1
     assert all(t.state != optuna.trial.TrialState.FAIL for t in trials)
+
+
+def test_a_diverging_module_trial_is_recorded_as_diverged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A learning rate far too large: the training loss explodes, the trial stops at that step
+    and is stored COMPLETE with diverged = True (not FAIL, not missed)."""
+    spec = lit_spec(tmp_path, trials=1, max_steps=200,
+                    space="learning_rate = { low = 1e4, high = 1e5, log = true }\n"
+                          "one_minus_momentum = { low = 0.05, high = 0.5, log = true }")
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{db}", "-b", "16"],
+                             capsys)
+    assert code == 0, err
+    (t,) = trials_of(db)
+    assert t.state == optuna.trial.TrialState.COMPLETE
+    assert t.user_attrs["diverged"] and t.user_attrs["outcome"] == "diverged"
+    assert t.user_attrs["stopped_at_step"] < 200

@@ -102,7 +102,8 @@ def test_split_is_seeded_disjoint_contiguous_blocks(tmp_path: Path) -> None:
 
 
 def test_batches_are_dicts(tmp_path: Path) -> None:
-    dm = CharDataModule(batch_size=8, context=24, block=120, text_path=text_file(tmp_path))
+    dm = CharDataModule(batch_size=8, context=24, block=120, text_path=text_file(tmp_path),
+                        eval_batch_size=8)
     dm.setup("fit")
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         batch = next(iter(loader))
