@@ -12,9 +12,7 @@ is read: a seeded ``val_size`` hold-out of it decides the target; the test set i
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from torch import nn
 
 from tuner.workload import Data, TrainedWorkload
 from workloads.digits import mlp, split
+from workloads.idx import find_idx, idx_count, read_idx
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 N_TRAIN_FILE = 60000
@@ -41,40 +40,6 @@ class FashionMNISTOptions:
     val_size: int = 10000  # validation hold-out taken from the training file
     train_size: int = 0  # use only this many training examples (0: all the rest)
     data_seed: int = 0  # seed of the hold-out split (same for every trial)
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file (gzipped or raw) as a uint8 tensor of its declared shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    body = raw[4 + 4 * ndim:]
-    count = 1
-    for d in shape:
-        count *= d
-    if len(body) != count:
-        raise ValueError(f"{path}: header says {count} bytes of data, file has {len(body)}")
-    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
-
-
-def idx_count(path: Path) -> int:
-    """The number of items an IDX file declares (reads only its header)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        header = f.read(8)
-    return struct.unpack(">I", header[4:8])[0]
-
-
-def find_idx(folder: Path, stem: str) -> Path | None:
-    """``folder/stem`` or ``folder/stem.gz``, whichever exists."""
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
 
 
 class SimpleCNN(nn.Module):

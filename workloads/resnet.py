@@ -25,9 +25,7 @@ Usage::
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 
 import lightning as L
@@ -38,33 +36,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, FashionMNIST
 
+from workloads.idx import find_idx, read_idx
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 DEFAULT_ROOT = "~/.cache/tuner"  # where download=True puts files when data_dir is empty
 DATASETS = ("fashion_mnist", "cifar10")
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file (gzipped or raw) of unsigned bytes as a uint8 tensor of its declared shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    body = raw[4 + 4 * ndim:]
-    if len(body) != int(torch.tensor(shape).prod()):
-        raise ValueError(f"{path}: header says shape {shape}, file has {len(body)} bytes of data")
-    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
-
-
-def find_idx(folder: Path, stem: str) -> Path:
-    """``folder/stem`` or ``folder/stem.gz``, whichever exists."""
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"no {stem}[.gz] in {folder}; install Debian's dataset-fashion-mnist, "
-                            "set data_dir, or set download=True")
 
 
 class AugmentedImages(Dataset):
@@ -173,8 +149,12 @@ class ImageDataModule(L.LightningDataModule):
             ds = FashionMNIST(self.root, train=True, download=False)
             return ds.data.unsqueeze(1), ds.targets.long()
         folder = Path(h.data_dir or FASHION_MNIST_DIR)
-        images = read_idx(find_idx(folder, "train-images-idx3-ubyte"))
-        labels = read_idx(find_idx(folder, "train-labels-idx1-ubyte"))
+        paths = [find_idx(folder, stem) for stem in ("train-images-idx3-ubyte",
+                                                     "train-labels-idx1-ubyte")]
+        if None in paths:
+            raise FileNotFoundError(f"no train-*-idx*-ubyte[.gz] in {folder}; install Debian's "
+                                    "dataset-fashion-mnist, set data_dir, or set download=True")
+        images, labels = (read_idx(p) for p in paths)
         return images.unsqueeze(1), labels.long()
 
     def setup(self, stage: str | None = None) -> None:
