@@ -332,3 +332,13 @@ def test_a_diverging_module_trial_is_recorded_as_diverged(
     assert t.state == optuna.trial.TrialState.COMPLETE
     assert t.user_attrs["diverged"] and t.user_attrs["outcome"] == "diverged"
     assert t.user_attrs["stopped_at_step"] < 200
+
+
+def test_a_lightning_module_named_as_a_workload_says_how_to_name_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``name = "mylab.models:LitClassifier"`` (the old way) points to ``module = ...``."""
+    text = lit_spec(tmp_path).read_text().replace('module = "mylab.models:LitClassifier"',
+                                                  'name = "mylab.models:LitClassifier"')
+    code, out, err = run_cli(["run", str(write(tmp_path, text)), "--storage",
+                              f"sqlite:///{tmp_path / 't.db'}"], capsys)
+    assert code == 2 and "is a LightningModule" in err and "module = " in err, err

@@ -52,6 +52,10 @@ def get(name: str) -> type[Workload]:
                        "'package.module:Class'")
     cls = import_object(path, "workload")
     if not (isinstance(cls, type) and issubclass(cls, Workload)):
+        if isinstance(cls, type) and callable(getattr(cls, "training_step", None)):
+            raise KeyError(f"{name!r} is a LightningModule, not a tuner.workload.Workload "
+                           f"subclass; allowed: [workload] module = {name!r} (and datamodule = "
+                           "...; workloads/README.md)")
         raise KeyError(f"{name!r} is not a tuner.workload.Workload subclass")
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
