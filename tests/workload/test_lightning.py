@@ -342,3 +342,22 @@ def test_a_lightning_module_named_as_a_workload_says_how_to_name_it(
     code, out, err = run_cli(["run", str(write(tmp_path, text)), "--storage",
                               f"sqlite:///{tmp_path / 't.db'}"], capsys)
     assert code == 2 and "is a LightningModule" in err and "module = " in err, err
+
+
+def test_ddp_inside_a_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``[trainer] devices = 2`` on the CPU (gloo): two rank processes, each a batch of B / 2,
+    rank 0 reports; the trial is stored once, reaches the target, and the module saw the
+    global step (the same on both ranks: a step is one global batch)."""
+    spec = lit_spec(tmp_path, module="ProbedClassifier", trials=1, value=0.8, max_steps=150)
+    text = spec.read_text().replace("[16, 64]", "[32]")
+    spec.write_text(text + '\n[trainer]\naccelerator = "cpu"\ndevices = 2\n')
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{db}"], capsys)
+    assert code == 0, err
+    assert "Initializing distributed" not in err
+    (t,) = trials_of(db)
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["devices"] == 2
+    assert t.user_attrs["reached"], t.user_attrs["best_metric"]
+    c = t.user_attrs["curve"]
+    assert c["metrics"]["global_step"] == [float(s) for s in c["steps"]]
+    assert t.user_attrs["examples_seen"] == 32 * t.user_attrs["stopped_at_step"]

@@ -732,11 +732,8 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
     if workload is None:
         return spec
     if spec.devices > 1:
-        if wname == LIGHTNING:
-            raise SpecError(path, "trainer.devices", "a LightningModule trial runs on one "
-                            "device for now (DDP inside a trial is the tensor path's); "
-                            "allowed: 1")
-        if not callable(getattr(workload, "build_model", None)):  # not a TrainedWorkload
+        if wname != LIGHTNING and not callable(getattr(workload, "build_model", None)):
+            # neither a TrainedWorkload nor a LightningModule: nothing to train
             raise SpecError(path, "trainer.devices", f"workload {wname!r} is not trained; "
                             "allowed: 1")
         if odd := [b for b in spec.batch_sizes if b % spec.devices]:

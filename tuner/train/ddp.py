@@ -35,8 +35,8 @@ def train_ddp(workload: TrainedWorkload, req: TrialRequest, report: Reporter) ->
     up: Queue = ctx.Queue()  # rank 0 -> here: (step, metrics), then None when done
     down: Queue = ctx.Queue()  # here -> rank 0: stop?
     errors: list[BaseException] = []  # what report raised (the trial then stops, and raises it)
-    relay = threading.Thread(target=_relay, args=(up, down, report, errors), daemon=True)
-    relay.start()
+    thread = threading.Thread(target=relay, args=(up, down, report, errors), daemon=True)
+    thread.start()
     fabric = Fabric(accelerator=req.accelerator, devices=req.devices, strategy="ddp_spawn",
                     precision=req.precision, loggers=[])
     try:
@@ -44,13 +44,13 @@ def train_ddp(workload: TrainedWorkload, req: TrialRequest, report: Reporter) ->
         result = fabric.launch(_rank_main, pickle.dumps((workload, req)), up, down)
     finally:
         up.put(None)
-        relay.join(timeout=10)
+        thread.join(timeout=10)
     if errors:
         raise errors[0]
     return result
 
 
-def _relay(up: Queue, down: Queue, report: Reporter, errors: list[BaseException]) -> None:
+def relay(up: Queue, down: Queue, report: Reporter, errors: list[BaseException]) -> None:
     """Answer rank 0's reports. If ``report`` raises (e.g. the storage is gone), the answer is
     "stop", so that no rank waits forever, and the error is kept for :func:`train_ddp`."""
     while (msg := up.get()) is not None:

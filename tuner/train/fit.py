@@ -44,7 +44,7 @@ from tuner.train.optim import build_optimizer, build_schedule
 #: Lightning's per-fit info lines ("GPU available: ...", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES")
 #: would be printed once per trial: they go to these loggers.
 _CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                   "lightning.fabric.utilities.seed")
+                   "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed")
 
 
 class Diverged(Exception):
@@ -175,11 +175,16 @@ class TrialCallback(Callback):
         if step != self.next_eval:  # a validation Lightning ran on its own (e.g. a stop)
             return
         metrics = validation_metrics(trainer, self._before)
+        ddp = trainer.world_size > 1
+        if ddp:  # every rank goes on with rank 0's metrics (equal when logged with sync_dist)
+            metrics = trainer.strategy.broadcast(metrics, src=0)
         target = self.req.target
         if target.metric not in metrics:
             raise MissingMetric(target.metric, sorted(metrics))
         value = metrics[target.metric]
-        stop = math.isfinite(value) and self.report(step, metrics)
+        stop = trainer.global_rank == 0 and math.isfinite(value) and self.report(step, metrics)
+        if ddp:
+            stop = trainer.strategy.broadcast(stop, src=0)
         self.out.eval_seconds += time.perf_counter() - self._t0
         self.out.curve.append((step, metrics))
         out = self.out
@@ -261,7 +266,8 @@ def make_trainer(req: TrialRequest, callbacks: list[Callback], gradient_clip_val
     """A ``Trainer`` for one trial: the spec's device and precision, ``max_steps`` = the budget,
     validation only when the callback asks for it, no logger, checkpoints or progress bar."""
     return Trainer(
-        accelerator=req.accelerator, devices=1, precision=req.precision,
+        accelerator=req.accelerator, devices=req.devices, precision=req.precision,
+        strategy="ddp" if req.devices > 1 else "auto",
         max_steps=req.max_steps, max_epochs=-1, check_val_every_n_epoch=None,
         val_check_interval=req.eval_steps[0], num_sanity_val_steps=0,
         limit_val_batches=limit_val_batches, logger=False, enable_checkpointing=False,

@@ -280,8 +280,22 @@ class LightningWorkload(Workload):
         return [], logged
 
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
-        """One trial under ``Trainer.fit``."""
+        """One trial under ``Trainer.fit``; with ``devices > 1``, DDP in that many rank
+        processes (:mod:`tuner.train.fit_ddp`)."""
+        if request.devices > 1:
+            from tuner.train.fit_ddp import fit_ddp  # heavy: torch and lightning
+
+            return fit_ddp(self, request, report)
+        return self.run_here(request, report)
+
+    def run_here(self, request: TrialRequest, report: Reporter | None) -> TrialResult:
+        """The trial (or, under DDP, this rank's part of it) in this process; ``report`` is
+        None on the ranks that do not report (all but rank 0)."""
         from tuner.train.fit import fit_trial  # heavy: torch and lightning
+
+        if report is None:
+            def report(step: int, metrics: dict[str, float]) -> bool:
+                raise AssertionError("only rank 0 reports")
 
         module, dm, per_device = self.build(request)
         result, _ = fit_trial(
