@@ -18,3 +18,13 @@ class SpecError(UsageError):
         self.key = key
         self.message = message
         super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception in one line: its type and its message's last line (a multi-line message
+    ends with the cause), and where for a syntax error."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[-1].split()) if lines else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -22,6 +22,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
+from tuner.core.errors import one_line
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.train.ddp import relay
 
@@ -92,8 +93,6 @@ def _rank_main(job: bytes, rank: int, world: int, port: int, up: Queue, down: Qu
                done: Queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0",
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    from tuner.workload.registry import one_line
-
     workload, req = pickle.loads(job)
 
     def report(step: int, metrics: dict[str, float]) -> bool:

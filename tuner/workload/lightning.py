@@ -23,9 +23,10 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from tuner.core.errors import one_line
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.workload.base import Workload
-from tuner.workload.registry import import_object, one_line
+from tuner.workload.registry import import_object
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule, LightningModule

@@ -11,7 +11,10 @@ import inspect
 import os
 import sys
 
+from tuner.core.errors import one_line
 from tuner.workload.base import Workload
+
+__all__ = ["get", "import_object", "names", "one_line", "register"]
 
 _BUILTIN = {
     "digits": "workloads.digits:Digits",
@@ -83,13 +86,3 @@ def import_object(path: str, what: str) -> object:
         raise KeyError(f"cannot import {what} {path!r}: module {module_name!r} has no "
                        f"attribute {attr!r}")
     return obj
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception in one line: its type and its message's last line (a multi-line message
-    ends with the cause), and where for a syntax error."""
-    if isinstance(exc, SyntaxError):
-        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines[-1].split()) if lines else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -6,9 +6,9 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from tuner.core.errors import one_line as _one_line
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.workload.base import Workload
-from tuner.workload.registry import one_line as _one_line
 
 if TYPE_CHECKING:
     import torch
