@@ -151,3 +151,23 @@ class BrokenStep(LitClassifier):
     def training_step(self, batch, batch_idx):
         x, y = batch
         return F.cross_entropy(self(x[:, :32]), y)
+
+
+class SelfContained(LitClassifier):
+    """A module with its own dataloaders (no DataModule), taking the batch size itself."""
+
+    def __init__(self, hidden: int = 64, dropout: float = 0.0, lr: float = 0.1,
+                 batch_size: int = 32):
+        super().__init__(hidden, dropout, lr)
+        from mylab.data import DigitsDataModule
+
+        self.data = DigitsDataModule(batch_size=batch_size)
+
+    def setup(self, stage: str) -> None:
+        self.data.setup(stage)
+
+    def train_dataloader(self):
+        return self.data.train_dataloader()
+
+    def val_dataloader(self):
+        return self.data.val_dataloader()

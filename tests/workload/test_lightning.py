@@ -361,3 +361,22 @@ def test_ddp_inside_a_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     c = t.user_attrs["curve"]
     assert c["metrics"]["global_step"] == [float(s) for s in c["steps"]]
     assert t.user_attrs["examples_seen"] == 32 * t.user_attrs["stopped_at_step"]
+
+
+def test_a_module_with_its_own_dataloaders(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """No DataModule: the module takes ``batch_size_arg`` and serves its own loaders; a budget
+    in epochs is counted from its training set (1437 digits)."""
+    text = lit_spec(tmp_path, module="SelfContained", trials=1).read_text()
+    text = text.replace('datamodule = "mylab.data:DigitsDataModule"\n', "")
+    text = text.replace("max_steps = 200", "max_epochs = 1")
+    spec = write(tmp_path, text)
+    from tuner.run.specs import load
+
+    assert load(spec).max_steps(16) == 90  # ceil(1437 / 16)
+    db = tmp_path / "t.db"
+    code, out, err = run_cli(["run", str(spec), "--storage", f"sqlite:///{db}", "-b", "16"],
+                             capsys)
+    assert code == 0, err
+    (t,) = trials_of(db)
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["max_steps"] == 90

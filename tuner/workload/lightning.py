@@ -215,8 +215,8 @@ class LightningWorkload(Workload):
                 holder = self.module_class()(**o.module_args, **{o.batch_size_arg: 1})
             else:
                 holder = dm_cls(**o.datamodule_args, **{o.batch_size_arg: 1})
-                holder.prepare_data()
-                holder.setup("fit")
+            holder.prepare_data()  # the hooks Lightning calls before the dataloaders
+            holder.setup("fit")
             sizes = []
             for hook in ("train_dataloader", "val_dataloader"):
                 loader = getattr(holder, hook)()
