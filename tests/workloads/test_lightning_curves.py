@@ -50,7 +50,7 @@ learning_rate = { low = 0.02, high = 0.2, log = true }
 one_minus_momentum = { low = 0.05, high = 0.2, log = true }
 [target]
 metric = "val_acc"
-value = 0.5
+value = 0.35
 direction = "maximize"
 [budget]
 max_steps = 150
