@@ -1,13 +1,13 @@
-"""Storing a finished trial in one transaction with a handful of statements.
+"""Storing finished trials in one transaction with a handful of statements.
 
-Fast workloads (the NQM) run each trial in an in-memory study and store it whole when it
-finishes (``tuner.run.runner``). Optuna's ``RDBStorage.create_new_trial(template_trial=...)`` stores
+Fast workloads (the NQM) run their trials in an in-memory study and store them whole, the
+finished trials of a claimed block of slots together (``tuner.run.runner``). Optuna's ``RDBStorage.create_new_trial(template_trial=...)`` stores
 it row by row: a look-up and an insert for every attribute and every intermediate value, about
 100 statements for an NQM trial (16 attrs, ~30 curve points), ~30 ms a trial on SQLite here.
 :func:`store_trial` writes the same rows with SQLAlchemy Core, one insert per table (~2 ms a
-trial here), any study attributes given in the same transaction (the runner gives none: the
-slot-aware samplers keep no state in the study), and commits once: a killed run keeps every
-trial stored before it, each one whole.
+trial here; :func:`store_trials` one insert per table for several trials), any study attributes
+given in the same transaction (the runner gives none: the slot-aware samplers keep no state in
+the study), and commits once: a killed run keeps every trial stored before it, each one whole.
 
 A SQLite file is opened in write-ahead-log mode with ``synchronous = NORMAL``
 (:func:`fast_sqlite`): a commit is written to the log but not flushed to the disk, so it costs
