@@ -7,7 +7,7 @@ worker dies). ``--workers N`` starts N local worker processes (:mod:`tuner.run.w
 
 Fast workloads (``Workload.buffered``: the NQM, milliseconds a trial) claim a block of slots at
 a time instead (:mod:`tuner.store.claims`), run it in an in-memory study without holding the
-study lock, and store each trial whole when it finishes, so several workers share one study.
+study lock, and store its finished trials whole, together, so several workers share one study.
 """
 
 from __future__ import annotations
@@ -405,9 +405,9 @@ def _buffer(study: optuna.Study, trials: bool = True) -> optuna.Study:
     """An in-memory copy of ``study``: its sampler, pruner, attrs and (if ``trials``) finished
     trials.
 
-    Buffered trials run there and :func:`_persist` stores each finished one in ``study`` with a
-    single transaction (:func:`tuner.store.persist.store_trials`), instead of one per reported
-    value. A killed run loses only the trials of its block not stored yet.
+    Buffered trials run there and :class:`_Pending` stores the finished ones in ``study``, a
+    block's in a single transaction (:func:`tuner.store.persist.store_trials`), instead of one
+    per reported value. A killed run loses only the trials of its block not stored yet.
     """
     mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",
                               sampler=study.sampler, pruner=study.pruner)
