@@ -9,7 +9,8 @@ best and how long it took) and, per batch size, each slot's params, value, seed 
 Besides the whole processes it splits each run, from the storage's trial times: *start-up*
 (the command's start to the first trial: imports, checks, opening the studies; with ``--workers``
 the launcher's and then its workers'), the *trial phase* (first trial's start to last trial's
-end: where the workers share the studies) and *after* (the summary table, processes ending).
+end: where the workers share the studies) and *after* (the summary table, processes ending),
+and the CPU seconds of all its processes (less disturbed than wall times by other jobs).
 
     .venv/bin/python benchmarks/nqm_workers.py [SPEC] [--workers 2] [--reps 3]
 
@@ -23,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,16 +43,23 @@ def tuner(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=1800)
 
 
-def timed_run(spec: str, url: str, workers: int) -> tuple[float, dt.datetime, dt.datetime]:
-    """Wall seconds of ``tuner run SPEC --workers N -q`` into ``url``, and when it started and
-    ended (local clock, as the trials' times)."""
-    started, t0 = dt.datetime.now(), time.perf_counter()
+def cpu_of_children() -> float:
+    """CPU seconds (user + system) of this process's waited-for descendants so far."""
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def timed_run(spec: str, url: str, workers: int
+              ) -> tuple[float, float, dt.datetime, dt.datetime]:
+    """Wall and CPU seconds of ``tuner run SPEC --workers N -q`` into ``url`` (its workers
+    included), and when it started and ended (local clock, as the trials' times)."""
+    started, t0, c0 = dt.datetime.now(), time.perf_counter(), cpu_of_children()
     r = tuner("run", spec, "--storage", url, "--workers", str(workers), "-q")
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_of_children() - c0
     if r.returncode != 0:
         raise SystemExit(f"tuner run --workers {workers} failed ({r.returncode}):\n"
                          f"{r.stderr[-3000:]}")
-    return wall, started, started + dt.timedelta(seconds=wall)
+    return wall, cpu, started, started + dt.timedelta(seconds=wall)
 
 
 def curve_points(spec: str, url: str) -> list[dict]:
@@ -115,8 +124,8 @@ def main() -> None:
     counts = (1, args.workers)
     print(f"{args.spec}: tuner run --workers {counts[0]} vs {counts[1]}, {args.reps} reps "
           f"interleaved, {os.cpu_count()} CPUs", flush=True)
-    # per worker count: (whole run, start-up, trial phase, after the last trial) seconds
-    runs: dict[int, list[tuple[float, float, float, float]]] = {w: [] for w in counts}
+    # per worker count: (whole run, start-up, trial phase, after the last trial, CPU) seconds
+    runs: dict[int, list[tuple[float, ...]]] = {w: [] for w in counts}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         urls: dict[int, list[str]] = {w: [] for w in counts}
@@ -124,10 +133,11 @@ def main() -> None:
             for w in counts:
                 url = f"sqlite:///{Path(tmp) / f'w{w}_rep{rep}.db'}"
                 urls[w].append(url)
-                wall, began, ended = timed_run(args.spec, url, w)
+                wall, cpu, began, ended = timed_run(args.spec, url, w)
                 first, last = trial_phase(url)
                 runs[w].append((wall, (first - began).total_seconds(),
-                                (last - first).total_seconds(), (ended - last).total_seconds()))
+                                (last - first).total_seconds(), (ended - last).total_seconds(),
+                                cpu))
             loads.append(os.getloadavg()[0])
             print(f"  rep {rep}: " + ", ".join(
                 f"{w} worker(s) {runs[w][-1][0]:.2f} s (trials {runs[w][-1][2]:.2f} s)"
@@ -138,11 +148,12 @@ def main() -> None:
 
         print()
         print("| workers | whole run s (median) | start-up s | trial phase s | after s | "
-              "whole runs s |")
-        print("|---:|---:|---:|---:|---:|---|")
+              "CPU s | whole runs s |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
         for w in counts:
             print(f"| {w} | {med(w, 0):.2f} | {med(w, 1):.2f} | {med(w, 2):.2f} | "
-                  f"{med(w, 3):.2f} | {', '.join(f'{r[0]:.2f}' for r in runs[w])} |")
+                  f"{med(w, 3):.2f} | {med(w, 4):.2f} | "
+                  f"{', '.join(f'{r[0]:.2f}' for r in runs[w])} |")
         print(f"ratio (1 worker / {args.workers} workers): whole runs "
               f"{med(1, 0) / med(args.workers, 0):.2f}x, trial phase "
               f"{med(1, 2) / med(args.workers, 2):.2f}x; load average after each rep: "

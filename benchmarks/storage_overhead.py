@@ -35,31 +35,31 @@ PARTS = [
     ("opening the storage", "tuner/store/storage.py", "open_storage"),
     ("creating the studies + their attrs", "tuner/store/storage.py", "create_or_load"),
     ("trials: the workload", "tuner/run/objective.py", "objective"),
-    ("trials: storing each (one transaction)", "tuner/store/persist.py", "store_trial"),
+    ("trials: storing them (one transaction a block)", "tuner/store/persist.py", "store_trials"),
 ]
 
 
-def optuna_store(storage: BaseStorage, study_id: int, trial: FrozenTrial,
-                 study_system_attrs: dict) -> int:
+def optuna_store(storage: BaseStorage, study_id: int, trials: list[FrozenTrial],
+                 study_system_attrs: dict, holder: object = None) -> list[int]:
     """What runner stored each buffered trial with before tuner/persist.py: Optuna's own
     create_new_trial(template_trial=...), row by row (study attrs, none given here, each in its
-    own transaction)."""
-    tid = storage.create_new_trial(study_id, template_trial=trial)
+    own transaction; no claim check)."""
+    tids = [storage.create_new_trial(study_id, template_trial=t) for t in trials]
     for key, value in study_system_attrs.items():
         storage.set_study_system_attr(study_id, key, value)
-    return tid
+    return tids
 
 
 def run_once(spec: spec_mod.Spec, url: str | None, trials: int, before: bool = False
              ) -> tuple[float, float]:
     """(wall, CPU) seconds for ``runner.run`` into ``url`` (None: Optuna's in-memory storage;
     ``before``: Optuna's row-by-row storing and SQLite's default journal, as before)."""
-    saved = runner.open_storage, runner.store_trial
+    saved = runner.open_storage, runner.store_trials
     if url is None:
         memory = optuna.storages.InMemoryStorage()
         runner.open_storage = lambda *_: memory  # type: ignore[assignment]
     if before:
-        runner.store_trial = optuna_store  # type: ignore[assignment]
+        runner.store_trials = optuna_store  # type: ignore[assignment]
         runner.open_storage = lambda u, *_: RDBStorage(  # type: ignore[assignment]
             u, engine_kwargs={"connect_args": {"timeout": 60}})
     try:
@@ -68,7 +68,7 @@ def run_once(spec: spec_mod.Spec, url: str | None, trials: int, before: bool = F
         runner.run(spec, url or "sqlite://", spec.batch_sizes, trials)
         return time.perf_counter() - t0, time.process_time() - c0
     finally:
-        runner.open_storage, runner.store_trial = saved  # type: ignore[assignment]
+        runner.open_storage, runner.store_trials = saved  # type: ignore[assignment]
 
 
 def breakdown(stats: pstats.Stats) -> list[tuple[str, float, int]]:

@@ -19,7 +19,7 @@ from tuner.store.claims import (PREFIX, ClaimLost, Claimed, block_size, claim_bl
                                 finished_count, plan, release)
 from tuner.store.compat import study_id
 from tuner.store.locking import Liveness
-from tuner.store.persist import store_trial
+from tuner.store.persist import store_trial, store_trials
 from tuner.store.storage import open_storage
 
 
@@ -76,21 +76,27 @@ def test_a_taken_claim_stores_nothing_and_slots_are_never_finished_twice(url: st
         assert first.slots == [0, 1, 2]
         second = claim_block(storage, sid, 12, b, "h:b")
         assert second.slots == [3, 4, 5]  # a quarter of the 9 left; a's are busy
-        store_trial(storage, sid, finished(0), {}, Claimed(sid, a.token, 0))
+        store_trial(storage, sid, finished(0), {}, Claimed(sid, a.token, (0,)))
         with pytest.raises(ClaimLost):  # not a's slot
-            store_trial(storage, sid, finished(3), {}, Claimed(sid, a.token, 3))
+            store_trial(storage, sid, finished(3), {}, Claimed(sid, a.token, (3,)))
         assert finished_count(storage, sid) == 1
 
         a.release()  # a "dies" with slots 1 and 2 claimed; b drops its claim and takes them
         release(storage, sid, b)
         third = claim_block(storage, sid, 12, b, "h:b")
         assert third.dropped == ["h:a"] and third.slots[:2] == [1, 2]
-        with pytest.raises(ClaimLost):  # a, back, finds its claim gone: stores nothing
-            store_trial(storage, sid, finished(1), {}, Claimed(sid, a.token, 1))
-        store_trial(storage, sid, finished(1), {}, Claimed(sid, b.token, 1))
+        with pytest.raises(ClaimLost, match="slot.s. 1, 2 no longer claimed"):
+            # a, back, finds its claim gone: stores nothing of what it ran
+            store_trials(storage, sid, [finished(1), finished(2)], {},
+                         Claimed(sid, a.token, (1, 2)))
+        with pytest.raises(ClaimLost, match="slot.s. 9 no longer"):  # all or nothing
+            store_trials(storage, sid, [finished(2), finished(9)], {},
+                         Claimed(sid, b.token, (2, 9)))
+        store_trials(storage, sid, [finished(1), finished(2)], {}, Claimed(sid, b.token, (1, 2)))
         release(storage, sid, b)
         trials = study.get_trials()
-        assert sorted(t.user_attrs["slot"] for t in trials) == [0, 1]
+        assert sorted(t.user_attrs["slot"] for t in trials) == [0, 1, 2]
+        assert [t.number for t in trials] == [0, 1, 2]
         assert not [k for k in storage.get_study_system_attrs(sid) if k.startswith(PREFIX)]
     finally:
         for live in (a, b):

@@ -7,7 +7,7 @@ worker dies). ``--workers N`` starts N local worker processes (:mod:`tuner.run.w
 
 Fast workloads (``Workload.buffered``: the NQM, milliseconds a trial) claim a block of slots at
 a time instead (:mod:`tuner.store.claims`), run it in an in-memory study without holding the
-study lock, and store each trial whole when it finishes, so several workers share one study.
+study lock, and store its finished trials whole, together, so several workers share one study.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tuner.store.claims import PREFIX as CLAIM_PREFIX
 from tuner.store.claims import Block, Claimed, ClaimLost, claim_block, finished_count, release
 from tuner.store.locking import Liveness, LockLost, study_lock, worker_lock
 from tuner.run.objective import make_objective
-from tuner.store.persist import store_trial
+from tuner.store.persist import store_trials
 from tuner.run.pruning import build_pruner
 from tuner.run.sampling import build_sampler
 from tuner.core.space import distributions
@@ -49,6 +49,8 @@ HEARTBEAT = 30
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 #: Seconds between two looks at a buffered study whose last block runs in another worker.
 BUFFERED_POLL = 0.2
+#: A buffered block stores its finished trials at its end, or after this many seconds.
+STORE_SECONDS = 1.0
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -169,24 +171,25 @@ def _blocks(study: optuna.Study, storage: RDBStorage, n: int,
             callbacks: list[Callback], echo: Callable[[str], None], history: bool = True
             ) -> bool:
     """The buffered path: claim a block of slots under the study lock, run it in memory without
-    the lock, store each trial whole (while its slot is still claimed), drop the claim; again,
-    until nothing is left to claim. True when the study has ``n`` finished trials.
+    the lock, store its finished trials whole (in one transaction, while their slots are still
+    claimed: :class:`_Pending`), drop the claim; again, until nothing is left to claim. True
+    when the study has ``n`` finished trials.
 
     Other workers claim other blocks meanwhile (:mod:`tuner.store.claims`). A worker killed
     mid-block leaves only its claim, which the next worker to claim drops at once (its liveness
-    lock is free); Ctrl-C or SIGTERM stores the trial in hand as FAIL (re-run with its params)
-    and drops the claim. ``history``: copy the other workers' trials into memory (for a sampler
-    or pruner that reads them)."""
+    lock is free): the block's trials not stored yet are re-run. Ctrl-C or SIGTERM stores the
+    block's finished trials and the trial in hand as FAIL (re-run with its params), and drops
+    the claim. ``history``: copy the other workers' trials into memory (for a sampler or pruner
+    that reads them)."""
     b = study.user_attrs.get("batch_size")
     sid = study_id(study)
     mem: optuna.Study | None = None
-    known = {"done": 0, "best": None}  # the study's finished slots and best, as last claimed
+    known = {"done": 0, "best": None}  # the study's finished slots and best, as far as known
     # A SQLite file has one writer at a time: its lock (the study lock, one for the file) makes
     # workers queue for it, woken at once, instead of sleeping in SQLite's busy handler (1 ms,
     # then 2, 5, 10, ...), which cost two workers a tenth of their time
-    persist = _persist(study, storage, live, known, lock if live.db is not None else
-                       contextlib.nullcontext)
-    callbacks = [persist, _block_progress(b, n, echo, known), *callbacks]
+    pending = _Pending(storage, sid, live, lock if live.db is not None else contextlib.nullcontext)
+    callbacks = [pending.add, _block_progress(b, n, echo, known), *callbacks]
     tidied = False
     while True:
         block = None
@@ -222,13 +225,62 @@ def _blocks(study: optuna.Study, storage: RDBStorage, n: int,
                                                       HEARTBEAT)
                 storage_of(mem).set_trial_system_attr(trial_id(trial), "worker", WORKER)
                 run_trial(mem, trial, objective, contextlib.nullcontext, callbacks)
+                if pending.due():
+                    with deferred():
+                        pending.store()
+            with deferred():
+                pending.store()
         except ClaimLost as exc:
-            echo(f"  B={b}: {exc} (a storage outage?); the trial in hand was not stored; "
+            echo(f"  B={b}: {exc} (a storage outage?); its trials not stored yet were dropped; "
                  "re-reading the study")
         finally:
             if block is not None and block.slots:
                 with deferred():
-                    release(storage, sid, live)
+                    try:
+                        pending.store()  # after Ctrl-C: what the block finished, and the FAIL
+                    except ClaimLost:
+                        pass
+                    finally:
+                        pending.trials.clear()
+                        release(storage, sid, live)
+
+
+class _Pending:
+    """The finished in-memory trials of a block not stored yet (:meth:`add` is a callback).
+
+    :meth:`store` writes them in one transaction (:func:`tuner.store.persist.store_trials`,
+    holding ``lock``) that first checks that their slots are still this worker's claim
+    (:class:`tuner.store.claims.Claimed`); the block stores at its end, or every
+    :data:`STORE_SECONDS` if it runs longer.
+    """
+
+    def __init__(self, storage: RDBStorage, sid: int, live: Liveness,
+                 lock: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.storage, self.sid, self.live, self.lock = storage, sid, live, lock
+        self.trials: list[FrozenTrial] = []
+        self.since = 0.0  # when the oldest trial kept was added
+
+    def add(self, _: optuna.Study, t: FrozenTrial) -> None:
+        """Keep a finished (or failed) trial to store."""
+        if not self.trials:
+            self.since = time.monotonic()
+        self.trials.append(t)
+
+    def due(self) -> bool:
+        """Whether the oldest trial kept has waited :data:`STORE_SECONDS` or longer."""
+        return bool(self.trials) and time.monotonic() - self.since >= STORE_SECONDS
+
+    def store(self) -> None:
+        """Store the trials kept, if any.
+
+        Raises:
+            ClaimLost: their slots are no longer this worker's claim; nothing was stored.
+        """
+        if self.trials:
+            check = Claimed(self.sid, self.live.token, tuple(slot_of(t) for t in self.trials))
+            with self.lock():
+                store_trials(self.storage, self.sid, self.trials, {}, check)
+            self.trials.clear()
 
 
 def _reads_history(spec: Spec, study: optuna.Study) -> bool:
@@ -353,9 +405,9 @@ def _buffer(study: optuna.Study, trials: bool = True) -> optuna.Study:
     """An in-memory copy of ``study``: its sampler, pruner, attrs and (if ``trials``) finished
     trials.
 
-    Buffered trials run there and :func:`_persist` stores each finished one in ``study`` with a
-    single transaction (:func:`tuner.store.persist.store_trial`), instead of one per reported
-    value. A killed run loses only the trials of its block not stored yet.
+    Buffered trials run there and :class:`_Pending` stores the finished ones in ``study``, a
+    block's in a single transaction (:func:`tuner.store.persist.store_trials`), instead of one
+    per reported value. A killed run loses only the trials of its block not stored yet.
     """
     mem = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="minimize",
                               sampler=study.sampler, pruner=study.pruner)
@@ -393,33 +445,16 @@ def _tidy_for_buffer(study: optuna.Study) -> list[tuple[FrozenTrial, str]]:
     return out
 
 
-def _persist(study: optuna.Study, storage: RDBStorage, live: Liveness | None = None,
-             known: dict[str, Any] | None = None,
-             lock: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-             ) -> Callback:
-    """Store each finished trial in ``study`` (of ``storage``) in one transaction, while its
-    slot is still in this worker's claim (``live``: its liveness lock; None: unchecked), holding
-    ``lock``. ``known["done"]`` counts the finished slots stored."""
-    sid = study_id(study)
-
-    def callback(_: optuna.Study, t: FrozenTrial) -> None:
-        check = None if live is None else Claimed(sid, live.token, slot_of(t))
-        with lock():
-            store_trial(storage, sid, t, {}, check)
-        if known is not None and t.state in FINISHED:
-            known["done"] += 1
-
-    return callback
-
-
 def _block_progress(b: int, total: int, echo: Callable[[str], None], known: dict[str, Any]
                     ) -> Callback:
     """A progress line per buffered trial: the study's count and best as of the last claim
-    (:class:`tuner.store.claims.Block`) and this worker's trials since."""
+    (:class:`tuner.store.claims.Block`) and this worker's trials since (stored or not yet)."""
     started = time.monotonic()
 
     def callback(study: optuna.Study, t: FrozenTrial) -> None:
         a = t.user_attrs
+        if t.state in FINISHED:
+            known["done"] += 1
         kind = outcome_of(t)
         steps = a.get("steps_to_target")
         if kind == "reached" and isinstance(steps, int) and (

@@ -244,19 +244,20 @@ def release(storage: BaseStorage, study_id: int, live: Liveness) -> None:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A slot of this worker's claim: :func:`tuner.store.persist.store_trial` calls
-    :meth:`check` inside the transaction that stores the slot's trial."""
+    """Slots of this worker's claim: :func:`tuner.store.persist.store_trials` calls
+    :meth:`check` inside the transaction that stores their trials."""
 
     study_id: int
     token: str
-    slot: int
+    slots: tuple[int, ...]
 
     def check(self, conn: Any) -> None:
-        """Raise :class:`ClaimLost` unless the slot is still in this worker's claim."""
+        """Raise :class:`ClaimLost` unless every slot is still in this worker's claim."""
         _, _, _, attrs = _tables()
         value = conn.execute(sa.select(attrs.c.value_json).where(
             (attrs.c.study_id == self.study_id) & (attrs.c.key == PREFIX + self.token))
         ).scalar_one_or_none()
-        if value is None or self.slot not in json.loads(value).get("slots", ()):
-            raise ClaimLost(f"slot {self.slot} is no longer claimed by this worker: another "
-                            "worker found its liveness lock gone and runs its slots")
+        mine = set(json.loads(value).get("slots", ())) if value is not None else set()
+        if lost := sorted(set(self.slots) - mine):
+            raise ClaimLost(f"slot(s) {', '.join(map(str, lost))} no longer claimed by this "
+                            "worker: another worker found its liveness lock gone and runs them")

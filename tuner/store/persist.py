@@ -1,13 +1,13 @@
-"""Storing a finished trial in one transaction with a handful of statements.
+"""Storing finished trials in one transaction with a handful of statements.
 
-Fast workloads (the NQM) run each trial in an in-memory study and store it whole when it
-finishes (``tuner.run.runner``). Optuna's ``RDBStorage.create_new_trial(template_trial=...)`` stores
+Fast workloads (the NQM) run their trials in an in-memory study and store them whole, the
+finished trials of a claimed block of slots together (``tuner.run.runner``). Optuna's ``RDBStorage.create_new_trial(template_trial=...)`` stores
 it row by row: a look-up and an insert for every attribute and every intermediate value, about
 100 statements for an NQM trial (16 attrs, ~30 curve points), ~30 ms a trial on SQLite here.
 :func:`store_trial` writes the same rows with SQLAlchemy Core, one insert per table (~2 ms a
-trial here), any study attributes given in the same transaction (the runner gives none: the
-slot-aware samplers keep no state in the study), and commits once: a killed run keeps every
-trial stored before it, each one whole.
+trial here; :func:`store_trials` one insert per table for several trials), any study attributes
+given in the same transaction (the runner gives none: the slot-aware samplers keep no state in
+the study), and commits once: a killed run keeps every trial stored before it, each one whole.
 
 A SQLite file is opened in write-ahead-log mode with ``synchronous = NORMAL``
 (:func:`fast_sqlite`): a commit is written to the log but not flushed to the disk, so it costs
@@ -43,34 +43,39 @@ def store_trial(storage: BaseStorage, study_id: int, trial: FrozenTrial,
     (the count of earlier trials in the study), as Optuna does.
 
     With ``holder`` (a :class:`tuner.store.locking.Holder`, or a :class:`tuner.store.claims.Claimed`
-    slot), the transaction checks that the study lock is still held (or the slot still claimed)
-    once it has locked the study's row (PostgreSQL) or the database (SQLite), and raises
+    set of slots), the transaction checks that the study lock is still held (or the slots still
+    claimed) once it has locked the study's row (PostgreSQL) or the database (SQLite), and raises
     :class:`tuner.store.locking.LockLost` (:class:`tuner.store.claims.ClaimLost`), storing
     nothing, if a storage outage took it away (another worker may be running the same slots)."""
-    assert trial.state.is_finished(), trial.state
+    return store_trials(storage, study_id, [trial], study_system_attrs, holder)[0]
+
+
+def store_trials(storage: BaseStorage, study_id: int, trials: list[FrozenTrial],
+                 study_system_attrs: dict[str, Any], holder: Any = None) -> list[int]:
+    """:func:`store_trial` for several finished trials, in order, in one transaction (one
+    insert per table for all of them). Returns their ids."""
+    assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
     if not isinstance(storage, RDBStorage):  # another kind of storage: Optuna's own way
-        tid = storage.create_new_trial(study_id, template_trial=trial)
+        tids = [storage.create_new_trial(study_id, template_trial=t) for t in trials]
         for key, value in study_system_attrs.items():
             storage.set_study_system_attr(study_id, key, value)
-        return tid
+        return tids
     retrying = getattr(storage, "retrying", None)  # tuner.store.retry.RetryingStorage: ride out outages
     if retrying is not None:
-        return retrying(lambda: _store(storage, study_id, trial, study_system_attrs, holder))
-    return _store(storage, study_id, trial, study_system_attrs, holder)
+        return retrying(lambda: _store(storage, study_id, trials, study_system_attrs, holder))
+    return _store(storage, study_id, trials, study_system_attrs, holder)
 
 
-def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
-           study_system_attrs: dict[str, Any], holder: Any = None) -> int:
+def _store(storage: RDBStorage, study_id: int, trials: list[FrozenTrial],
+           study_system_attrs: dict[str, Any], holder: Any = None) -> list[int]:
     from sqlalchemy import func, inspect, select
 
     models = compat.models()
-    # The trial row's columns as Optuna's model writes them (it converts the datetimes).
-    model = models.TrialModel(study_id=study_id, number=None, state=trial.state,
-                              datetime_start=trial.datetime_start,
-                              datetime_complete=trial.datetime_complete)
-    row = {prop.columns[0].name: getattr(model, prop.key)
-           for prop in inspect(models.TrialModel).column_attrs if prop.key != "trial_id"}
-    trials = models.TrialModel.__table__
+    table = models.TrialModel.__table__
+    tids: list[int] = []
+    rows: dict[Any, list[dict[str, Any]]] = {m: [] for m in (
+        models.TrialValueModel, models.TrialParamModel, models.TrialUserAttributeModel,
+        models.TrialSystemAttributeModel, models.TrialIntermediateValueModel)}
     with storage.engine.begin() as conn:
         # The trial number counts the trials before this one: lock the study row as Optuna does
         # (SQLite has no row locks; there the insert below takes the database's write lock).
@@ -78,48 +83,57 @@ def _store(storage: RDBStorage, study_id: int, trial: FrozenTrial,
             studies = models.StudyModel.__table__
             conn.execute(select(studies.c.study_id).where(studies.c.study_id == study_id)
                          .with_for_update())
-        tid = conn.execute(trials.insert().values(**row)).inserted_primary_key[0]
-        if holder is not None:  # still ours? checked once the study (or database) is locked
-            holder.check(conn)
-        number = conn.execute(select(func.count()).select_from(trials).where(
-            (trials.c.study_id == study_id) & (trials.c.trial_id < tid))).scalar_one()
-        conn.execute(trials.update().where(trials.c.trial_id == tid).values(number=number))
+        for trial in trials:
+            # The trial row's columns as Optuna's model writes them (it converts the datetimes).
+            model = models.TrialModel(study_id=study_id, number=None, state=trial.state,
+                                      datetime_start=trial.datetime_start,
+                                      datetime_complete=trial.datetime_complete)
+            row = {prop.columns[0].name: getattr(model, prop.key)
+                   for prop in inspect(models.TrialModel).column_attrs if prop.key != "trial_id"}
+            tid = conn.execute(table.insert().values(**row)).inserted_primary_key[0]
+            if holder is not None and not tids:  # still ours? checked once it is all locked
+                holder.check(conn)
+            tids.append(tid)
+            number = conn.execute(select(func.count()).select_from(table).where(
+                (table.c.study_id == study_id) & (table.c.trial_id < tid))).scalar_one()
+            conn.execute(table.update().where(table.c.trial_id == tid).values(number=number))
+            _child_rows(models, tid, trial, rows)
+        for table_model, children in rows.items():
+            if children:
+                conn.execute(table_model.__table__.insert(), children)
 
-        values = []
-        for objective, value in enumerate(trial.values or []):
-            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-            values.append({"trial_id": tid, "objective": objective, "value": stored,
-                           "value_type": kind})
-        params = [{"trial_id": tid, "param_name": name,
-                   "param_value": trial.distributions[name].to_internal_repr(value),
-                   "distribution_json": distribution_to_json(trial.distributions[name])}
-                  for name, value in trial.params.items()]
-        user_attrs = [{"trial_id": tid, "key": k, "value_json": json.dumps(v)}
-                      for k, v in trial.user_attrs.items()]
-        system_attrs = [{"trial_id": tid, "key": k, "value_json": json.dumps(v)}
-                        for k, v in trial.system_attrs.items()]
-        intermediate = []
-        for step, value in trial.intermediate_values.items():
-            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
-                value)
-            intermediate.append({"trial_id": tid, "step": step, "intermediate_value": stored,
-                                 "intermediate_value_type": kind})
-        for table_model, rows in ((models.TrialValueModel, values),
-                                  (models.TrialParamModel, params),
-                                  (models.TrialUserAttributeModel, user_attrs),
-                                  (models.TrialSystemAttributeModel, system_attrs),
-                                  (models.TrialIntermediateValueModel, intermediate)):
-            if rows:
-                conn.execute(table_model.__table__.insert(), rows)
-
-        table = models.StudySystemAttributeModel.__table__
+        attrs = models.StudySystemAttributeModel.__table__
         for key, value in study_system_attrs.items():
-            where = (table.c.study_id == study_id) & (table.c.key == key)
-            if not conn.execute(table.update().where(where).values(
+            where = (attrs.c.study_id == study_id) & (attrs.c.key == key)
+            if not conn.execute(attrs.update().where(where).values(
                     value_json=json.dumps(value))).rowcount:
-                conn.execute(table.insert().values(study_id=study_id, key=key,
+                conn.execute(attrs.insert().values(study_id=study_id, key=key,
                                                    value_json=json.dumps(value)))
-    return tid
+    return tids
+
+
+def _child_rows(models: Any, tid: int, trial: FrozenTrial, rows: dict[Any, list]) -> None:
+    """Add the rows of ``trial`` (id ``tid``) in Optuna's other trial tables to ``rows``."""
+    for objective, value in enumerate(trial.values or []):
+        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+        rows[models.TrialValueModel].append({"trial_id": tid, "objective": objective,
+                                             "value": stored, "value_type": kind})
+    rows[models.TrialParamModel].extend(
+        {"trial_id": tid, "param_name": name,
+         "param_value": trial.distributions[name].to_internal_repr(value),
+         "distribution_json": distribution_to_json(trial.distributions[name])}
+        for name, value in trial.params.items())
+    rows[models.TrialUserAttributeModel].extend(
+        {"trial_id": tid, "key": k, "value_json": json.dumps(v)}
+        for k, v in trial.user_attrs.items())
+    rows[models.TrialSystemAttributeModel].extend(
+        {"trial_id": tid, "key": k, "value_json": json.dumps(v)}
+        for k, v in trial.system_attrs.items())
+    for step, value in trial.intermediate_values.items():
+        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        rows[models.TrialIntermediateValueModel].append(
+            {"trial_id": tid, "step": step, "intermediate_value": stored,
+             "intermediate_value_type": kind})
 
 
 def fast_sqlite(engine: Engine) -> None:
