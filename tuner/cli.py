@@ -114,9 +114,8 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         t0 = time.perf_counter()
         metrics = spec_mod.preflight(spec, chosen)
         at = " and ".join(map(str, sorted({min(chosen), max(chosen)})))
-        echo = _first(echo, f"pre-flight: a training step and an evaluation at B = {at} ran "
-                      f"({time.perf_counter() - t0:.1f} s); metrics: "
-                      f"{', '.join(sorted(metrics))}")
+        echo = _first(echo, f"pre-flight at B = {at}: ok ({time.perf_counter() - t0:.1f} s); "
+                      f"metrics: {', '.join(sorted(metrics))}")
     n = trials or spec.trials
     if n_workers == 1 and not gpu_ids:
         points = runner.run(spec, url, chosen, n, echo, heartbeat, summary=not no_summary)
