@@ -112,7 +112,7 @@ class LightningWorkload(Workload):
             return [("module", exc.args[0])]
         if not (isinstance(mod, type) and issubclass(mod, LightningModule)):
             return [("module", f"{o.module!r} is not a LightningModule subclass; allowed: a "
-                     "lightning.pytorch.LightningModule (or pytorch_lightning's) class")]
+                     "subclass of lightning.pytorch.LightningModule (= L.LightningModule)")]
         try:
             dm = self.datamodule_class()
         except KeyError as exc:
