@@ -3,14 +3,15 @@
 The module and DataModule are the user's, unchanged: Lightning calls every hook, ``self.log``
 reduces as it always does (plain values, torchmetrics objects, ``on_step``/``on_epoch``),
 ``self.global_step``, ``self.current_epoch`` and ``self.trainer.max_steps`` are Lightning's.
-What the tool adds is one callback, :class:`TrialCallback`, and three overrides on the two
+What the tool adds is one callback, :class:`TrialCallback`, and two overrides on the user's
 instances (never on their classes):
 
 - ``configure_optimizers`` returns the spec's optimizer and per-step schedule
   (:mod:`tuner.train.optim`), unless the spec says ``[optimizer] name = "module"``;
 - ``train_dataloader`` returns the user's loader with ``drop_last=True`` (every step is one batch
-  of exactly B examples; epochs wrap without a partial batch);
-- nothing else: validation runs over the user's whole ``val_dataloader``.
+  of exactly B examples; epochs wrap without a partial batch).
+
+Nothing else changes: validation runs over the user's whole ``val_dataloader``.
 
 The callback validates at the study's evaluation steps (it moves ``trainer.val_check_batch``, the
 Trainer's public "validate every n batches", to the next evaluation step after each one, with
