@@ -91,6 +91,11 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     Re-running a finished spec adds nothing. Progress goes to stderr; the summary table
     (best steps-to-target per batch size) to stdout.
 
+    Before any storage is touched, a pre-flight trial (a training step and an evaluation at
+    the smallest and the largest batch size) checks the workload: for a LightningModule spec
+    it imports and constructs your classes and finds the metrics validation_step logs. A
+    failure is one line naming the spec key, exit status 2.
+
     Any number of `tuner run` processes can work on one spec at once, on one machine or many,
     against one --storage (PostgreSQL for several machines): they share the trials out, stop
     at exactly N per batch size, and re-run the trial of a worker that died. Ctrl-C or SIGTERM
