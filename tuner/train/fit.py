@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.spec.cadence import resolution
-from tuner.train.loop import CHECK_EVERY
+from tuner.train.loop import CHECK_EVERY, first_bad_loss
 from tuner.train.optim import build_optimizer, build_schedule
 
 #: Lightning's per-fit info lines ("GPU available: ...", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES")
@@ -85,7 +85,6 @@ class Outcome:
     pruned: bool = False
     best_metric: float | None = None
     eval_seconds: float = 0.0
-    batch_shapes: list[int] = field(default_factory=list)
 
 
 def validation_metrics(trainer: Trainer, before: dict[str, Any]) -> dict[str, float]:
@@ -129,8 +128,6 @@ class TrialCallback(Callback):
                              batch_idx: int) -> None:
         self.phase.name = "training_step"
         n = extract_batch_size(batch)
-        if len(self.out.batch_shapes) < 2:
-            self.out.batch_shapes.append(n)
         if n != self.per_device:
             raise BadBatch(f"a training batch has {n} examples, not the batch size "
                            f"{self.per_device}")
@@ -154,10 +151,10 @@ class TrialCallback(Callback):
         self._pending.clear()
         if self._first_loss is None:
             self._first_loss = losses[0]
-        bound = self.req.divergence_factor * max(abs(self._first_loss), 1e-12)
-        bad = [i for i, v in enumerate(losses) if not math.isfinite(v) or v > bound]
-        if bad:
-            self.out.step -= len(losses) - bad[0]
+        bad = first_bad_loss(losses,
+                             self.req.divergence_factor * max(abs(self._first_loss), 1e-12))
+        if bad is not None:
+            self.out.step -= len(losses) - bad
             self.out.diverged = True
             raise Diverged
 
@@ -280,7 +277,7 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
               *, per_device_batch: int, callbacks: tuple[Callback, ...] = (),
               gradient_clip_val: float | None = None, limit_val_batches: int | float = 1.0,
               module_optimizers: bool = False, phase: Phase | None = None
-              ) -> tuple[TrialResult, Outcome]:
+              ) -> TrialResult:
     """Fit ``module`` (on ``datamodule``, or its own dataloaders when None) as one trial.
 
     The caller has seeded the RNGs and built both (see :mod:`tuner.workload.lightning`).
@@ -300,7 +297,7 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
         pass
     out = cb.out
     reached = out.reached
-    result = TrialResult(
+    return TrialResult(
         reached=reached,
         steps_to_target=out.steps_to_target,
         stopped_at_step=out.step,
@@ -314,4 +311,3 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
         eval_seconds=out.eval_seconds,
         device=str(trainer.strategy.root_device),
     )
-    return result, out

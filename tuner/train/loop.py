@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 CHECK_EVERY = 32
 
 
+def first_bad_loss(losses: list[float], bound: float) -> int | None:
+    """The index of the first loss that is not finite or exceeds ``bound`` (diverged), or
+    None."""
+    return next((i for i, v in enumerate(losses) if not math.isfinite(v) or v > bound), None)
+
+
 def make_fabric(accelerator: str, precision: str):  # noqa: ANN201 - lightning type
     """A single-device Fabric. ``auto`` picks a GPU when there is one."""
     from lightning.fabric import Fabric
@@ -135,10 +141,9 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
             pending.clear()
             if first_loss is None:
                 first_loss = losses[0]
-            bound = req.divergence_factor * max(first_loss, 1e-12)
-            bad = [i for i, v in enumerate(losses) if not math.isfinite(v) or v > bound]
-            if bad:
-                step -= len(losses) - bad[0]
+            bad = first_bad_loss(losses, req.divergence_factor * max(first_loss, 1e-12))
+            if bad is not None:
+                step -= len(losses) - bad
                 diverged = True
                 break
 

@@ -18,7 +18,6 @@ touched.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -83,7 +82,6 @@ class LightningWorkload(Workload):
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
-        self.metrics: dict[str, str] = {}  # filled by preflight
         self._sizes: tuple[int, int] | None = None
 
     # -- classes and arguments ------------------------------------------------------------------
@@ -254,11 +252,8 @@ class LightningWorkload(Workload):
                      "or [optimizer] name = 'module'")], set()
         phase = fit.Phase()
         try:
-            _, out = fit.fit_trial(
-                module, dm, request, lambda s, m: False, per_device_batch=per_device,
-                callbacks=self.callbacks(), gradient_clip_val=o.gradient_clip_val or None,
-                limit_val_batches=2, module_optimizers=request.optimizer == "module",
-                phase=phase)
+            result = self._fit(module, dm, per_device, request, lambda s, m: False,
+                               limit_val_batches=2, phase=phase)
         except fit.BadBatch as exc:
             holder = o.datamodule or o.module
             return [("workload.batch_size_arg", f"{exc} at {o.batch_size_arg}={per_device}: "
@@ -272,12 +267,11 @@ class LightningWorkload(Workload):
             where = {"setup": "setting up the data", "training_step": "the training step",
                      "validation_step": "validation"}[phase.name]
             return [(key, f"{where} failed: {one_line(exc)}")], set()
-        logged = set(out.curve[0][1]) if out.curve else set()
+        logged = set(result.curve[0][1]) if result.curve else set()
         for g in request.also:
             if g.metric not in logged:
                 return [("target.also", f"{g}: {g.metric!r} is not logged in validation_step; "
                          f"logged: {', '.join(sorted(logged))}")], logged
-        self.metrics = {k: "" for k in sorted(logged)}
         return [], logged
 
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
@@ -292,19 +286,20 @@ class LightningWorkload(Workload):
     def run_here(self, request: TrialRequest, report: Reporter | None) -> TrialResult:
         """The trial (or, under DDP, this rank's part of it) in this process; ``report`` is
         None on the ranks that do not report (all but rank 0)."""
-        from tuner.train.fit import fit_trial  # heavy: torch and lightning
-
         if report is None:
             def report(step: int, metrics: dict[str, float]) -> bool:
                 raise AssertionError("only rank 0 reports")
 
         module, dm, per_device = self.build(request)
-        result, _ = fit_trial(
-            module, dm, request, report, per_device_batch=per_device,
-            callbacks=self.callbacks(), gradient_clip_val=self.options.gradient_clip_val or None,
-            module_optimizers=request.optimizer == "module")
-        return result
+        return self._fit(module, dm, per_device, request, report)
 
-    def options_dict(self) -> dict[str, Any]:
-        """The options as plain data (stored in the study attrs)."""
-        return dataclasses.asdict(self.options)
+    def _fit(self, module: LightningModule, dm: LightningDataModule | None, per_device: int,
+             request: TrialRequest, report: Reporter, **kw: Any) -> TrialResult:
+        """:func:`tuner.train.fit.fit_trial` with this spec's callbacks, clipping and optimizer
+        choice (``kw``: the pre-flight's limits)."""
+        from tuner.train.fit import fit_trial  # heavy: torch and lightning
+
+        return fit_trial(module, dm, request, report, per_device_batch=per_device,
+                         callbacks=self.callbacks(),
+                         gradient_clip_val=self.options.gradient_clip_val or None,
+                         module_optimizers=request.optimizer == "module", **kw)
