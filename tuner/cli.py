@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import shlex
 import socket
 import sys
 import tempfile
@@ -19,10 +20,18 @@ import click
 import optuna
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from tuner.analysis.adequacy import UNDER_TUNED
 from tuner.analysis.records import SpecStudies, stored_metrics
 from tuner.analysis.rescore import Goal, rescore
 from tuner.analysis.sensitivity import sensitivity as sens
-from tuner.analysis.summary import curve_json, edge_findings, spec_curve
+from tuner.analysis.summary import (
+    RULE_TEXT,
+    curve_json,
+    edge_findings,
+    spec_curve,
+    under_tuned_line,
+)
+from tuner.analysis.summary import adequacy as adequacy_of
 from tuner.core.errors import UsageError
 from tuner.render.tables import (
     curve_rows,
@@ -278,6 +287,26 @@ def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: o
         click.echo("\n\n".join(f"{title}\n{render(header, rows)}" for title, header, rows in blocks))
 
 
+def _run_cmds(specs: tuple[str, ...], storage: str | None, targets: Sequence[Goal],
+              rescored: bool) -> list[str]:
+    """The ``tuner run ...`` that tops up each loaded entry's studies (parallel to
+    :func:`_load`'s list), for the adequacy advice."""
+    out = []
+    for spec in specs:
+        cmd = "tuner run " + shlex.quote(spec if Path(spec).is_file() else "SPEC") + (
+            f" --storage {shlex.quote(storage)}" if storage else "")
+        out += [cmd] * (max(1, len(targets)) if rescored else 1)
+    return out
+
+
+def _under_tuned_lines(name: str, items: Sequence[tuple[int, list[str], list[str]]]
+                       ) -> list[str]:
+    """The table formats' lines under a spec's table: each under-tuned batch size (B,
+    reasons, advice), and the rule."""
+    lines = [f"{name}: " + under_tuned_line(*item) for item in items]
+    return lines + ([f"(adequately tuned: {RULE_TEXT})"] if lines else [])
+
+
 @cli.command()
 @SPECS
 @click.option("--storage", help=STORAGE_HELP)
@@ -304,10 +333,17 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    curves = [spec_curve(s, n_boot) for s in loaded]
+    cmds = _run_cmds(specs, storage, targets, bool(targets or max_steps or max_examples))
+    curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
     objs = [curve_json(c) for c in curves]
     blocks = [(c.name if fmt == "csv" else fit_line(c), *curve_rows(c)) for c in curves]
     _emit(fmt, blocks, objs[0] if len(objs) == 1 else objs)
+    if fmt == "table":
+        lines = [line for c in curves for line in _under_tuned_lines(
+            c.name, [(p.batch_size, p.tuning_reasons, p.tuning_advice) for p in c.points
+                     if p.tuning == UNDER_TUNED])]
+        if lines:
+            click.echo("\n" + "\n".join(lines))
     for path, fig in ((plot, plots.scaling), (lr_plot, plots.learning_rates)):
         if path:
             Path(path).write_bytes(fig(curves))
@@ -323,27 +359,54 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
               help="Share of a range (log space for log params) that counts as its edge.")
 @click.option("--top-frac", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Near-best trials: within this fraction of the best steps.")
+@click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples for each batch size's interval of the best steps "
+                   "(the adequacy check; 0 skips the interval criterion).")
+@click.option("--adequacy/--no-adequacy", default=True, show_default=True,
+              help="Also check that each batch size is tuned enough (exit 3 when one is not).")
 @RESCORE
 def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-          margin: float, top_frac: float, targets: list[Goal], max_steps: int | None,
-          max_examples: int | None) -> None:
-    """Is any batch size's best trial at a search-space edge? Exit 1 if so, 0 if clean.
+          margin: float, top_frac: float, n_boot: int, adequacy: bool, targets: list[Goal],
+          max_steps: int | None, max_examples: int | None) -> None:
+    """Is any batch size's best trial at a search-space edge, or too poorly resolved to say?
 
-    "unstable beyond edge" (every trial past the best toward that edge diverged) does not fail.
+    Exit 0: no best trial at an edge and every batch size adequately tuned; 1: a best trial
+    at an edge (whatever else); 3: no edge, but a batch size is under-tuned. "unstable beyond
+    edge" (every trial past the best toward that edge diverged) does not fail.
+
+    Adequately tuned: >= 3 trials within 1.25x of the best steps, the best's 95 % bootstrap
+    interval reaching no lower than best/1.25, and >= 50 % of the finished trials not
+    diverged. An under-tuned batch size is listed with the reason and what to do (more
+    trials, or a narrower range where most trials diverged).
     """
-
-
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    found = {s.name: edge_findings(s, margin, top_frac) for s in loaded}
+    cmds = _run_cmds(specs, storage, targets, bool(targets or max_steps or max_examples))
+    tuning = {s.name: adequacy_of(s, n_boot, run_cmd=cmd) if adequacy else []
+              for s, cmd in zip(loaded, cmds)}
+    found = {s.name: edge_findings(s, margin, top_frac, tuning[s.name]) for s in loaded}
     blocks = [(name, *edge_rows(f)) for name, f in found.items()]
-    _emit(fmt, blocks, {name: [asdict(x) | {"failing": x.failing} for x in f]
+    _emit(fmt, blocks, {name: {"findings": [asdict(x) | {"failing": x.failing} for x in f],
+                               "adequacy": [asdict(a) | {"feasible": a.feasible}
+                                            for a in tuning[name]],
+                               "tuning_rule": RULE_TEXT if adequacy else None}
                         for name, f in found.items()})
     failing = [x for f in found.values() for x in f if x.failing]
+    under = [a for t in tuning.values() for a in t if a.under_tuned]
     if fmt == "table":
-        click.echo("\n" + (f"{len(failing)} best trial(s) at an edge" if failing else
-                            "edges clean: no best trial at an edge"))
+        lines = [line for name, t in tuning.items() for line in _under_tuned_lines(
+            name, [(a.batch_size, a.reasons, a.advice) for a in t if a.under_tuned])]
+        summary = (f"{len(failing)} best trial(s) at an edge" if failing else
+                   "edges clean: no best trial at an edge")
+        if under:
+            summary += (f"; {len(under)} batch size(s) under-tuned, so the edge check rests on "
+                        "too few good trials there")
+        elif adequacy:
+            summary += "; every batch size with a point adequately tuned"
+        click.echo("\n" + "\n".join([*lines, summary]))
     if failing:
         raise SystemExit(1)
+    if under:
+        raise SystemExit(3)
 
 
 @cli.command()
@@ -355,11 +418,15 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
               help="Good region: trials within this factor of the best steps.")
 @click.option("--plots", "plot_dir", type=click.Path(file_okay=False),
               help="Write the learning-rate x momentum scatter and per-parameter plots here.")
+@click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples for each batch size's interval of the best steps.")
 @RESCORE
 def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-                factor: float, plot_dir: str | None, targets: list[Goal],
+                factor: float, plot_dir: str | None, n_boot: int, targets: list[Goal],
                 max_steps: int | None, max_examples: int | None) -> None:
-    """Per batch size: outcomes, the good region of each parameter, importances.
+    """Per batch size: outcomes, the good region of each parameter, importances, the best's
+    95 % bootstrap interval, the feasible (not diverged) share and the tuning-adequacy verdict
+    (the rule of `tuner edges --help`; its good region is always 1.25x, whatever --factor).
 
     "unknown" counts trials pruned before FACTOR x the best steps: they cannot be classified;
     a lossless-pruner slack >= FACTOR would have run them long enough to settle it.
@@ -369,10 +436,20 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
 
     _check_output("--plots", plot_dir, folder=True)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    results = {s.name: [sens(st, factor) for st in s.studies] for s in loaded}
+    cmds = _run_cmds(specs, storage, targets, bool(targets or max_steps or max_examples))
+    results = {}
+    for s, cmd in zip(loaded, cmds):
+        results[s.name] = [sens(st, factor, a) for st, a in
+                           zip(s.studies, adequacy_of(s, n_boot, run_cmd=cmd))]
     blocks = [(name, *sensitivity_rows(r)) for name, r in results.items()]
-    _emit(fmt, blocks, {n: [asdict(x) for x in r] for n, r in results.items()})
+    _emit(fmt, blocks, {n: [asdict(x) | {"feasible": x.adequacy and x.adequacy.feasible}
+                            for x in r] for n, r in results.items()})
     if fmt == "table":
+        lines = [line for name, r in results.items() for line in _under_tuned_lines(
+            name, [(x.batch_size, x.adequacy.reasons, x.adequacy.advice) for x in r
+                   if x.adequacy and x.adequacy.under_tuned])]
+        if lines:
+            click.echo("\n" + "\n".join(lines))
         for name, r in results.items():
             unknown = sum(x.n_unknown for x in r)
             if unknown:
@@ -416,7 +493,8 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
                    "with a plain `tuner report`", err=True)
         dashboard = False
     st, loaded = _load(specs, storage, seed, dashboard, targets, max_steps, max_examples)
-    curves = [spec_curve(s, n_boot) for s in loaded]
+    cmds = _run_cmds(specs, storage, targets, rescoring)
+    curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
     page = report_mod.write(Path(out), loaded, curves)
     click.echo(f"wrote {page}")
     if dashboard and getattr(st, "read_only", False):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from tuner.analysis.adequacy import Adequacy
 from tuner.analysis.fit import best_steps_per_batch, fit_or_reason, fit_with_bootstrap
 from tuner.analysis.records import TrialRecord, best
 
@@ -33,6 +34,12 @@ class Point:
     #: that stopped earlier might have beaten it) or ``unknown`` (no best, but trials that
     #: stopped early might have reached the goal)
     best_bound: str = "exact"
+    #: 95 % bootstrap interval of best_steps (tuner.analysis.adequacy; None: not computed)
+    best_ci95: tuple[float, float] | None = None
+    n_good: int = 0  # reached trials within the adequacy rule's factor of the best
+    tuning: str | None = None  # adequate | under-tuned | no point (None: not assessed)
+    tuning_reasons: list[str] = field(default_factory=list)  # why under-tuned
+    tuning_advice: list[str] = field(default_factory=list)  # what to do about it
 
 
 def point(batch_size: int, trials: Sequence[TrialRecord]) -> Point:
@@ -63,12 +70,24 @@ class Curve:
     fixed_params: dict[str, Any] = field(default_factory=dict)
     no_fit_because: str | None = None  # why ``fit`` is None
     n_duplicates: int = 0  # duplicate finished trials set aside, over all batch sizes
+    #: The fit without the under-tuned points (None when no point is under-tuned, or too few
+    #: adequate points remain: then ``fit_tuned_because`` says why)
+    fit_tuned: Any = None
+    fit_tuned_because: str | None = None
+    tuning: dict[int, Adequacy] = field(default_factory=dict)  # per batch size, when assessed
+
+    @property
+    def under_tuned(self) -> list[int]:
+        """Batch sizes the adequacy rule flagged."""
+        return [p.batch_size for p in self.points if p.tuning == "under-tuned"]
 
     @property
     def unreliable_because(self) -> list[str]:
         """Why the fitted curve should not be trusted (empty when it can be)."""
         loose = [f"B={p.batch_size}: the re-scored best is {'only an upper bound' if p.best_bound == 'upper' else 'unknown'}"
                  for p in self.points if p.best_bound in ("upper", "unknown")]
+        if self.under_tuned:
+            loose.append(f"under-tuned at B = {', '.join(map(str, self.under_tuned))}")
         if self.fit is None:
             return [f"no fit: {self.no_fit_because or 'no batch size reached the target'}",
                     *loose]
@@ -99,12 +118,27 @@ class Curve:
 
 def curve(name: str, target: dict[str, Any], optimizer: str,
           trials_by_b: dict[int, Sequence[TrialRecord]], fixed_params: dict[str, Any],
-          n_boot: int = 1000, seed: int = 0) -> Curve:
-    """Points and the bootstrapped McCandlish fit of one spec's studies."""
+          n_boot: int = 1000, seed: int = 0, adequacy: Mapping[int, Adequacy] | None = None
+          ) -> Curve:
+    """Points and the bootstrapped McCandlish fit of one spec's studies; with ``adequacy``
+    (per batch size), each point carries its verdict and interval, and the fit is repeated
+    without the under-tuned points."""
     points = [point(b, trials) for b, trials in sorted(trials_by_b.items())]
     f = fit_with_bootstrap(trials_by_b, n_boot=n_boot, seed=seed)
     c = Curve(name, target, optimizer, points, f, fixed_params)
     if f is None:
         found = best_steps_per_batch(trials_by_b)
         c.no_fit_because = fit_or_reason(list(found), list(found.values()))[1]
+    c.tuning = dict(adequacy or {})
+    for p in points:
+        a = c.tuning.get(p.batch_size)
+        if a is not None:
+            p.best_ci95, p.n_good, p.tuning = a.ci95, a.n_good, a.status
+            p.tuning_reasons, p.tuning_advice = list(a.reasons), list(a.advice)
+    if c.under_tuned:
+        kept = {b: t for b, t in trials_by_b.items() if b not in c.under_tuned}
+        c.fit_tuned = fit_with_bootstrap(kept, n_boot=n_boot, seed=seed)
+        if c.fit_tuned is None:
+            found = best_steps_per_batch(kept)
+            c.fit_tuned_because = fit_or_reason(list(found), list(found.values()))[1]
     return c

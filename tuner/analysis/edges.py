@@ -32,6 +32,7 @@ class EdgeFinding:
     top_k: int = 0  # trials within top_frac of the best steps
     top_k_at_edge: str | None = None  # "low"/"high" when most near-best trials sit at that edge
     suggestion: str = ""
+    tuning: str | None = None  # the batch size's adequacy (tuner.analysis.adequacy), if assessed
 
     @property
     def failing(self) -> bool:

@@ -131,6 +131,13 @@ def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
     return out, None
 
 
+def steps_pool(trials: Sequence[TrialRecord]) -> np.ndarray:
+    """Steps of every finished trial for resampling: the steps of reached trials, inf for the
+    rest (missed, pruned, diverged); running and failed trials left out."""
+    return np.array([t.steps_to_target if t.outcome == "reached" else np.inf
+                     for t in trials if t.outcome not in ("running", "failed")], dtype=float)
+
+
 def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[int, int]:
     """Best steps-to-target per batch size (batch sizes without a reached trial left out)."""
     found = {b: best(trials) for b, trials in trials_by_b.items()}
@@ -152,9 +159,7 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
         return None
     rng = np.random.default_rng(seed)
     # per batch size: steps of reached trials, inf for the rest (resampling picks among all)
-    pools = {b: np.array([t.steps_to_target if t.outcome == "reached" else np.inf
-                          for t in trials if t.outcome != "running" and t.outcome != "failed"])
-             for b, trials in trials_by_b.items()}
+    pools = {b: steps_pool(trials) for b, trials in trials_by_b.items()}
     samples = []
     f.n_boot_requested = n_boot
     for _ in range(n_boot):
@@ -186,6 +191,10 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
     return f
 
 
+#: The regimes in the order of B / B_crit.
+REGIMES = ("perfect scaling", "diminishing returns", "maximal data parallelism")
+
+
 def regime(batch_size: int, f: Fit) -> str:
     """``perfect scaling`` | ``diminishing returns`` | ``maximal data parallelism``."""
     r = batch_size / f.b_crit
@@ -194,3 +203,16 @@ def regime(batch_size: int, f: Fit) -> str:
     if r >= MAXIMAL_ABOVE:
         return "maximal data parallelism"
     return "diminishing returns"
+
+
+def regimes(batch_size: int, f: Fit) -> list[str]:
+    """Every regime ``batch_size`` falls in over B_crit's 95 % interval and the estimate, in
+    the order of B / B_crit (one entry when the interval crosses no regime boundary)."""
+    found = {regime(batch_size, f)}
+    lo, hi = f.ci95.get("b_crit", (f.b_crit, f.b_crit))
+    for b_crit in (lo, hi):
+        found.add(regime(batch_size, Fit(f.s_min, b_crit)) if b_crit > 0
+                  else "maximal data parallelism")
+    if {REGIMES[0], REGIMES[2]} <= found:  # the interval crosses the middle one too
+        found.add(REGIMES[1])
+    return [r for r in REGIMES if r in found]

@@ -91,6 +91,17 @@ def best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
     return min(reached, key=lambda t: (t.steps_to_target, t.number)) if reached else None
 
 
+def good_trials(trials: Sequence[TrialRecord], factor: float) -> list[TrialRecord]:
+    """Reached trials within ``factor`` x the best steps (the good region), the best included."""
+    b = best(trials)
+    if b is None:
+        return []
+    assert b.steps_to_target is not None
+    limit = factor * b.steps_to_target
+    return [t for t in trials if t.outcome == "reached" and t.steps_to_target is not None
+            and t.steps_to_target <= limit]
+
+
 def stored_metrics(s: SpecStudies) -> set[str]:
     """Every metric some trial of the spec's studies has in its stored curve."""
     return {m for st in s.studies for t in st.trials if t.curve for m in t.curve["metrics"]}

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import optuna
 
+from tuner.analysis.adequacy import Adequacy
 from tuner.analysis.curves import best
-from tuner.analysis.records import BatchStudy
+from tuner.analysis.records import BatchStudy, good_trials
 
 OUTCOMES = ("reached", "missed", "pruned", "diverged", "failed")
 
@@ -34,6 +35,7 @@ class Sensitivity:
     slack: float | None = None
     importances: dict[str, float] | None = None
     duplicates_set_aside: int = 0  # finished trials of an already finished slot (load.py)
+    adequacy: Adequacy | None = None  # the tuning-adequacy verdict, when assessed
 
 
 def counts(study: BatchStudy) -> dict[str, int]:
@@ -67,17 +69,18 @@ def importances(study: BatchStudy, seed: int = 0) -> dict[str, float] | None:
         return None
 
 
-def sensitivity(study: BatchStudy, factor: float = 1.25) -> Sensitivity:
-    """Counts, good region, unknown pruned trials and importances of one batch-size study."""
+def sensitivity(study: BatchStudy, factor: float = 1.25, tuning: Adequacy | None = None
+                ) -> Sensitivity:
+    """Counts, good region, unknown pruned trials and importances of one batch-size study
+    (with ``tuning``, its adequacy verdict, carried along)."""
     b = best(study.trials)
     slack = study.attrs.get("pruner", {}).get("slack")
     s = Sensitivity(study.batch_size, counts(study), b.steps_to_target if b else None, factor,
-                    slack=slack, duplicates_set_aside=study.n_duplicates)
+                    slack=slack, duplicates_set_aside=study.n_duplicates, adequacy=tuning)
     if b is not None:
         assert b.steps_to_target is not None
         limit = factor * b.steps_to_target
-        good = [t for t in study.trials if t.outcome == "reached"
-                and t.steps_to_target is not None and t.steps_to_target <= limit]
+        good = good_trials(study.trials, factor)
         s.n_good = len(good)
         for name, p in study.search_space.items():
             if p.choices is None:

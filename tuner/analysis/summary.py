@@ -6,20 +6,33 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from tuner.analysis.adequacy import UNDER_TUNED, Adequacy, Rule, assess
 from tuner.analysis.curves import Curve, best, curve
 from tuner.analysis.edges import EdgeFinding, check_study
-from tuner.analysis.fit import regime
+from tuner.analysis.fit import regime, regimes
 from tuner.analysis.records import SpecStudies
+
+#: The default adequacy rule, in words.
+RULE_TEXT = Rule().text()
 
 #: A best trial that used more than this share of its budget suggests the budget is too small.
 BUDGET_SHARE = 0.9
 
 
-def spec_curve(s: SpecStudies, n_boot: int = 1000) -> Curve:
-    """The scaling curve of one spec's stored studies."""
+def adequacy(s: SpecStudies, n_boot: int = 1000, rule: Rule = Rule(),
+             run_cmd: str = "tuner run SPEC") -> list[Adequacy]:
+    """The tuning-adequacy verdict of every batch size of a spec (``run_cmd``: how the
+    advice's command starts)."""
+    return [assess(st.batch_size, st.trials, st.search_space, rule, n_boot, s.seed, run_cmd)
+            for st in s.studies]
+
+
+def spec_curve(s: SpecStudies, n_boot: int = 1000, run_cmd: str = "tuner run SPEC") -> Curve:
+    """The scaling curve of one spec's stored studies, each point with its adequacy."""
     c = curve(s.name, s.target, s.attrs.get("optimizer", ""),
               {st.batch_size: st.trials for st in s.studies},
-              s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed)
+              s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed,
+              adequacy={a.batch_size: a for a in adequacy(s, n_boot, run_cmd=run_cmd)})
     by_b = {st.batch_size: st for st in s.studies}
     for p in c.points:
         st = by_b[p.batch_size]
@@ -40,17 +53,27 @@ def curve_json(c: Curve) -> dict[str, Any]:
         d["learning_rate"] = c.learning_rate(p) if p.best_steps else None
         d["effective_learning_rate"] = c.effective_lr(p) if p.best_steps else None
         d["regime"] = regime(p.batch_size, c.fit) if c.fit and p.best_steps else None
+        d["regimes"] = regimes(p.batch_size, c.fit) if c.fit and p.best_steps else None
         points.append(d)
     return {"spec": c.name, "target": c.target, "points": points,
-            "fit": c.fit.to_json() if c.fit else None, "reliable": c.reliable,
+            "fit": c.fit.to_json() if c.fit else None,
+            "tuning_rule": RULE_TEXT, "under_tuned": c.under_tuned,
+            "fit_without_under_tuned": c.fit_tuned.to_json() if c.fit_tuned else None,
+            "fit_without_under_tuned_because": c.fit_tuned_because,
+            "reliable": c.reliable,
             "unreliable_because": "; ".join(c.unreliable_because) or None,
             "duplicate_trials_set_aside": c.n_duplicates}
 
 
-def edge_findings(s: SpecStudies, margin: float = 0.05, top_frac: float = 0.10
-                  ) -> list[EdgeFinding]:
-    """Edge findings for every batch size of a spec."""
-    return [f for st in s.studies for f in check_study(st, margin, top_frac)]
+def edge_findings(s: SpecStudies, margin: float = 0.05, top_frac: float = 0.10,
+                  tuning: Sequence[Adequacy] = ()) -> list[EdgeFinding]:
+    """Edge findings for every batch size of a spec, each with its batch size's adequacy
+    status when ``tuning`` holds it."""
+    status = {a.batch_size: a.status for a in tuning}
+    found = [f for st in s.studies for f in check_study(st, margin, top_frac)]
+    for f in found:
+        f.tuning = status.get(f.batch_size)
+    return found
 
 
 @dataclass
@@ -65,6 +88,8 @@ class Verdict:
     not_reached: list[int] = field(default_factory=list)  # finished trials, none reached
     notes: list[str] = field(default_factory=list)
     fit_problems: list[str] = field(default_factory=list)  # Curve.unreliable_because
+    #: "B=32: reason; reason (do: advice; advice)" per under-tuned batch size
+    under_tuned: list[str] = field(default_factory=list)
 
     @property
     def missing(self) -> list[int]:
@@ -95,4 +120,12 @@ def verdict(s: SpecStudies, findings: Sequence[EdgeFinding], c: Curve | None = N
                            if st.batch_size in ran and best(st.trials) is None)
     if c is not None:
         v.fit_problems = list(c.unreliable_because)
+        v.under_tuned = [under_tuned_line(p.batch_size, p.tuning_reasons, p.tuning_advice)
+                         for p in c.points if p.tuning == UNDER_TUNED]
     return v
+
+
+def under_tuned_line(batch_size: int, reasons: Sequence[str], advice: Sequence[str]) -> str:
+    """One under-tuned batch size in one line: why, and what to do."""
+    return (f"under-tuned at B = {batch_size}: " + "; ".join(reasons)
+            + (" (do: " + "; ".join(advice) + ")" if advice else ""))

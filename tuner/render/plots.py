@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from tuner.analysis.curves import Curve, best  # noqa: E402
+from tuner.analysis.curves import Curve, Point, best  # noqa: E402
 from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW  # noqa: E402
 from tuner.analysis.records import BatchStudy  # noqa: E402
 
@@ -48,6 +48,23 @@ def _log2_axis(axis: matplotlib.axis.Axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _points_with_intervals(ax: plt.Axes, pts: Sequence[Point], color: str) -> None:
+    """Best steps with their 95 % bootstrap interval as error bars; an interval unbounded
+    below (low end 0) is drawn to best/4 and ends in a down arrow. Under-tuned points hollow."""
+    for p in pts:
+        assert p.best_steps is not None
+        ci = p.best_ci95
+        yerr = None
+        if ci is not None:
+            low = ci[0] if ci[0] > 0 else p.best_steps / 4
+            yerr = [[p.best_steps - low], [max(0.0, ci[1] - p.best_steps)]]
+            if ci[0] <= 0:
+                ax.plot([p.batch_size], [low], "v", color=color, ms=5)
+        under = p.tuning == "under-tuned"
+        ax.errorbar([p.batch_size], [p.best_steps], yerr=yerr, fmt="o", color=color,
+                    mfc="white" if under else color, capsize=3, elinewidth=1)
+
+
 def scaling(curves: Sequence[Curve]) -> bytes:
     """Steps-to-target and examples-to-target vs batch size, log2-log2, several specs."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -58,7 +75,8 @@ def scaling(curves: Sequence[Curve]) -> bytes:
         color = f"C{i}"
         bs = [p.batch_size for p in pts]
         steps = [p.best_steps for p in pts]
-        ax.plot(bs, steps, "o-", color=color, label=c.name)
+        ax.plot(bs, steps, "-", color=color, label=c.name)
+        _points_with_intervals(ax, pts, color)
         ax2.plot(bs, [s * b for s, b in zip(steps, bs)], "o-", color=color, label=c.name)
         b0, s0 = bs[0], steps[0]
         ax.plot([b0, bs[-1]], [s0, s0 * b0 / bs[-1]], ":", color=color, alpha=0.7,
@@ -86,7 +104,8 @@ def scaling(curves: Sequence[Curve]) -> bytes:
         a.set_xlabel("batch size B")
         a.set_ylabel(ylabel)
         a.grid(True, which="major", alpha=0.3)
-    ax.set_title(f"Steps to {goal}")
+    ax.set_title(f"Steps to {goal}\n(bars: 95 % bootstrap interval of the best; "
+                 "hollow: under-tuned)", fontsize=9)
     ax2.set_title("Examples to target")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)

@@ -13,7 +13,7 @@ import optuna
 from tuner.analysis.curves import Curve
 from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
-from tuner.analysis.summary import Verdict, edge_findings, verdict
+from tuner.analysis.summary import RULE_TEXT, Verdict, edge_findings, verdict
 from tuner.render import plots
 from tuner.render.tables import curve_rows, edge_rows, fit_line, sensitivity_rows
 
@@ -47,7 +47,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _verdict_box(name: str, v: Verdict, n_batch: int) -> str:
-    good = (v.edges_clean and not v.budget_tight and not v.missing and not v.fit_problems)
+    good = (v.edges_clean and not v.budget_tight and not v.missing and not v.fit_problems
+            and not v.under_tuned)
     items = [
         "edges clean" if v.edges_clean else "best trials at an edge: " + "; ".join(
             html.escape(p) for p in v.edge_problems),
@@ -61,6 +62,9 @@ def _verdict_box(name: str, v: Verdict, n_batch: int) -> str:
         items.append(f"not run (in the spec, no finished trial stored): B = {v.not_run}")
     if v.not_reached:
         items.append(f"no trial reached the target: B = {v.not_reached}")
+    items.append(f"every batch size with a point adequately tuned ({html.escape(RULE_TEXT)})"
+                 if not v.under_tuned else "; ".join(html.escape(u) for u in v.under_tuned)
+                 + f" (adequately tuned: {html.escape(RULE_TEXT)})")
     items.append("fit reliable" if not v.fit_problems else "fit unreliable: " + "; ".join(
         html.escape(p) for p in v.fit_problems))
     lis = "".join(f"<li>{i}</li>" for i in items)
@@ -74,7 +78,8 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Batch-size scaling report"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Batch-size scaling: {html.escape(', '.join(s.name for s in specs))}</h1>"]
-    findings = {s.name: edge_findings(s) for s in specs}
+    findings = {s.name: edge_findings(s, tuning=list(c.tuning.values()))
+                for s, c in zip(specs, curves)}
     for s, c in zip(specs, curves):
         parts.append(_verdict_box(s.name, verdict(s, findings[s.name], c), len(s.studies)))
     parts += ["<h2>Scaling curve</h2>", _img(plots.scaling(curves), "scaling curve")]
@@ -84,8 +89,8 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     parts += ["<h2>Learning rate vs batch size</h2>",
               _img(plots.learning_rates(curves), "learning rates"),
               "<h2>Wall-clock time to target</h2>", _img(plots.wall_time(curves), "wall time")]
-    for s in specs:
-        sens = [sensitivity(st) for st in s.studies]
+    for s, c in zip(specs, curves):
+        sens = [sensitivity(st, tuning=c.tuning.get(st.batch_size)) for st in s.studies]
         parts += [f"<h2>Edges: {html.escape(s.name)}</h2>", _table(*edge_rows(findings[s.name])),
                   f"<h2>Sensitivity: {html.escape(s.name)}</h2>",
                   "<p>good = trials within 1.25x of the best steps; unknown = pruned before "

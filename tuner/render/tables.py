@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from tuner.analysis.curves import Point
-from tuner.analysis.fit import regime
+from tuner.analysis.fit import regimes
 from tuner.spec import Spec
 
 
@@ -49,8 +49,9 @@ Rows = tuple[list[str], list[list[Any]]]
 
 def curve_rows(c: Any) -> Rows:
     """Header and rows of one spec's scaling curve (c: tuner.analysis.curves.Curve)."""
-    header = ["batch_size", "best_steps", "crossed_in", "examples", "regime", "learning_rate",
-              "effective_lr", "wall_s", "trials", "reached", "missed", "pruned", "diverged"]
+    header = ["batch_size", "best_steps", "best_ci95", "crossed_in", "examples", "regime",
+              "learning_rate", "effective_lr", "wall_s", "trials", "reached", "missed", "pruned",
+              "diverged", "good", "tuning"]
     rescored = any(p.best_bound != "exact" or p.n_unknown for p in c.points)
     if rescored:  # re-scored: how exact each best is, and the trials that could not be scored
         header += ["bound", "unscored"]
@@ -61,11 +62,13 @@ def curve_rows(c: Any) -> Rows:
         if not ok and p.best_bound == "unknown":
             best = "unknown"
         rows.append([
-            p.batch_size, best, f"({p.best_steps_after}, {p.best_steps}]" if ok else None,
+            p.batch_size, best, ci_text(p.best_ci95) if ok else None,
+            f"({p.best_steps_after}, {p.best_steps}]" if ok else None,
             p.best_steps * p.batch_size if ok else None,
-            regime(p.batch_size, c.fit) if ok and c.fit else None,
+            " or ".join(regimes(p.batch_size, c.fit)) if ok and c.fit else None,
             c.learning_rate(p) if ok else None, c.effective_lr(p) if ok else None,
             p.best_wall_seconds, p.n_trials, p.n_reached, p.n_missed, p.n_pruned, p.n_diverged,
+            p.n_good if ok else None, p.tuning if ok else None,
             *((p.best_bound, p.n_unknown) if rescored else ())])
     return header, rows
 
@@ -92,32 +95,52 @@ def fit_line(c: Any) -> str:
             f"({boot}); max |log2 residual| = {worst:.3f}")
     if c.unreliable_because:
         line += "; UNRELIABLE: " + "; ".join(c.unreliable_because)
+    if c.under_tuned:
+        without = f"without the under-tuned B = {', '.join(map(str, c.under_tuned))}: "
+        g = c.fit_tuned
+        if g is None:
+            line += f"; {without}no fit ({c.fit_tuned_because})"
+        else:
+            gi = g.ci95
+            span = (f" [{gi['b_crit'][0]:.4g}, {gi['b_crit'][1]:.4g}]" if "b_crit" in gi else "")
+            line += (f"; {without}S_min = {g.s_min:.4g}, B_crit = {g.b_crit:.4g}{span}, "
+                     f"{g.n_points} points")
     return line
+
+
+def ci_text(ci: tuple[float, float] | None) -> str | None:
+    """``[lo, hi]`` of an interval, or None."""
+    return None if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
 def edge_rows(findings: Sequence[Any]) -> Rows:
     """Header and rows of edge findings."""
     header = ["batch_size", "param", "best_value", "position", "edge", "verdict", "top_k",
-              "top_k_at_edge", "suggestion"]
+              "top_k_at_edge", "tuning", "suggestion"]
     return header, [[f.batch_size, f.param, f.value,
                      None if f.position is None else f"{f.position:.3f}", f.edge, f.verdict,
-                     f.top_k, f.top_k_at_edge, f.suggestion] for f in findings]
+                     f.top_k, f.top_k_at_edge, f.tuning, f.suggestion] for f in findings]
 
 
 def sensitivity_rows(items: Sequence[Any]) -> Rows:
     """Header and rows of sensitivity summaries (one row per batch size)."""
     params = sorted({k for s in items for k in s.good_region} |
                     {k for s in items for k in (s.importances or {})})
-    header = ["batch_size", "best_steps", "reached", "missed", "pruned", "diverged", "good",
-              "unknown", *(f"good_{p}" for p in params), *(f"importance_{p}" for p in params)]
+    header = ["batch_size", "best_steps", "best_ci95", "reached", "missed", "pruned",
+              "diverged", "good", "unknown", "feasible", "tuning",
+              *(f"good_{p}" for p in params), *(f"importance_{p}" for p in params)]
     rows = []
     for s in items:
         c = s.counts
         region = [f"[{s.good_region[p][0]:.3g}, {s.good_region[p][1]:.3g}]"
                   if p in s.good_region else None for p in params]
         imp = [(s.importances or {}).get(p) for p in params]
-        rows.append([s.batch_size, s.best_steps, c["reached"], c["missed"], c["pruned"],
-                     c["diverged"], s.n_good, s.n_unknown, *region, *imp])
+        a = s.adequacy
+        feasible = a.feasible if a is not None else None
+        rows.append([s.batch_size, s.best_steps, ci_text(a.ci95) if a else None, c["reached"],
+                     c["missed"], c["pruned"], c["diverged"], s.n_good, s.n_unknown,
+                     None if feasible is None else f"{feasible:.0%}", a.status if a else None,
+                     *region, *imp])
     return header, rows
 
 
