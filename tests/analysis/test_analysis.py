@@ -181,7 +181,11 @@ def test_edges_exit_1_on_a_range_below_the_optimum_and_0_on_a_wide_one(
     assert row.split()[0] == "16" and "high" in row and "at edge" in row and "high = 0.1" in row
     wide = write(tmp_path, EDGE_SPEC.replace("high = 0.01", "high = 3.0"), "wide.toml")
     assert run_cli(["run", str(wide), "--storage", url, "-q", "-b", "16"], capsys)[0] == 0
-    code, out, _ = run_cli(["edges", str(wide), "--storage", url, "--margin", "0.1"], capsys)
+    # 32 points over 3.5 decades leave about one trial within 1.25x of the best: the adequacy
+    # check (tests/analysis/test_adequacy.py) calls that under-tuned, exit 3; this is the edge
+    # check alone.
+    code, out, _ = run_cli(["edges", str(wide), "--storage", url, "--margin", "0.1",
+                            "--no-adequacy"], capsys)
     print(out)
     assert code == 0 and "edges clean" in out
 

@@ -141,7 +141,7 @@ def curve_points(spec: Path, url: str, capsys: pytest.CaptureFixture[str], *extr
     code, out, err = run_cli(["curve", str(spec), "--storage", url, "--format", "json",
                               "--n-boot", "0", *extra], capsys)
     assert code == 0, err
-    return json.loads(out)
+    return json.loads(out.replace(url, "URL"))  # (the adequacy advice names the storage)
 
 
 def test_every_metric_is_stored_at_every_evaluation(stored: tuple[Path, str]) -> None:
@@ -217,7 +217,7 @@ def test_other_commands_rescore_and_bad_targets_are_refused(
                                              "--n-boot", "0"]):
         code, out, err = run_cli([*cmd, str(spec), "--storage", url, "--target",
                                   "error<=0.3"], capsys)
-        assert code in (0, 1), err
+        assert code in (0, 1, 3), err  # edges: 1 at an edge, 3 under-tuned
         assert "error<=0.3" in out + err or "error&lt;=0.3" in (tmp_path / "r" / "index.html"
                                                                ).read_text()
     code, _, err = run_cli(["curve", str(spec), "--storage", url, "--target", "val_acc>=0.9"],
@@ -265,7 +265,7 @@ def test_analysis_needs_neither_the_plugin_nor_torch(tmp_path: Path) -> None:
                  ["curve", str(spec), "--target", "error<=0.3", "--n-boot", "0"]):
         p = subprocess.run([sys.executable, "-c", probe, *args, "--storage", url], env=env,
                            capture_output=True, text=True, timeout=120)
-        assert p.returncode in (0, 1), p.stderr
+        assert p.returncode in (0, 1, 3), p.stderr  # edges: 3 under-tuned
         assert "heavy: []" in p.stderr, p.stderr
     # and running it now fails with one line naming the plug-in
     p = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--storage", url],

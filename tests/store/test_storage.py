@@ -160,7 +160,7 @@ def analyse(spec: Path, url: str, out: Path, capsys: pytest.CaptureFixture[str])
     for args in (["curve", "--n-boot", "20"], ["edges"], ["sensitivity"],
                  ["report", "--no-dashboard", "--n-boot", "20", "--out", str(out / "a")]):
         code, stdout, err = run_cli([args[0], str(spec), "--storage", url, *args[1:]], capsys)
-        assert code in ((0, 1) if args[0] == "edges" else (0,)), err
+        assert code in ((0, 1, 3) if args[0] == "edges" else (0,)), err  # 3: under-tuned
         assert "error" not in err and "Traceback" not in err, err
         assert stdout.strip()
     assert (out / "a" / "index.html").is_file()

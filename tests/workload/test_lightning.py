@@ -106,7 +106,7 @@ def test_docs_style_module_runs_through_every_command(tmp_path: Path,
 
     for cmd in (["curve", "--format", "json"], ["edges"], ["sensitivity"]):
         code, out, err = run_cli([*cmd, str(spec), "--storage", url], capsys)
-        assert code in (0, 1), (cmd, err)
+        assert code in (0, 1, 3), (cmd, err)  # edges: 1 at an edge, 3 under-tuned
         if cmd[0] == "curve":
             points = json.loads(out)["points"]
             assert [p["batch_size"] for p in points] == [16, 64]
