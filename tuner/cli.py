@@ -327,6 +327,11 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     Fits S(B) = S_min (1 + B_noise/B) (McCandlish et al.) and reports S_min, E_min,
     B_crit = E_min/S_min with a 95 % bootstrap interval. With several --target values: one
     curve per target, and one figure (--plot) with all of them.
+
+    Per batch size: the best steps' 95 % bootstrap interval (best_ci95: how far more tuning
+    might move it), the trials within 1.25x of the best (good) and the adequacy verdict
+    (tuning: the rule of `tuner edges --help`). An under-tuned point makes the fit unreliable;
+    the fit line then adds the fit without the under-tuned points.
     """
     from tuner.render import plots  # heavy: matplotlib, only for --plot
 
