@@ -100,6 +100,14 @@ def test_curve_and_sensitivity_show_the_interval_and_verdict(
     code, out, _ = run_cli(["sensitivity", str(path), "--storage", url], capsys)
     assert code == 0 and "under-tuned at B = 256" in out
     assert "feasible" in out.splitlines()[1]
+    png = tmp_path / "c.png"  # with error bars
+    assert run_cli(["curve", str(path), "--storage", url, "--plot", str(png)], capsys)[0] == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    code, _, err = run_cli(["report", str(path), "--storage", url, "--no-dashboard", "--out",
+                            str(tmp_path / "r")], capsys)
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert code == 0, err
+    assert "needs attention" in page and "under-tuned at B = 256: only 1 trial(s)" in page
 
 
 def fm_study(b: int, best: int, n_good: int, n_diverged: int, n: int = 16
