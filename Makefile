@@ -135,7 +135,7 @@ dashboard: $(STAMP)
 # Speed (issue 6): side-by-side measurements, never part of `make test` (benchmarks/README.md),
 # and an offline install for GPU machines without a network.
 
-.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-all wheels \
+.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-adequacy bench-all wheels \
         install-offline
 
 bench: $(STAMP)
@@ -156,7 +156,12 @@ bench-nqm-workers: $(STAMP)
 bench-dataloader: $(STAMP) debian
 	$(BIN)/python benchmarks/dataloader_speed.py
 
-bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader
+bench-adequacy: $(STAMP)
+	$(BIN)/python benchmarks/adequacy_nqm.py
+	$(BIN)/python benchmarks/adequacy_digits.py
+
+bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader \
+	bench-adequacy
 
 # On a machine with a network: wheels/ gets this project's wheel and every dependency at the
 # versions of constraints.txt. NO_TORCH=1 leaves out torch, torchvision, lightning and their CUDA
