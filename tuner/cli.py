@@ -287,15 +287,15 @@ def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: o
         click.echo("\n\n".join(f"{title}\n{render(header, rows)}" for title, header, rows in blocks))
 
 
-def _run_cmds(specs: tuple[str, ...], storage: str | None, targets: Sequence[Goal],
-              rescored: bool) -> list[str]:
+def _run_cmds(specs: tuple[str, ...], storage: str | None, targets: Sequence[Goal]
+              ) -> list[str]:
     """The ``tuner run ...`` that tops up each loaded entry's studies (parallel to
-    :func:`_load`'s list), for the adequacy advice."""
+    :func:`_load`'s list: one entry per spec and ``--target``), for the adequacy advice."""
     out = []
     for spec in specs:
         cmd = "tuner run " + shlex.quote(spec if Path(spec).is_file() else "SPEC") + (
             f" --storage {shlex.quote(storage)}" if storage else "")
-        out += [cmd] * (max(1, len(targets)) if rescored else 1)
+        out += [cmd] * max(1, len(targets))
     return out
 
 
@@ -338,7 +338,7 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, bool(targets or max_steps or max_examples))
+    cmds = _run_cmds(specs, storage, targets)
     curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
     objs = [curve_json(c) for c in curves]
     blocks = [(c.name if fmt == "csv" else fit_line(c), *curve_rows(c)) for c in curves]
@@ -385,7 +385,7 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     trials, or a narrower range where most trials diverged).
     """
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, bool(targets or max_steps or max_examples))
+    cmds = _run_cmds(specs, storage, targets)
     tuning = {s.name: adequacy_of(s, n_boot, run_cmd=cmd) if adequacy else []
               for s, cmd in zip(loaded, cmds)}
     found = {s.name: edge_findings(s, margin, top_frac, tuning[s.name]) for s in loaded}
@@ -441,7 +441,7 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
 
     _check_output("--plots", plot_dir, folder=True)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, bool(targets or max_steps or max_examples))
+    cmds = _run_cmds(specs, storage, targets)
     results = {}
     for s, cmd in zip(loaded, cmds):
         results[s.name] = [sens(st, factor, a) for st, a in
@@ -498,7 +498,7 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
                    "with a plain `tuner report`", err=True)
         dashboard = False
     st, loaded = _load(specs, storage, seed, dashboard, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, rescoring)
+    cmds = _run_cmds(specs, storage, targets)
     curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
     page = report_mod.write(Path(out), loaded, curves)
     click.echo(f"wrote {page}")
