@@ -42,11 +42,9 @@ from tuner.render.tables import (
     sensitivity_rows,
     to_csv,
 )
-from tuner.run import resources, runner
-from tuner.run import specs as spec_mod
-from tuner.run import workers as workers_mod
 from tuner.store import storage as storage_mod
 from tuner.store.retry import StorageUnavailable, cause, configure, db_error
+from tuner.store.rows import open_reader
 from tuner.store.source import check_storage_exists, load
 from tuner.store.storage import open_readonly, open_storage, resolve_url, writable
 
@@ -110,6 +108,11 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     at exactly N per batch size, and re-run the trial of a worker that died. Ctrl-C or SIGTERM
     re-queues the running trial and stops.
     """
+
+    # the trial path (scipy's QMC, the runner) only for `run`: analysis starts faster without
+    from tuner.run import resources, runner
+    from tuner.run import specs as spec_mod
+    from tuner.run import workers as workers_mod
 
     configure(storage_retry)  # this process and the local workers it starts
 
@@ -249,9 +252,13 @@ def _load(specs: tuple[str, ...], storage: str | None, seed: int | None,
     (one entry per spec and target)."""
     url = resolve_url(storage)
     check_storage_exists(url)
-    st = open_storage(url) if write and writable(url) else open_readonly(url)
-    loaded = [load(st, s, seed) for s in specs]
-    if targets or max_steps or max_examples:
+    # $TUNER_READER=optuna: through Optuna's API (benchmarks/analysis_speed.py's baseline)
+    reader = open_readonly(url) if os.environ.get("TUNER_READER") == "optuna" else \
+        open_reader(url)
+    st = open_storage(url) if write and writable(url) else reader
+    rescoring = bool(targets or max_steps or max_examples)
+    loaded = [load(reader, s, seed, curves=rescoring) for s in specs]  # curves: re-scoring
+    if rescoring:
         loaded = [_rescored(s, g, max_steps, max_examples)
                   for s in loaded for g in (targets or [None])]
     for line in (w for s in loaded for w in s.warnings):
@@ -333,8 +340,6 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     (tuning: the rule of `tuner edges --help`). An under-tuned point makes the fit unreliable;
     the fit line then adds the fit without the under-tuned points.
     """
-    from tuner.render import plots  # heavy: matplotlib, only for --plot
-
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
@@ -349,10 +354,13 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
                      if p.tuning == UNDER_TUNED])]
         if lines:
             click.echo("\n" + "\n".join(lines))
-    for path, fig in ((plot, plots.scaling), (lr_plot, plots.learning_rates)):
-        if path:
-            Path(path).write_bytes(fig(curves))
-            click.echo(f"wrote {path}", err=True)
+    if plot or lr_plot:
+        from tuner.render import plots  # heavy: matplotlib, only for --plot
+
+        for path, fig in ((plot, plots.scaling), (lr_plot, plots.learning_rates)):
+            if path:
+                Path(path).write_bytes(fig(curves))
+                click.echo(f"wrote {path}", err=True)
 
 
 @cli.command()
@@ -436,9 +444,6 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
     "unknown" counts trials pruned before FACTOR x the best steps: they cannot be classified;
     a lossless-pruner slack >= FACTOR would have run them long enough to settle it.
     """
-
-    from tuner.render import plots  # heavy: matplotlib, only for --plot
-
     _check_output("--plots", plot_dir, folder=True)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     cmds = _run_cmds(specs, storage, targets)
@@ -463,6 +468,8 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
                            f"{factor}x the best steps (pruner slack {slack}); a slack >= {factor} "
                            "would run them long enough to classify them")
     if plot_dir:
+        from tuner.render import plots  # heavy: matplotlib, only for --plots
+
         d = Path(plot_dir)
         d.mkdir(parents=True, exist_ok=True)
         for s in loaded:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -120,8 +120,12 @@ def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
     def resid(theta: np.ndarray) -> np.ndarray:
         return theta[0] + np.log1p(np.exp(theta[1]) / b) - log_s
 
-    with np.errstate(over="ignore"):
-        res = least_squares(resid, x0=[math.log(s0), math.log(bn0)], method="lm")
+    def jac(theta: np.ndarray) -> np.ndarray:  # d resid / d (log S_min, log B_noise)
+        r = np.exp(theta[1]) / b
+        return np.stack([np.ones_like(b), r / (1.0 + r)], axis=1)
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = least_squares(resid, x0=[math.log(s0), math.log(bn0)], jac=jac, method="lm")
         s_min, b_noise = float(np.exp(res.x[0])), float(np.exp(res.x[1]))
     if not res.success or not all(map(math.isfinite, (s_min, b_noise, s_min * b_noise))) \
             or s_min <= 0 or b_noise <= 0:
@@ -129,6 +133,91 @@ def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
     out = Fit(s_min, b_noise)
     out.residuals = {int(bb): float(r / math.log(2)) for bb, r in zip(b, -resid(res.x))}
     return out, None
+
+
+#: A row of :func:`fit_many` counts as solved when one more Gauss-Newton step from its solution
+#: moves neither log S_min nor log B_noise by more than this (else it is fitted alone).
+STACK_TOL = 1e-8
+
+
+#: Gauss-Newton steps that finish :func:`fit_many`'s sparse solve (quadratic convergence: the
+#: last of them is already below :data:`STACK_TOL` wherever the row converged).
+POLISH_STEPS = 3
+
+
+def _gauss_newton_step(t: np.ndarray, b: np.ndarray, log_s: np.ndarray) -> np.ndarray:
+    """Each row's Gauss-Newton step (to subtract) for (log S_min, log B_noise) ``t`` (k x 2)."""
+    q = np.exp(t[:, 1:]) / b
+    q = q / (1.0 + q)  # d resid / d log B_noise (d / d log S_min = 1)
+    r = t[:, :1] + np.log1p(np.exp(t[:, 1:]) / b) - log_s
+    a11, a12, a22 = float(b.size), q.sum(axis=1), (q * q).sum(axis=1)
+    g1, g2 = r.sum(axis=1), (q * r).sum(axis=1)
+    det = a11 * a22 - a12 * a12
+    return np.stack([(a22 * g1 - a12 * g2) / det, (a11 * g2 - a12 * g1) / det], axis=1)
+
+
+def fit_many(batch_sizes: Sequence[int], steps: np.ndarray
+             ) -> list[tuple[tuple[float, float] | None, str | None]]:
+    """(S_min, B_noise) of :func:`fit_or_reason` for each row of ``steps`` (one data set per
+    row, all at ``batch_sizes``), or (None, why).
+
+    The rows' fits are independent, so they are solved as one least-squares problem whose
+    Jacobian is block-diagonal (scipy's ``least_squares`` with a sparse Jacobian): one call
+    instead of one per row, ~10x faster for the bootstrap's hundreds of resamples. Each row
+    starts where :func:`fit_or_reason` starts. A row whose solution fails the check of
+    :data:`STACK_TOL`, or is not finite, is fitted alone with :func:`fit_or_reason`.
+    """
+    import scipy.sparse as sparse
+    from scipy.optimize import least_squares  # heavy: scipy, only when needed
+
+    b = np.asarray(batch_sizes, dtype=float)
+    s = np.asarray(steps, dtype=float).reshape(-1, len(b))
+    k, n = s.shape
+    if n < 3:
+        return [(None, TOO_FEW)] * k
+    # each row's start: the linear least-squares fit of S = c0 + c1 / B, as fit_or_reason's
+    design = np.stack([np.ones_like(b), 1.0 / b], axis=1)
+    coef = np.linalg.lstsq(design, s.T, rcond=None)[0]  # 2 x k
+    s0 = np.where(coef[0] > 0, coef[0], s.min(axis=1))
+    bn0 = np.where(coef[1] > 0, coef[1] / s0, b.min())
+    log_s = np.log(s)
+    rows = np.repeat(np.arange(k * n), 2)
+    cols = (2 * np.arange(k)[:, None, None] + np.array([0, 1])).repeat(n, axis=1).ravel()
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        t = theta.reshape(k, 2)
+        return (t[:, :1] + np.log1p(np.exp(t[:, 1:]) / b) - log_s).ravel()
+
+    def jac(theta: np.ndarray) -> Any:
+        r = np.exp(theta.reshape(k, 2)[:, 1:]) / b
+        data = np.stack([np.ones((k, n)), r / (1.0 + r)], axis=2).ravel()
+        return sparse.csr_matrix((data, (rows, cols)), shape=(k * n, 2 * k))
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        x0 = np.stack([np.log(s0), np.log(bn0)], axis=1).ravel()
+        try:
+            theta = least_squares(resid, x0, jac=jac, method="trf", tr_solver="lsmr",
+                                  x_scale="jac", ftol=1e-12, xtol=1e-12, gtol=1e-12).x
+        except ValueError:  # a residual not finite at the start: every row alone
+            theta = np.full(2 * k, np.nan)
+        t = theta.reshape(k, 2).copy()
+        # the sparse solver stops near each row's minimum; Gauss-Newton steps per row (2x2
+        # normal equations) take it the rest of the way, and the last one is the check
+        for _ in range(POLISH_STEPS + 1):
+            step = _gauss_newton_step(t, b, log_s)
+            t -= step
+        step = np.abs(step)
+        s_min, b_noise = np.exp(t[:, 0]), np.exp(t[:, 1])
+        good = (np.isfinite(step).all(axis=1) & (step.max(axis=1) <= STACK_TOL)
+                & np.isfinite(s_min * b_noise) & (s_min > 0) & (b_noise > 0))
+    out: list[tuple[tuple[float, float] | None, str | None]] = []
+    for i in range(k):
+        if good[i]:
+            out.append(((float(s_min[i]), float(b_noise[i])), None))
+        else:
+            g, why = fit_or_reason(b, s[i])
+            out.append(((g.s_min, g.b_noise), None) if g is not None else (None, why))
+    return out
 
 
 def steps_pool(trials: Sequence[TrialRecord]) -> np.ndarray:
@@ -160,8 +249,8 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
     rng = np.random.default_rng(seed)
     # per batch size: steps of reached trials, inf for the rest (resampling picks among all)
     pools = {b: steps_pool(trials) for b, trials in trials_by_b.items()}
-    samples = []
     f.n_boot_requested = n_boot
+    resamples = []
     for _ in range(n_boot):
         bs, ss = [], []
         for b, pool in pools.items():
@@ -171,12 +260,22 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
             if np.isfinite(m):
                 bs.append(b)
                 ss.append(m)
-        g, why = fit_or_reason(bs, ss)
+        resamples.append((tuple(bs), tuple(ss)))
+    # the distinct resamples (large studies repeat the same bests), fitted together per set of
+    # batch sizes that reached the target
+    fits: dict[tuple, tuple[tuple[float, float] | None, str | None]] = {}
+    for bs in {bs for bs, _ in resamples}:
+        distinct = sorted({ss for b2, ss in resamples if b2 == bs})
+        for ss, result in zip(distinct, fit_many(bs, np.array(distinct, dtype=float))):
+            fits[(bs, ss)] = result
+    samples = []
+    for key in resamples:
+        g, why = fits[key]
         if g is None:
             assert why is not None
             f.boot_dropped[why] = f.boot_dropped.get(why, 0) + 1
         else:
-            samples.append((g.s_min, g.b_noise, g.e_min))
+            samples.append((g[0], g[1], g[0] * g[1]))
     if samples:
         # The basic (reverse-percentile) interval est^2 / q: a resample's best-of-n can only be
         # worse than the sample's, so plain percentiles sit above the estimate; reflecting them

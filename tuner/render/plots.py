@@ -21,11 +21,20 @@ MARKERS = {"reached": ("o", "tab:blue"), "missed": ("s", "tab:gray"),
            "diverged": ("x", "tab:red"), "pruned": (".", "tab:orange")}
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _png(fig: plt.Figure, tight: bool = True) -> bytes:
+    """The figure as PNG bytes; ``tight`` crops to what is drawn (a second layout pass: only
+    for figures with legends outside the axes; the others call ``tight_layout``)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _plain_log_labels(axis: matplotlib.axis.Axis) -> None:
+    """Major ticks of a log axis labelled 0.001, 1, 1e+04 (``%g``) instead of mathtext
+    powers of ten, whose layout costs most of a small figure's drawing time."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _pow2_label(v: float, _: object = None) -> str:
@@ -183,6 +192,7 @@ def _scatter_outcomes(ax: plt.Axes, study: BatchStudy, x: str, y: str | None) ->
         ax.set_xlim(p.low, p.high)
         if p.log:
             ax.set_xscale("log")
+            _plain_log_labels(ax.xaxis)
     ax.set_xlabel(x)
 
 
@@ -200,6 +210,7 @@ def lr_momentum_scatter(studies: Sequence[BatchStudy]) -> bytes | None:
         ax.set_ylim(p.low, p.high)
         if p.log:
             ax.set_yscale("log")
+            _plain_log_labels(ax.yaxis)
         ax.set_ylabel("1 - momentum")
         ax.set_title(f"B = {s.batch_size}", fontsize=9)
     for ax in list(axes.flat)[len(studies):]:
@@ -207,7 +218,7 @@ def lr_momentum_scatter(studies: Sequence[BatchStudy]) -> bytes | None:
     axes.flat[0].legend(fontsize=6)
     fig.suptitle("Learning rate x (1 - momentum): reached / missed / diverged / pruned, best *")
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, tight=False)
 
 
 def axis_plots(study: BatchStudy) -> bytes:
@@ -224,4 +235,4 @@ def axis_plots(study: BatchStudy) -> bytes:
         axes.flat[0].legend(fontsize=6)
     fig.suptitle(f"B = {study.batch_size}: steps vs each parameter")
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, tight=False)

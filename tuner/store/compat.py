@@ -27,7 +27,12 @@ if int(optuna.__version__.split(".")[0]) not in TESTED_MAJOR:
     raise ImportError(f"tuner needs optuna {' or '.join(map(str, TESTED_MAJOR))}.x (its private "
                       f"internals are used by tuner.store.compat); found {optuna.__version__}")
 
-__all__ = ["RETRIED_PRIVATE_METHODS", "forget_cached_trials", "heartbeat_thread", "heartbeats",
+#: The schema version (alembic's ``version_num``) of the Optuna RDB tables that
+#: :mod:`tuner.store.rows` reads directly; ``tests/store/test_compat.py`` checks it against the
+#: installed Optuna's migration head.
+SCHEMA_HEAD = "v3.2.0.a"
+
+__all__ = ["RETRIED_PRIVATE_METHODS", "SCHEMA_HEAD", "forget_cached_trials", "heartbeat_thread", "heartbeats",
            "is_heartbeat_enabled", "models", "rdb", "record_heartbeat", "storage_of", "study_id",
            "tell_pruned", "trial_id"]
 

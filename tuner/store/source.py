@@ -16,10 +16,15 @@ from tuner import spec as spec_mod
 from tuner.analysis.records import BatchStudy, SpecStudies, TrialRecord, param_from_attr
 from tuner.core.errors import UsageError
 from tuner.store.compat import study_id
+from tuner.store.rows import Reader, StoredTrial, gc_paused
 from tuner.store.storage import changed_key, first_difference, sqlite_file
 
 
-def outcome_of(t: FrozenTrial) -> str:
+#: A stored trial as analysis reads it: Optuna's, or the SQL reader's (the same attributes).
+Trialish = FrozenTrial | StoredTrial
+
+
+def outcome_of(t: Trialish) -> str:
     """``reached`` | ``missed`` | ``pruned`` | ``diverged`` | ``failed`` | ``running``."""
     if t.state == TrialState.PRUNED:
         return "pruned"
@@ -30,7 +35,7 @@ def outcome_of(t: FrozenTrial) -> str:
     return "running" if t.state in (TrialState.RUNNING, TrialState.WAITING) else "failed"
 
 
-def curve_of(t: FrozenTrial, target_metric: str | None) -> dict[str, Any] | None:
+def curve_of(t: Trialish, target_metric: str | None) -> dict[str, Any] | None:
     """The trial's measured curve: its ``curve`` attr, or (studies stored before every metric
     was kept) the target metric's intermediate values; None when neither is there."""
     stored = t.user_attrs.get("curve")
@@ -42,9 +47,10 @@ def curve_of(t: FrozenTrial, target_metric: str | None) -> dict[str, Any] | None
     return {"steps": steps, "metrics": {target_metric: [t.intermediate_values[s] for s in steps]}}
 
 
-def record(t: FrozenTrial, target_metric: str | None = None) -> TrialRecord:
+def record(t: Trialish, target_metric: str | None = None, curve: bool = True) -> TrialRecord:
     """A trial record from a stored Optuna trial (``target_metric``: the study's, which names
-    the intermediate values of studies stored before the ``curve`` attr)."""
+    the intermediate values of studies stored before the ``curve`` attr; without ``curve``,
+    the record's ``curve`` is None: not read)."""
     a = t.user_attrs
     return TrialRecord(
         number=t.number, outcome=outcome_of(t), params=dict(t.params),
@@ -52,18 +58,26 @@ def record(t: FrozenTrial, target_metric: str | None = None) -> TrialRecord:
         steps_after=a.get("steps_to_target_after"), stopped_at_step=a.get("stopped_at_step"),
         wall_seconds=a.get("wall_seconds"), slot=slot_of(t),
         value=t.value if t.state == TrialState.COMPLETE else None,
-        curve=curve_of(t, target_metric),
+        curve=curve_of(t, target_metric) if curve else None,
     )
 
 
-def slot_of(t: FrozenTrial) -> int:
+#: The trial user attrs analysis reads (:func:`record`, :func:`has_result`, :func:`slot_of`,
+#: :func:`curve_of`, :func:`outcome_of`): the SQL reader reads only these.
+ANALYSIS_ATTRS = ("reached", "diverged", "steps_to_target", "steps_to_target_after",
+                  "stopped_at_step", "wall_seconds", "slot", "retry_of")
+#: ... and for re-scoring, the stored curve (the largest attr by far).
+CURVE_ATTRS = ("curve",)
+
+
+def slot_of(t: Trialish) -> int:
     """The trial's slot: its user attr ``slot`` (tuner.run.trialqueue); in studies of tuner
     0.1.0 the trial it retried (``retry_of``), else its number."""
     a = t.user_attrs
     return int(a.get("slot", a.get("retry_of", t.number)))
 
 
-def has_result(t: FrozenTrial) -> bool:
+def has_result(t: Trialish) -> bool:
     """Whether a trial carries what analysis reads: a COMPLETE trial its ``reached`` attr (and
     an integer ``steps_to_target`` when reached). Pruned and unfinished trials always do."""
     if t.state != TrialState.COMPLETE:
@@ -74,7 +88,7 @@ def has_result(t: FrozenTrial) -> bool:
     return not a["reached"] or isinstance(a.get("steps_to_target"), int)
 
 
-def distinct_slots(trials: list[FrozenTrial]) -> tuple[list[FrozenTrial], int]:
+def distinct_slots(trials: list[Trialish]) -> tuple[list[Trialish], int]:
     """The trials with each slot finished at most once, and how many finished trials were set
     aside.
 
@@ -85,7 +99,7 @@ def distinct_slots(trials: list[FrozenTrial]) -> tuple[list[FrozenTrial], int]:
     (issue 13). Unfinished trials (failed, running, waiting) are kept: they are not results.
     """
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    first: dict[int, FrozenTrial] = {}
+    first: dict[int, Trialish] = {}
     for t in sorted(finished, key=lambda t: (t.datetime_complete is None,
                                              t.datetime_complete or 0, t.number)):
         first.setdefault(slot_of(t), t)
@@ -139,9 +153,11 @@ def check_unchanged(spec: Any, summaries: list[optuna.study.StudySummary]) -> No
             f"studies by name ({spec.name!r} instead of the file)")
 
 
-def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None = None
-         ) -> SpecStudies:
-    """The studies of a spec file or stored spec name.
+def load(storage: optuna.storages.BaseStorage | Reader, spec_arg: str, seed: int | None = None,
+         curves: bool = True) -> SpecStudies:
+    """The studies of a spec file or stored spec name, from a :class:`tuner.store.rows.Reader`
+    (a few SQL queries: :func:`tuner.store.rows.open_reader`) or an Optuna storage (its API:
+    the same records, slower).
 
     Incomplete studies (stopped while being created: see :data:`STUDY_ATTRS`) are left out,
     finished trials without their result attrs too, and of several finished trials of one
@@ -188,14 +204,28 @@ def load(storage: optuna.storages.BaseStorage, spec_arg: str, seed: int | None =
         raise UsageError(f"{spec_arg}: no studies with seed {seed}; stored seeds: {seeds}")
     if spec is not None:
         check_unchanged(spec, summaries)
+    with gc_paused():
+        return _studies(storage, name, seed, sorted(summaries, key=lambda s:
+                                                    s.user_attrs["batch_size"]), warn, skipped,
+                        curves)
+
+
+def _studies(storage: optuna.storages.BaseStorage | Reader, name: str, seed: int,
+             summaries: list[Any], warn: list[str], skipped: list[str], curves: bool
+             ) -> SpecStudies:
+    """The records of the studies ``summaries`` (:func:`load`'s second half)."""
+    keys = ANALYSIS_ATTRS + (CURVE_ATTRS if curves else ())
+    rows = storage.read_trials([study_id(s) for s in summaries], keys, intermediate=curves) \
+        if isinstance(storage, Reader) else None
     studies = []
-    for s in sorted(summaries, key=lambda s: s.user_attrs["batch_size"]):
-        stored = storage.get_all_trials(study_id(s), deepcopy=False)
+    for s in summaries:
+        stored: list[Any] = (rows[study_id(s)] if rows is not None
+                             else storage.get_all_trials(study_id(s), deepcopy=False))
         usable = [t for t in stored if has_result(t)]
         trials, n_dup = distinct_slots(usable)
         space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}
         metric = s.user_attrs.get("target", {}).get("metric")
-        st = BatchStudy(s.user_attrs["batch_size"], [record(t, metric) for t in trials], space,
+        st = BatchStudy(s.user_attrs["batch_size"], [record(t, metric, curves) for t in trials], space,
                         dict(s.user_attrs), s.study_name, n_duplicates=n_dup,
                         n_incomplete_trials=len(stored) - len(usable))
         if st.n_incomplete_trials:

@@ -47,7 +47,8 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
         "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"}}
 
 
-def _refused(url: str, err: Any) -> UsageError:
+def refused(url: str, err: Any) -> UsageError:
+    """The one-line error for a storage that cannot be opened (``err``: the DBAPI error)."""
     return UsageError(f"--storage: cannot open {describe(url)}: {cause(err)}; allowed: a "
                       "reachable server and a database that exists (see scripts/postgres.sh)")
 
@@ -87,21 +88,20 @@ def open_storage(url: str, heartbeat: int | None = None, *,
         err = db_error(exc)
         if err is None:
             raise
-        raise _refused(url, err) from None
+        raise refused(url, err) from None
     storage.retry_seconds = retry_seconds
     if db is not None:
         fast_sqlite(storage.engine)
     return storage
 
 
-def open_readonly(url: str) -> RDBStorage:
-    """An Optuna RDB storage for analysis that never writes: no schema creation, no
-    write-ahead-log switch; a SQLite file is opened read-only (``mode=ro``, plus
-    ``immutable=1`` when the file or its folder is not writable, as on read-only media),
-    a PostgreSQL session is read-only. ``storage.read_only`` is True.
+def readonly_engine_args(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL and SQLAlchemy engine kwargs that open ``url`` for reading only: a SQLite file
+    with ``mode=ro`` (plus ``immutable=1`` when the file or its folder is not writable), a
+    PostgreSQL session with ``default_transaction_read_only``.
 
     Raises:
-        UsageError: no SQLite file there, or the storage cannot be opened.
+        UsageError: no SQLite file there.
     """
     db = sqlite_file(url)
     kwargs: dict[str, Any] = {}
@@ -115,13 +115,26 @@ def open_readonly(url: str) -> RDBStorage:
         kwargs = _engine_kwargs(url)
     elif not url.startswith("sqlite"):
         kwargs = {"connect_args": {"options": "-c default_transaction_read_only=on"}}
+    return url, kwargs
+
+
+def open_readonly(url: str) -> RDBStorage:
+    """An Optuna RDB storage for analysis that never writes: no schema creation, no
+    write-ahead-log switch; a SQLite file is opened read-only (``mode=ro``, plus
+    ``immutable=1`` when the file or its folder is not writable, as on read-only media),
+    a PostgreSQL session is read-only. ``storage.read_only`` is True.
+
+    Raises:
+        UsageError: no SQLite file there, or the storage cannot be opened.
+    """
+    url, kwargs = readonly_engine_args(url)
     try:
         storage = RetryingStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
     except (DBAPIError, optuna.exceptions.StorageInternalError) as exc:
         err = db_error(exc)
         if err is None:
             raise
-        raise _refused(url, err) from None
+        raise refused(url, err) from None
     storage.read_only = True
     return storage
 
