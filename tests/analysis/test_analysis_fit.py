@@ -66,3 +66,52 @@ def test_interval_coverage_over_many_data_sets() -> None:
         hits += f.ci95["b_crit"][0] <= B_NOISE <= f.ci95["b_crit"][1]
     print(f"\nb_crit 95 % interval covered the truth in {hits}/{n} synthetic data sets")
     assert hits / n >= 0.75
+
+
+def test_fit_many_equals_one_fit_per_row() -> None:
+    """The bootstrap's stacked solve gives each row what fitting it alone gives (to the
+    precision of that fit), including rows that fall back to a fit alone."""
+    from tuner.analysis.fit import fit_many, fit_or_reason
+
+    rng = np.random.default_rng(3)
+    rows = [[truth(b) * float(np.exp(rng.normal(0, 0.2))) for b in BATCHES] for _ in range(200)]
+    rows.append([1000.0] * len(BATCHES))  # flat: B_noise -> 0, no convergence alone
+    rows.append([truth(b) for b in BATCHES])  # exact
+    many = fit_many(BATCHES, np.array(rows))
+    assert len(many) == len(rows)
+    for row, (got, why) in zip(rows, many):
+        alone, why_alone = fit_or_reason(BATCHES, row)
+        assert why == why_alone
+        if alone is None:
+            assert got is None
+            continue
+        assert got is not None
+        assert got[0] == pytest.approx(alone.s_min, rel=1e-5)
+        assert got[1] == pytest.approx(alone.b_noise, rel=1e-5)
+    assert fit_many(BATCHES[:2], np.array([[1.0, 2.0]])) == [(None, "fewer than 3 batch sizes "
+                                                             "reached the target")]
+
+
+def test_importances_use_at_most_256_trials_and_one_parameter_is_all() -> None:
+    from tuner.analysis import sensitivity as sens
+    from tuner.analysis.records import BatchStudy
+    from tuner.core.space import Param
+
+    rng = np.random.default_rng(0)
+    space = {"learning_rate": Param("learning_rate", low=1e-3, high=1.0, log=True),
+             "one_minus_momentum": Param("one_minus_momentum", low=0.01, high=1.0, log=True)}
+    trials = []
+    for i in range(600):
+        lr, omm = 10 ** rng.uniform(-3, 0), 10 ** rng.uniform(-2, 0)
+        steps = int(100 / lr ** 0.8 * (1 + 0.1 * omm))
+        trials.append(TrialRecord(i, "reached", {"learning_rate": lr, "one_minus_momentum": omm},
+                                  steps, value=float(steps)))
+    st = BatchStudy(64, trials, space)
+    picked = sens.importance_trials(st)
+    assert len(picked) == sens.MAX_IMPORTANCE_TRIALS == 256
+    assert [t.number for t in picked] == sorted(t.number for t in picked)
+    assert picked == sens.importance_trials(st)  # seeded
+    imp = sens.sensitivity(st)
+    assert imp.importance_trials == 256 and imp.importances["learning_rate"] > 0.8
+    one = BatchStudy(64, trials, {"learning_rate": space["learning_rate"]})
+    assert sens.importances(one) == {"learning_rate": 1.0}

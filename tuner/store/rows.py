@@ -32,7 +32,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from tuner.store.compat import SCHEMA_HEAD, models
-from tuner.store.retry import call, db_error
+from tuner.core.errors import UsageError
+from tuner.store.retry import call, db_error, describe
 from tuner.store.storage import open_readonly, readonly_engine_args, refused
 
 T = TypeVar("T")
@@ -213,5 +214,8 @@ def open_reader(url: str) -> Reader | BaseStorage:
         raise refused(url, err) from None
     if schema != SCHEMA_HEAD:
         reader.engine.dispose()
-        return open_readonly(url)
+        try:
+            return open_readonly(url)
+        except RuntimeError as exc:  # Optuna: "no longer compatible ...; please execute ..."
+            raise UsageError(f"--storage {describe(url)}: {exc}") from None
     return reader
