@@ -128,7 +128,8 @@ def sensitivity_rows(items: Sequence[Any]) -> Rows:
                     {k for s in items for k in (s.importances or {})})
     header = ["batch_size", "best_steps", "best_ci95", "reached", "missed", "pruned",
               "diverged", "good", "unknown", "feasible", "tuning",
-              *(f"good_{p}" for p in params), *(f"importance_{p}" for p in params)]
+              *(f"good_{p}" for p in params), "importance_trials",
+              *(f"importance_{p}" for p in params)]
     rows = []
     for s in items:
         c = s.counts
@@ -140,7 +141,7 @@ def sensitivity_rows(items: Sequence[Any]) -> Rows:
         rows.append([s.batch_size, s.best_steps, ci_text(a.ci95) if a else None, c["reached"],
                      c["missed"], c["pruned"], c["diverged"], s.n_good, s.n_unknown,
                      None if feasible is None else f"{feasible:.0%}", a.status if a else None,
-                     *region, *imp])
+                     *region, s.importance_trials or None, *imp])
     return header, rows
 
 
