@@ -64,7 +64,7 @@ def main() -> None:
             for i in range(args.subsets):
                 pick = rng.choice(len(st.trials), size=n, replace=False)
                 sub = dataclasses.replace(st, trials=[st.trials[j] for j in pick])
-                a = assess(sub.batch_size, sub.trials, sub.search_space, seed=i)
+                a = assess(sub.batch_size, sub.trials, sub.search_space)
                 if a.best_steps is None:
                     bad.append(np.inf)
                     continue

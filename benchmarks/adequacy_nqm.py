@@ -150,8 +150,8 @@ def main() -> None:
     # k = 1, x = inf: no rule at all (every point judged adequate), the baseline
     for k, x in [(1, math.inf)] + [(k, x) for k in (2, 3, 4, 6) for x in (0.1, 0.25, 0.5)]:
         rule = Rule(min_good=k, max_move=x, min_feasible=0.0 if k == 1 else 0.5)
-        judged = [(r.gap, assess(r.batch_size, r.study.trials, r.study.search_space, rule,
-                                 seed=r.seed).under_tuned) for r in rows]
+        judged = [(r.gap, assess(r.batch_size, r.study.trials, r.study.search_space,
+                                 rule).under_tuned) for r in rows]
         ok = [g for g, u in judged if not u]
         bad = [g for g, u in judged if u]
         print(f"| {k} | {x:g} | {len(bad) / len(judged):.0%} | {pct(ok, 90)} | "

@@ -372,14 +372,11 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
               help="Share of a range (log space for log params) that counts as its edge.")
 @click.option("--top-frac", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Near-best trials: within this fraction of the best steps.")
-@click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples for each batch size's interval of the best steps "
-                   "(the adequacy check; 0 skips the interval criterion).")
 @click.option("--adequacy/--no-adequacy", default=True, show_default=True,
               help="Also check that each batch size is tuned enough (exit 3 when one is not).")
 @RESCORE
 def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-          margin: float, top_frac: float, n_boot: int, adequacy: bool, targets: list[Goal],
+          margin: float, top_frac: float, adequacy: bool, targets: list[Goal],
           max_steps: int | None, max_examples: int | None) -> None:
     """Is any batch size's best trial at a search-space edge, or too poorly resolved to say?
 
@@ -388,13 +385,13 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     edge" (every trial past the best toward that edge diverged) does not fail.
 
     Adequately tuned: >= 3 trials within 1.25x of the best steps, the best's 95 % bootstrap
-    interval reaching no lower than best/1.25, and >= 50 % of the finished trials not
+    interval (exact: no resampling noise) reaching no lower than best/1.25, and >= 50 % of the finished trials not
     diverged. An under-tuned batch size is listed with the reason and what to do (more
     trials, or a narrower range where most trials diverged).
     """
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     cmds = _run_cmds(specs, storage, targets)
-    tuning = {s.name: adequacy_of(s, n_boot, run_cmd=cmd) if adequacy else []
+    tuning = {s.name: adequacy_of(s, run_cmd=cmd) if adequacy else []
               for s, cmd in zip(loaded, cmds)}
     found = {s.name: edge_findings(s, margin, top_frac, tuning[s.name]) for s in loaded}
     blocks = [(name, *edge_rows(f)) for name, f in found.items()]
@@ -431,11 +428,9 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
               help="Good region: trials within this factor of the best steps.")
 @click.option("--plots", "plot_dir", type=click.Path(file_okay=False),
               help="Write the learning-rate x momentum scatter and per-parameter plots here.")
-@click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples for each batch size's interval of the best steps.")
 @RESCORE
 def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-                factor: float, plot_dir: str | None, n_boot: int, targets: list[Goal],
+                factor: float, plot_dir: str | None, targets: list[Goal],
                 max_steps: int | None, max_examples: int | None) -> None:
     """Per batch size: outcomes, the good region of each parameter, importances, the best's
     95 % bootstrap interval, the feasible (not diverged) share and the tuning-adequacy verdict
@@ -450,7 +445,7 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
     results = {}
     for s, cmd in zip(loaded, cmds):
         results[s.name] = [sens(st, factor, a) for st, a in
-                           zip(s.studies, adequacy_of(s, n_boot, run_cmd=cmd))]
+                           zip(s.studies, adequacy_of(s, run_cmd=cmd))]
     blocks = [(name, *sensitivity_rows(r)) for name, r in results.items()]
     _emit(fmt, blocks, {n: [asdict(x) | {"feasible": x.adequacy and x.adequacy.feasible}
                             for x in r] for n, r in results.items()})

@@ -158,22 +158,18 @@ def test_the_fashion_mnist_shape_is_flagged_where_one_trial_is_good() -> None:
     assert [p.tuning for p in c.points] == ["under-tuned"] * 3 + ["adequate", "under-tuned"]
 
 
-def test_best_interval_matches_the_exact_distribution_of_a_resampled_minimum() -> None:
-    """The bootstrap quantiles of the best are order statistics whose probabilities are exact:
-    P(min of n draws >= x_(k)) = ((n - k + 1) / n)^n."""
-    steps = np.array([100, 110, 130, 150, 170, 200, 260, np.inf, np.inf, np.inf])
-    n = len(steps)
-    xs = np.sort(steps)
-    cdf = [1 - ((n - k) / n) ** n for k in range(1, n + 1)]  # P(min <= x_(k))
-    k_hi = next(k for k, c in enumerate(cdf, 1) if c >= 0.975)
-    k_lo = next(k for k, c in enumerate(cdf, 1) if c >= 0.025)
-    lo, hi = best_interval(steps, 40_000, np.random.default_rng(1))
-    assert (lo, hi) == (100 * 100 / xs[k_hi - 1], 100 * 100 / xs[k_lo - 1])
+def test_best_interval_is_the_exact_bootstrap_distribution_of_the_best() -> None:
+    """The exact quantiles of the best of a resample equal those of many real resamples."""
+    steps = np.array([100, 110, 130, 150, 170, 200, 260, np.inf, np.inf, np.inf, np.inf, 400])
+    rng = np.random.default_rng(1)
+    m = steps[rng.integers(0, len(steps), (200_000, len(steps)))].min(axis=1)
+    lo, hi = best_interval(steps)
+    q_lo, q_hi = np.quantile(m, [0.025, 0.975], method="inverted_cdf")
+    assert (lo, hi) == (100 * 100 / q_hi, 100 * 100 / q_lo) == (100 * 100 / 150, 100.0)
     # fewer reached trials than the 97.5 % quantile needs: unbounded below
-    assert best_interval(np.array([100, np.inf, np.inf, np.inf]), 2000,
-                         np.random.default_rng(0))[0] == 0.0
-    assert best_interval(np.array([np.inf, np.inf]), 100, np.random.default_rng(0)) is None
-    assert best_interval(steps, 0, np.random.default_rng(0)) is None
+    assert best_interval(np.array([100, np.inf, np.inf, np.inf]))[0] == 0.0
+    assert best_interval(np.array([np.inf, np.inf])) is None
+    assert best_interval(np.array([])) is None
 
 
 def test_the_rule_is_what_it_says() -> None:
@@ -185,10 +181,13 @@ def test_the_rule_is_what_it_says() -> None:
     assert assess(64, tight, space, Rule(min_good=13)).under_tuned
     none = [TrialRecord(0, "missed", {"learning_rate": 0.1})]
     assert assess(64, none, space).status == "no point"
-    # n_boot = 0: the interval criterion is not applied, the others are
-    a = assess(64, tight[:2], space, n_boot=0)
-    assert a.ci95 is None and a.reasons == [
+    # two close trials: a narrow interval (its low end 100^2 / 101), but too few good ones
+    a = assess(64, tight[:2], space)
+    assert a.ci95 == (100 * 100 / 101, 100.0) and a.reasons == [
         "only 2 trial(s) within 1.25x of the best steps (rule: >= 3)"]
+    # one reached of four: unbounded below
+    a = assess(64, tight[:1] + none * 3, space)
+    assert a.ci95 == (0.0, 100.0) and "reaches down to 0 (unbounded)" in a.reasons[1]
     assert Rule().text().startswith(">= 3 trials within 1.25x")
 
 

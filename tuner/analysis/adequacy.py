@@ -9,7 +9,8 @@ best. Per batch size this module computes
 - a **95 % bootstrap interval of the best steps**: the study's finished trials resampled with
   replacement (pruned, missed and diverged trials count as "not reached", as in the fit's
   bootstrap), the best recomputed, and the basic interval reflected in log space, as
-  :func:`tuner.analysis.fit.fit_with_bootstrap` does. A resample's best can only be worse than
+  :func:`tuner.analysis.fit.fit_with_bootstrap` does; computed exactly (the bootstrap
+  distribution of a minimum has a closed form), so it has no resampling noise. A resample's best can only be worse than
   the sample's, so the reflected interval reaches *below* the best: how far a better-tuned study
   might move it. Its low end is ``best^2 / q97.5``, and since a resample misses the best few
   trials with probability ~e^-k, q97.5 is close to the 4th-best trial: the interval is narrow
@@ -68,7 +69,7 @@ class Adequacy:
     batch_size: int
     status: str  # adequate | under-tuned | no point
     best_steps: int | None
-    ci95: tuple[float, float] | None  # of the best steps; None when not bootstrapped
+    ci95: tuple[float, float] | None  # of the best steps; None without a point
     n_good: int
     n_finished: int
     n_diverged: int
@@ -85,17 +86,24 @@ class Adequacy:
         """Whether the rule failed for this batch size."""
         return self.status == UNDER_TUNED
 
-def best_interval(steps: np.ndarray, n_boot: int, rng: np.random.Generator
-                  ) -> tuple[float, float] | None:
-    """The 95 % basic bootstrap interval (log space) of ``steps.min()``; None without a
-    finite minimum or resamples. The low end is 0 when over 2.5 % of the resamples hold no
-    reached trial."""
-    if n_boot <= 0 or len(steps) == 0 or not np.isfinite(steps.min()):
+
+
+def best_interval(steps: np.ndarray) -> tuple[float, float] | None:
+    """The 95 % basic bootstrap interval (log space) of ``steps.min()``, computed exactly; None
+    without a finite minimum.
+
+    The best of n trials drawn with replacement is >= the k-th smallest x_(k) with probability
+    ((n - k + 1) / n)^n, so the bootstrap distribution of the best is known in closed form and
+    its quantiles are order statistics (what resampling approaches, without its noise). The
+    low end is 0 when the 97.5 % quantile is a trial that did not reach the target (inf).
+    """
+    n = len(steps)
+    if n == 0 or not np.isfinite(steps.min()):
         return None
-    est = float(steps.min())
-    m = np.sort(steps[rng.integers(0, len(steps), (n_boot, len(steps)))].min(axis=1))
-    q_lo, q_hi = (float(m[min(len(m) - 1, max(0, math.ceil(q * len(m)) - 1))])
-                  for q in (0.025, 0.975))  # order statistics: no interpolation with inf
+    x = np.sort(np.asarray(steps, dtype=float))
+    cdf = 1.0 - ((n - np.arange(1, n + 1)) / n) ** n  # P(best of a resample <= x_(k))
+    q_lo, q_hi = (float(x[min(n - 1, int(np.searchsorted(cdf, q)))]) for q in (0.025, 0.975))
+    est = float(x[0])
     return (est * est / q_hi if math.isfinite(q_hi) else 0.0, est * est / q_lo)
 
 
@@ -131,8 +139,7 @@ def narrower_bounds(trials: Sequence[TrialRecord], space: Mapping[str, Param],
 
 
 def assess(batch_size: int, trials: Sequence[TrialRecord], space: Mapping[str, Param] | None = None,
-           rule: Rule = Rule(), n_boot: int = 1000, seed: int = 0,
-           run_cmd: str = "tuner run SPEC") -> Adequacy:
+           rule: Rule = Rule(), run_cmd: str = "tuner run SPEC") -> Adequacy:
     """The adequacy of one batch-size study (``run_cmd`` starts the advice's command)."""
     steps = steps_pool(trials)
     n_div = sum(t.outcome == "diverged" for t in trials)
@@ -143,13 +150,14 @@ def assess(batch_size: int, trials: Sequence[TrialRecord], space: Mapping[str, P
     assert b.steps_to_target is not None
     a.best_steps = b.steps_to_target
     a.n_good = len(good_trials(trials, rule.factor))
-    a.ci95 = best_interval(steps, n_boot, np.random.default_rng([seed, batch_size]))
+    a.ci95 = best_interval(steps)
     more = False
     if a.n_good < rule.min_good:
         a.reasons.append(f"only {a.n_good} trial(s) within {rule.factor:g}x of the best steps "
                          f"(rule: >= {rule.min_good})")
         more = True
-    if a.ci95 is not None and a.ci95[0] < a.best_steps / (1 + rule.max_move):
+    assert a.ci95 is not None
+    if a.ci95[0] < a.best_steps / (1 + rule.max_move):
         low = f"{a.ci95[0]:.4g}" if a.ci95[0] > 0 else "0 (unbounded)"
         a.reasons.append(f"the best's 95 % interval reaches down to {low}, more than "
                          f"{rule.max_move:.0%} below the best {a.best_steps} (rule: >= "

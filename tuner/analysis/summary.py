@@ -19,11 +19,11 @@ RULE_TEXT = Rule().text()
 BUDGET_SHARE = 0.9
 
 
-def adequacy(s: SpecStudies, n_boot: int = 1000, rule: Rule = Rule(),
-             run_cmd: str = "tuner run SPEC") -> list[Adequacy]:
+def adequacy(s: SpecStudies, rule: Rule = Rule(), run_cmd: str = "tuner run SPEC"
+             ) -> list[Adequacy]:
     """The tuning-adequacy verdict of every batch size of a spec (``run_cmd``: how the
     advice's command starts)."""
-    return [assess(st.batch_size, st.trials, st.search_space, rule, n_boot, s.seed, run_cmd)
+    return [assess(st.batch_size, st.trials, st.search_space, rule, run_cmd)
             for st in s.studies]
 
 
@@ -32,7 +32,7 @@ def spec_curve(s: SpecStudies, n_boot: int = 1000, run_cmd: str = "tuner run SPE
     c = curve(s.name, s.target, s.attrs.get("optimizer", ""),
               {st.batch_size: st.trials for st in s.studies},
               s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed,
-              adequacy={a.batch_size: a for a in adequacy(s, n_boot, run_cmd=run_cmd)})
+              adequacy={a.batch_size: a for a in adequacy(s, run_cmd=run_cmd)})
     by_b = {st.batch_size: st for st in s.studies}
     for p in c.points:
         st = by_b[p.batch_size]

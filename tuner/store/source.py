@@ -157,7 +157,8 @@ def load(storage: optuna.storages.BaseStorage | Reader, spec_arg: str, seed: int
          curves: bool = True) -> SpecStudies:
     """The studies of a spec file or stored spec name, from a :class:`tuner.store.rows.Reader`
     (a few SQL queries: :func:`tuner.store.rows.open_reader`) or an Optuna storage (its API:
-    the same records, slower).
+    the same records, slower). Without ``curves`` the records carry no stored curve
+    (``curve`` None, not read): all that analysis needs but re-scoring.
 
     Incomplete studies (stopped while being created: see :data:`STUDY_ATTRS`) are left out,
     finished trials without their result attrs too, and of several finished trials of one
