@@ -385,9 +385,9 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     edge" (every trial past the best toward that edge diverged) does not fail.
 
     Adequately tuned: >= 3 trials within 1.25x of the best steps, the best's 95 % bootstrap
-    interval (exact: no resampling noise) reaching no lower than best/1.25, and >= 50 % of the finished trials not
-    diverged. An under-tuned batch size is listed with the reason and what to do (more
-    trials, or a narrower range where most trials diverged).
+    interval (exact: no resampling noise) reaching no lower than best/1.25, and >= 50 % of
+    the finished trials not diverged. An under-tuned batch size is listed with the reason and
+    what to do (more trials, or a narrower range where most trials diverged).
     """
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     cmds = _run_cmds(specs, storage, targets)

@@ -38,7 +38,8 @@ def every_kind_of_trial(url: str, spec_path: Path) -> None:
     spec = spec_mod.load(spec_path)
     dists = {"learning_rate": FloatDistribution(0.01, 1.0, log=True),
              "one_minus_momentum": FloatDistribution(0.01, 0.5, log=True),
-             "width": IntDistribution(8, 64, step=8), "act": CategoricalDistribution(["relu", None, 3])}
+             "width": IntDistribution(8, 64, step=8),
+             "act": CategoricalDistribution(["relu", None, 3])}
     storage = open_storage(url)
     for b in spec.batch_sizes:
         study = optuna.create_study(storage=storage, study_name=study_name(spec, b))

@@ -32,9 +32,9 @@ if int(optuna.__version__.split(".")[0]) not in TESTED_MAJOR:
 #: installed Optuna's migration head.
 SCHEMA_HEAD = "v3.2.0.a"
 
-__all__ = ["RETRIED_PRIVATE_METHODS", "SCHEMA_HEAD", "forget_cached_trials", "heartbeat_thread", "heartbeats",
-           "is_heartbeat_enabled", "models", "rdb", "record_heartbeat", "storage_of", "study_id",
-           "tell_pruned", "trial_id"]
+__all__ = ["RETRIED_PRIVATE_METHODS", "SCHEMA_HEAD", "forget_cached_trials", "heartbeat_thread",
+           "heartbeats", "is_heartbeat_enabled", "models", "rdb", "record_heartbeat",
+           "storage_of", "study_id", "tell_pruned", "trial_id"]
 
 #: Private ``RDBStorage`` methods that talk to the database, retried by
 #: :class:`tuner.store.retry.RetryingStorage` like the public ones (``Study.optimize``'s
