@@ -227,8 +227,7 @@ def _studies(storage: optuna.storages.BaseStorage | Reader, name: str, seed: int
         space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}
         metric = s.user_attrs.get("target", {}).get("metric")
         st = BatchStudy(s.user_attrs["batch_size"], [record(t, metric, curves) for t in trials],
-                        space,
-                        dict(s.user_attrs), s.study_name, n_duplicates=n_dup,
+                        space, dict(s.user_attrs), s.study_name, n_duplicates=n_dup,
                         n_incomplete_trials=len(stored) - len(usable))
         if st.n_incomplete_trials:
             warn.append(f"warning: study {s.study_name!r}: left out {st.n_incomplete_trials} "
