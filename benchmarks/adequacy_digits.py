@@ -70,7 +70,7 @@ def main() -> None:
                     continue
                 (bad if a.under_tuned else ok).append(a.best_steps / ref.best_steps - 1)
             print(f"| {st.batch_size} | {ref.best_steps} ({ref.status}, {ref.n_good} good) | "
-                  f"{n} | {len(bad) / args.subsets:.0%} | {pct(ok, 50)} | {pct(ok, 90)} | "
+                  f"{n} | {len(bad)} of {args.subsets} | {pct(ok, 50)} | {pct(ok, 90)} | "
                   f"{pct([b for b in bad if np.isfinite(b)], 50)} | "
                   f"{pct([b for b in bad if np.isfinite(b)], 90)} |")
 
