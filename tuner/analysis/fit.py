@@ -118,11 +118,10 @@ def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
     log_s = np.log(s)
 
     def resid(theta: np.ndarray) -> np.ndarray:
-        return theta[0] + np.log1p(np.exp(theta[1]) / b) - log_s
+        return _residuals(theta[0], theta[1], b, log_s)
 
     def jac(theta: np.ndarray) -> np.ndarray:  # d resid / d (log S_min, log B_noise)
-        r = np.exp(theta[1]) / b
-        return np.stack([np.ones_like(b), r / (1.0 + r)], axis=1)
+        return np.stack([np.ones_like(b), _d_log_b_noise(theta[1], b)], axis=1)
 
     with np.errstate(over="ignore", invalid="ignore"):
         res = least_squares(resid, x0=[math.log(s0), math.log(bn0)], jac=jac, method="lm")
@@ -145,11 +144,23 @@ STACK_TOL = 1e-8
 POLISH_STEPS = 3
 
 
+def _residuals(log_s_min: Any, log_b_noise: Any, b: np.ndarray, log_s: np.ndarray
+               ) -> np.ndarray:
+    """log S_fit - log S of the model at ``b`` (parameters: scalars, or k x 1 columns for k
+    data sets at once)."""
+    return log_s_min + np.log1p(np.exp(log_b_noise) / b) - log_s
+
+
+def _d_log_b_noise(log_b_noise: Any, b: np.ndarray) -> np.ndarray:
+    """d residual / d log B_noise (d residual / d log S_min is 1)."""
+    r = np.exp(log_b_noise) / b
+    return r / (1.0 + r)
+
+
 def _gauss_newton_step(t: np.ndarray, b: np.ndarray, log_s: np.ndarray) -> np.ndarray:
     """Each row's Gauss-Newton step (to subtract) for (log S_min, log B_noise) ``t`` (k x 2)."""
-    q = np.exp(t[:, 1:]) / b
-    q = q / (1.0 + q)  # d resid / d log B_noise (d / d log S_min = 1)
-    r = t[:, :1] + np.log1p(np.exp(t[:, 1:]) / b) - log_s
+    q = _d_log_b_noise(t[:, 1:], b)
+    r = _residuals(t[:, :1], t[:, 1:], b, log_s)
     a11, a12, a22 = float(b.size), q.sum(axis=1), (q * q).sum(axis=1)
     g1, g2 = r.sum(axis=1), (q * r).sum(axis=1)
     det = a11 * a22 - a12 * a12
@@ -186,11 +197,11 @@ def fit_many(batch_sizes: Sequence[int], steps: np.ndarray
 
     def resid(theta: np.ndarray) -> np.ndarray:
         t = theta.reshape(k, 2)
-        return (t[:, :1] + np.log1p(np.exp(t[:, 1:]) / b) - log_s).ravel()
+        return _residuals(t[:, :1], t[:, 1:], b, log_s).ravel()
 
     def jac(theta: np.ndarray) -> Any:
-        r = np.exp(theta.reshape(k, 2)[:, 1:]) / b
-        data = np.stack([np.ones((k, n)), r / (1.0 + r)], axis=2).ravel()
+        q = _d_log_b_noise(theta.reshape(k, 2)[:, 1:], b)
+        data = np.stack([np.ones((k, n)), q], axis=2).ravel()
         return sparse.csr_matrix((data, (rows, cols)), shape=(k * n, 2 * k))
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -263,9 +274,12 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
         resamples.append((tuple(bs), tuple(ss)))
     # the distinct resamples (large studies repeat the same bests), fitted together per set of
     # batch sizes that reached the target
+    groups: dict[tuple, set[tuple]] = {}
+    for bs, ss in resamples:
+        groups.setdefault(bs, set()).add(ss)
     fits: dict[tuple, tuple[tuple[float, float] | None, str | None]] = {}
-    for bs in {bs for bs, _ in resamples}:
-        distinct = sorted({ss for b2, ss in resamples if b2 == bs})
+    for bs, group in groups.items():
+        distinct = sorted(group)
         for ss, result in zip(distinct, fit_many(bs, np.array(distinct, dtype=float))):
             fits[(bs, ss)] = result
     samples = []
@@ -296,7 +310,12 @@ REGIMES = ("perfect scaling", "diminishing returns", "maximal data parallelism")
 
 def regime(batch_size: int, f: Fit) -> str:
     """``perfect scaling`` | ``diminishing returns`` | ``maximal data parallelism``."""
-    r = batch_size / f.b_crit
+    return _regime(batch_size, f.b_crit)
+
+
+def _regime(batch_size: int, b_crit: float) -> str:
+    """:func:`regime` at the critical batch size ``b_crit`` (0: maximal data parallelism)."""
+    r = batch_size / b_crit if b_crit > 0 else math.inf
     if r <= PERFECT_BELOW:
         return "perfect scaling"
     if r >= MAXIMAL_ABOVE:
@@ -307,11 +326,7 @@ def regime(batch_size: int, f: Fit) -> str:
 def regimes(batch_size: int, f: Fit) -> list[str]:
     """Every regime ``batch_size`` falls in over B_crit's 95 % interval and the estimate, in
     the order of B / B_crit (one entry when the interval crosses no regime boundary)."""
-    found = {regime(batch_size, f)}
-    lo, hi = f.ci95.get("b_crit", (f.b_crit, f.b_crit))
-    for b_crit in (lo, hi):
-        found.add(regime(batch_size, Fit(f.s_min, b_crit)) if b_crit > 0
-                  else "maximal data parallelism")
+    found = {_regime(batch_size, c) for c in (f.b_crit, *f.ci95.get("b_crit", ()))}
     if {REGIMES[0], REGIMES[2]} <= found:  # the interval crosses the middle one too
         found.add(REGIMES[1])
     return [r for r in REGIMES if r in found]
