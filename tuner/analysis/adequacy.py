@@ -12,10 +12,11 @@ best. Per batch size this module computes
   :func:`tuner.analysis.fit.fit_with_bootstrap` does; computed exactly (the bootstrap
   distribution of a minimum has a closed form), so it has no resampling noise. A resample's
   best can only be worse than the sample's, so the reflected interval reaches *below* the
-  best: how far a better-tuned study might move it. Its low end is ``best^2 / q97.5``, and since a resample misses the best few
-  trials with probability ~e^-k, q97.5 is close to the 4th-best trial: the interval is narrow
-  only when several trials lie close to the best. With fewer than ~4 reached trials its low end
-  is 0 (unbounded). It does not include seed noise of the best trial itself;
+  best: how far a better-tuned study might move it. Its low end is ``best^2 / q97.5``, and
+  since a resample misses the best few trials with probability ~e^-k, q97.5 is close to the
+  4th-best trial: the interval is narrow only when several trials lie close to the best. With
+  fewer than ~4 reached trials its low end is 0 (unbounded). It does not include seed noise of
+  the best trial itself;
 - the **feasible fraction**: finished trials that did not diverge.
 
 The **rule** (:class:`Rule`; all three must hold, otherwise the batch size is *under-tuned*):
@@ -85,7 +86,6 @@ class Adequacy:
     def under_tuned(self) -> bool:
         """Whether the rule failed for this batch size."""
         return self.status == UNDER_TUNED
-
 
 
 def best_interval(steps: np.ndarray) -> tuple[float, float] | None:

@@ -61,15 +61,16 @@ def importance_trials(study: BatchStudy, seed: int = 0) -> list[TrialRecord]:
     return [done[i] for i in sorted(pick)]
 
 
-def importances(study: BatchStudy, seed: int = 0) -> dict[str, float] | None:
+def importances(study: BatchStudy, seed: int = 0, trials: list[TrialRecord] | None = None
+                ) -> dict[str, float] | None:
     """fANOVA importances of the params for log steps (missed trials at their budget), over
-    :func:`importance_trials`.
+    ``trials`` (default :func:`importance_trials`).
 
     None when fewer than 3 finished trials or Optuna cannot compute them. A single searched
     parameter explains all the variance: 1.0, without fitting the forest (what Optuna returns).
     """
     space = study.search_space
-    done = importance_trials(study, seed)
+    done = importance_trials(study, seed) if trials is None else trials
     if len(done) < 3 or not space:
         return None
     searched = [k for k in space if any(k in t.params for t in done)]
@@ -111,6 +112,7 @@ def sensitivity(study: BatchStudy, factor: float = 1.25, tuning: Adequacy | None
                     s.good_region[name] = (min(values), max(values))
         s.n_unknown = sum(1 for t in study.trials if t.outcome == "pruned"
                           and (t.stopped_at_step or 0) < limit)
-    s.importances = importances(study)
-    s.importance_trials = len(importance_trials(study)) if s.importances is not None else 0
+    picked = importance_trials(study)
+    s.importances = importances(study, trials=picked)
+    s.importance_trials = len(picked) if s.importances is not None else 0
     return s

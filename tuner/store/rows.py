@@ -84,6 +84,12 @@ def json_values(texts: Iterable[str]) -> list[Any]:
     return json.loads("[" + ",".join(texts) + "]")
 
 
+def decoded_attrs(rows: Sequence[Any]) -> Iterator[tuple[int, str, Any]]:
+    """(owner id, key, value) of user-attr rows (owner id, key, value_json)."""
+    for (owner, key, _), value in zip(rows, json_values(r[2] for r in rows)):
+        yield owner, key, value
+
+
 class Reader:
     """Optuna's tables of one storage, read-only, for analysis (``read_only`` is True)."""
 
@@ -124,10 +130,9 @@ class Reader:
                 out = {sid: StoredStudy(sid, name) for sid, name in conn.execute(
                     sa.select(studies.c.study_id, studies.c.study_name)
                     .order_by(studies.c.study_id))}
-                rows = conn.execute(
-                    sa.select(attrs.c.study_id, attrs.c.key, attrs.c.value_json)
-                    .order_by(attrs.c.study_user_attribute_id)).all()
-                for (sid, key, _), value in zip(rows, json_values(r[2] for r in rows)):
+                for sid, key, value in decoded_attrs(conn.execute(
+                        sa.select(attrs.c.study_id, attrs.c.key, attrs.c.value_json)
+                        .order_by(attrs.c.study_user_attribute_id)).all()):
                     out[sid].user_attrs[key] = value
             return list(out.values())
         return self.retrying(read)
@@ -176,13 +181,13 @@ class Reader:
                 query = joined(a, a.c.trial_id, a.c.key, a.c.value_json)
                 if attr_keys is not None:
                     query = query.where(a.c.key.in_(list(attr_keys)))
-                rows = conn.execute(query.order_by(a.c.trial_user_attribute_id)).all()
-                for (tid, key, _), value in zip(rows, json_values(r[2] for r in rows)):
+                for tid, key, value in decoded_attrs(conn.execute(
+                        query.order_by(a.c.trial_user_attribute_id)).all()):
                     by_id[tid].user_attrs[key] = value
                 # intermediate values stand in for the curve only where there is none (old
                 # studies)
                 old = [tid for tid, tr in by_id.items()
-                       if intermediate and "curve" not in tr.user_attrs]
+                       if "curve" not in tr.user_attrs] if intermediate else []
                 iv = t["inter"]
                 step = m.TrialIntermediateValueModel.stored_repr_to_intermediate_value
                 for i in range(0, len(old), CHUNK):

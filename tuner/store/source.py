@@ -205,41 +205,32 @@ def load(storage: optuna.storages.BaseStorage | Reader, spec_arg: str, seed: int
         raise UsageError(f"{spec_arg}: no studies with seed {seed}; stored seeds: {seeds}")
     if spec is not None:
         check_unchanged(spec, summaries)
-    with gc_paused():
-        return _studies(storage, name, seed, sorted(summaries, key=lambda s:
-                                                    s.user_attrs["batch_size"]), warn, skipped,
-                        curves)
-
-
-def _studies(storage: optuna.storages.BaseStorage | Reader, name: str, seed: int,
-             summaries: list[Any], warn: list[str], skipped: list[str], curves: bool
-             ) -> SpecStudies:
-    """The records of the studies ``summaries`` (:func:`load`'s second half)."""
-    keys = ANALYSIS_ATTRS + (CURVE_ATTRS if curves else ())
-    rows = storage.read_trials([study_id(s) for s in summaries], keys, intermediate=curves) \
-        if isinstance(storage, Reader) else None
-    studies = []
-    for s in summaries:
-        stored: list[Any] = (rows[study_id(s)] if rows is not None
-                             else storage.get_all_trials(study_id(s), deepcopy=False))
-        usable = [t for t in stored if has_result(t)]
-        trials, n_dup = distinct_slots(usable)
-        space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}
-        metric = s.user_attrs.get("target", {}).get("metric")
-        st = BatchStudy(s.user_attrs["batch_size"], [record(t, metric, curves) for t in trials],
-                        space, dict(s.user_attrs), s.study_name, n_duplicates=n_dup,
-                        n_incomplete_trials=len(stored) - len(usable))
-        if st.n_incomplete_trials:
-            warn.append(f"warning: study {s.study_name!r}: left out {st.n_incomplete_trials} "
-                        "finished trial(s) without their result attrs (reached, "
-                        "steps_to_target)")
-        if n_dup:
-            warn.append(f"warning: study {s.study_name!r}: set aside {n_dup} duplicate "
-                        f"finished trial(s) of slots that had already finished (kept the first "
-                        "finished trial of each slot); this storage was written by an older "
-                        "version of tuner, which could run one slot many times")
-        studies.append(st)
-    first = studies[0].attrs
-    return SpecStudies(name, seed, first.get("target", {}), studies, first, warn, skipped)
-
-
+    summaries = sorted(summaries, key=lambda s: s.user_attrs["batch_size"])
+    with gc_paused():  # tens of thousands of records: see tuner.store.rows.gc_paused
+        keys = ANALYSIS_ATTRS + (CURVE_ATTRS if curves else ())
+        rows = storage.read_trials([study_id(s) for s in summaries], keys, intermediate=curves) \
+            if isinstance(storage, Reader) else None
+        studies = []
+        for s in summaries:
+            stored: list[Any] = (rows[study_id(s)] if rows is not None
+                                 else storage.get_all_trials(study_id(s), deepcopy=False))
+            usable = [t for t in stored if has_result(t)]
+            trials, n_dup = distinct_slots(usable)
+            space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}
+            metric = s.user_attrs.get("target", {}).get("metric")
+            records = [record(t, metric, curves) for t in trials]
+            st = BatchStudy(s.user_attrs["batch_size"], records, space, dict(s.user_attrs),
+                            s.study_name, n_duplicates=n_dup,
+                            n_incomplete_trials=len(stored) - len(usable))
+            if st.n_incomplete_trials:
+                warn.append(f"warning: study {s.study_name!r}: left out "
+                            f"{st.n_incomplete_trials} finished trial(s) without their result "
+                            "attrs (reached, steps_to_target)")
+            if n_dup:
+                warn.append(f"warning: study {s.study_name!r}: set aside {n_dup} duplicate "
+                            "finished trial(s) of slots that had already finished (kept the "
+                            "first finished trial of each slot); this storage was written by an "
+                            "older version of tuner, which could run one slot many times")
+            studies.append(st)
+        first = studies[0].attrs
+        return SpecStudies(name, seed, first.get("target", {}), studies, first, warn, skipped)
