@@ -174,6 +174,24 @@ def wait_mid_trial(url: str, w: Worker, timeout: float = 120) -> FrozenTrial:
     return wait_for(find, timeout, f"worker {w.pid} mid-trial")  # type: ignore[return-value]
 
 
+def stop_mid_trial(url: str, w: Worker, timeout: float = 120) -> FrozenTrial:
+    """SIGSTOP worker ``w`` while it trains a trial, and return that trial: still RUNNING in the
+    storage after the stop. A trial of a small spec lasts well under a second on a fast machine,
+    so one seen running may have ended before the signal; then ``w`` is let go and caught at a
+    later trial. The caller sends what it tests (SIGKILL, SIGINT, nothing) and ``SIGCONT``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = wait_mid_trial(url, w, max(deadline - time.monotonic(), 1))
+        w.send(signal.SIGSTOP)
+        [now] = [t for ts in trials_of(url).values() for t in ts if t.number == seen.number
+                 and t.user_attrs.get("worker") == seen.user_attrs.get("worker")]
+        if now.state == TrialState.RUNNING:
+            return now
+        w.send(signal.SIGCONT)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"worker {w.pid} never stopped mid-trial in {timeout} s")
+
+
 def slot_points(spec_path: Path | str, n: int) -> list[dict[str, float]]:
     """The params of slots 0..n-1: the spec's sampler (tuner.run.sampling.build_sampler) asked for
     a trial with that ``slot`` user attr, as the work queue does (tests/run/test_trialqueue.py)."""

@@ -22,17 +22,17 @@ from optuna.trial import TrialState
 
 from conftest import SMALL_DIGITS, SMALL_NQM, write
 from procs import (FINISHED, Worker, check_exact, run, slot_points, studies, trials_of,
-                   wait_for, wait_mid_trial, workers)
+                   stop_mid_trial, wait_for, workers)
 
-# Every trial runs its whole (short) budget: the target is out of reach. A few seconds a trial.
+# Every trial runs its whole (short) budget: the target is out of reach. Under a second a trial.
 FAULT = (SMALL_DIGITS.replace("value = 0.12", "value = 0.001")
          .replace("max_steps = 400", "max_steps = 200")
          .replace("first_step = 5", "first_step = 20").replace("min_interval = 5", "min_interval = 20")
          .replace("relative = 0.05", "relative = 0.5"))
 # A trial long enough for another worker to start and claim while it runs.
-LONG = FAULT.replace("max_steps = 200", "max_steps = 1000")
-# A trial that lasts a few polls of the storage (seconds), to be caught mid-trial.
-MID = FAULT.replace("max_steps = 200", "max_steps = 600")
+LONG = FAULT.replace("max_steps = 200", "max_steps = 5000")
+# A trial that lasts a few polls of the storage (a second or two), to be caught mid-trial.
+MID = FAULT.replace("max_steps = 200", "max_steps = 2500")
 
 # The NQM on the buffered path (trials in memory, stored whole): ~30 ms a trial.
 NQM = SMALL_NQM.replace("dimensions = 1000", "dimensions = 10000")
@@ -60,8 +60,9 @@ def test_interrupted_twice_mid_trial_still_runs_each_slot_once(tmp_path: Path, u
         for _ in range(2):  # Ctrl-C while a trial trains; the second time it is slot 0's retry
             w = Worker(args)
             started.append(w)
-            wait_mid_trial(url, w)
+            stop_mid_trial(url, w)
             w.send(signal.SIGINT)
+            w.send(signal.SIGCONT)
             assert w.wait(120) == 130, w.stderr[-2000:]
         last = Worker(args)
         started.append(last)
@@ -153,10 +154,9 @@ def test_a_short_heartbeat_worker_does_not_fail_a_live_trial(tmp_path: Path, url
     with workers() as started:
         a = Worker(args)  # --heartbeat 30, the default
         started.append(a)
-        live = wait_mid_trial(url, a)
         # A pauses while B starts (seconds of imports on a busy machine), so that B's claims
         # fall inside A's trial; A's own 30 s heartbeat allows a pause of up to 60 s
-        a.send(signal.SIGSTOP)
+        live = stop_mid_trial(url, a)
         try:
             b = Worker([*args, "--heartbeat", "1"])
             started.append(b)
@@ -182,8 +182,7 @@ def test_a_stopped_worker_whose_trial_was_taken_carries_on(tmp_path: Path, url: 
     with workers() as started:
         a = Worker(args)
         started.append(a)
-        stopped = wait_mid_trial(url, a)
-        a.send(signal.SIGSTOP)
+        stopped = stop_mid_trial(url, a)
         try:
             b = Worker(args)
             started.append(b)
@@ -191,6 +190,7 @@ def test_a_stopped_worker_whose_trial_was_taken_carries_on(tmp_path: Path, url: 
 
             def rerun() -> bool:  # another trial of the stopped trial's slot has finished
                 return any(t.state in FINISHED and t.user_attrs.get("slot") == slot
+                           and t.number != stopped.number
                            for ts in trials_of(url).values() for t in ts)
 
             wait_for(rerun, 300, "the stopped worker's slot re-run by the other", poll=0.5)
@@ -314,7 +314,7 @@ def test_a_dead_workers_requeued_trial_has_a_reason_and_a_progress_line(tmp_path
     with workers() as started:
         a = Worker(args)
         started.append(a)
-        killed = wait_mid_trial(url, a)
+        killed = stop_mid_trial(url, a)
         a.send(signal.SIGKILL)
         assert a.wait(60) == -9
         b = Worker(args)
