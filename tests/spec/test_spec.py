@@ -84,7 +84,7 @@ INVALID = {
                        "allowed: error, accuracy, loss"),
     "budget_too_small": (replace("max_steps = 400", "max_steps = 3"), "budget",
                          "first evaluation"),
-    "unknown_optimizer": (replace('name = "momentum"', 'name = "lion"'), "optimizer.name",
+    "unknown_optimizer": (replace('name = "momentum"', 'name = "adagrad"'), "optimizer.name",
                           "allowed: sgd, momentum, nesterov, adam"),
     "missing_momentum": (replace("one_minus_momentum = { low = 0.01, high = 0.5, log = true }",
                                  ""), "optimizer.one_minus_momentum", "search it"),

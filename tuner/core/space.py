@@ -24,6 +24,14 @@ PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "end_factor": (0.0, 1.0, True, True),
     "decay_fraction": (0.0, 1.0, False, True),
     "decay_steps": (1.0, math.inf, True, False),
+    "warmup_fraction": (0.0, 1.0, True, False),
+    "trust_coefficient": (0.0, math.inf, False, False),
+    "adamw_learning_rate": (0.0, math.inf, False, False),
+    "adamw_weight_decay": (0.0, math.inf, True, False),
+    "max_grad_norm": (0.0, math.inf, True, False),
+    "matrix_eps": (0.0, math.inf, False, False),
+    "preconditioning_compute_steps": (1.0, math.inf, True, False),
+    "precondition_frequency": (1.0, math.inf, True, False),
 }
 
 

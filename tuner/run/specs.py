@@ -20,9 +20,11 @@ from tuner.core.trial import TrialRequest
 from tuner.run.pruning import build_pruner
 from tuner.run.sampling import build_sampler
 from tuner.spec import Spec, with_seed
+from tuner.spec.parse import ARG_PREFIXES
 from tuner.workload.registry import get as resolve
 
-__all__ = ["Spec", "check_builds", "load", "parse", "preflight", "probe_request", "with_seed"]
+__all__ = ["Spec", "check_builds", "check_optimizer", "load", "parse", "preflight",
+           "probe_request", "with_seed"]
 
 
 def check_builds(spec: Spec) -> Spec:
@@ -44,6 +46,26 @@ def check_builds(spec: Spec) -> Spec:
         except (ValueError, TypeError) as exc:
             raise SpecError(spec.path, "pruner.options", f"Optuna's {p.name} pruner refuses "
                             f"these options: {exc}") from None
+    return spec
+
+
+def check_optimizer(spec: Spec) -> Spec:
+    """Import the spec's optimizer class and check that it takes every metaparameter the spec
+    searches or fixes (a ``pytorch_optimizer`` class would silently swallow a misspelt one).
+
+    Raises:
+        SpecError: naming the key (``optimizer.NAME`` or ``search_space.NAME``) and the
+            arguments the class takes.
+    """
+    from tuner.train.optim import SCHEDULE_KEYS, check  # heavy: imports the optimizer's package
+
+    keys = {k for k in (*spec.fixed, *(p.name for p in spec.space))
+            if k not in SCHEDULE_KEYS and not k.startswith(ARG_PREFIXES)}
+    problem = check(spec.optimizer, keys)
+    if problem is not None:
+        key, message = problem
+        table = "search_space" if key in {p.name for p in spec.space} else "optimizer"
+        raise SpecError(spec.path, f"{table}.{key}", message)
     return spec
 
 
@@ -80,9 +102,9 @@ def load(path: str | Path) -> Spec:
     Raises:
         SpecError: the first problem found, naming file, key and what is allowed.
     """
-    return check_builds(pure.load(path, resolve))
+    return check_optimizer(check_builds(pure.load(path, resolve)))
 
 
 def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:
     """:func:`load` for an already-parsed TOML document."""
-    return check_builds(pure.parse(data, path, text, resolve))
+    return check_optimizer(check_builds(pure.parse(data, path, text, resolve)))

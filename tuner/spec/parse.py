@@ -27,11 +27,15 @@ from tuner.core.space import PARAM_BOUNDS, Param
 from tuner.core.trial import Target
 from tuner.spec.cadence import eval_steps, share_interval
 from tuner.spec.optimizers import (
+    GENERIC_PACKAGES,
+    INTEGER_PARAMS,
     MODULE_OPTIMIZER,
     OPTIMIZERS,
     OPTIONAL_PARAMS,
     SCHEDULES,
     allowed_params,
+    generic,
+    is_identifier,
 )
 
 #: ``resolve(name)`` -> the workload class a spec's ``[workload] name`` stands for (raises
@@ -374,9 +378,11 @@ def _check_bounds(t: _Table, k: str, v: float) -> None:
         raise t.error(k, f"{v!r} is outside {allowed}")
 
 
-def _space(t: _Table, allowed: dict[str, Any], args: bool = False) -> tuple[Param, ...]:
+def _space(t: _Table, allowed: dict[str, Any], args: bool = False,
+           free: set[str] | frozenset[str] = frozenset()) -> tuple[Param, ...]:
     """``[search_space]``: the optimizer's metaparameters, and with ``args`` (a LightningModule
-    spec) ``"module.NAME"`` / ``"datamodule.NAME"`` constructor arguments too."""
+    spec) ``"module.NAME"`` / ``"datamodule.NAME"`` constructor arguments too. Names in ``free``
+    (a generic optimizer's own arguments) may take choices of any scalar."""
     for k in t.data:
         if k.startswith(ARG_PREFIXES) and not args:
             raise t.error(k, "searched constructor arguments are for [workload] module = "
@@ -389,7 +395,7 @@ def _space(t: _Table, allowed: dict[str, Any], args: bool = False) -> tuple[Para
     params = []
     for name in t.data:
         p = t.table(name)
-        arg = name.startswith(ARG_PREFIXES)
+        arg = name.startswith(ARG_PREFIXES) or name in free
         if "choices" in p.data:
             p.only(["choices"])
             choices = p.get("choices", "list")
@@ -406,7 +412,7 @@ def _space(t: _Table, allowed: dict[str, Any], args: bool = False) -> tuple[Para
             params.append(Param(name, choices=tuple(choices)))
             continue
         p.only(["low", "high", "log", "int"])
-        integer = p.get("int", "boolean", name == "decay_steps")
+        integer = p.get("int", "boolean", name in INTEGER_PARAMS)
         low = p.get("low", "integer" if integer else "number")
         high = p.get("high", "integer" if integer else "number")
         log = p.get("log", "boolean", False)
@@ -420,25 +426,47 @@ def _space(t: _Table, allowed: dict[str, Any], args: bool = False) -> tuple[Para
     return tuple(params)
 
 
+def _optimizer_name(t: _Table, lightning: bool) -> str:
+    names = OPTIMIZERS if lightning else OPTIMIZERS[:-1]
+    name = t.get("name", "string")
+    if name not in names and generic(name) is None:
+        raise t.error("name", f"{name!r} is not allowed; allowed: {', '.join(names)}, or any "
+                      f"class as {' / '.join(p + '.NAME' for p in GENERIC_PACKAGES)}")
+    return name
+
+
 def _optimizer(t: _Table, space_t: _Table, lightning: bool = False
                ) -> tuple[str, str, dict[str, Any], tuple[Param, ...]]:
-    name = t.get("name", "string", choices=OPTIMIZERS if lightning else OPTIMIZERS[:-1])
+    name = _optimizer_name(t, lightning)
     schedule = t.get("schedule", "string", "constant", choices=SCHEDULES)
     if name == MODULE_OPTIMIZER and schedule != "constant":
         raise t.error("schedule", f"{schedule!r} with name = 'module': the module's "
                       "configure_optimizers owns its schedulers; allowed: constant")
     allowed = allowed_params(name, schedule)
+    own: set[str] = set()  # a generic optimizer's constructor arguments (checked by tuner run)
+    if generic(name) is not None:
+        for table in (t, space_t):
+            for k in table.data:
+                if k in ("name", "schedule") or k in allowed or k.startswith(ARG_PREFIXES):
+                    continue
+                if not is_identifier(k):
+                    raise table.error(k, f"is not a constructor argument name of {name}")
+                own.add(k)
+        allowed = {**allowed, **dict.fromkeys(sorted(own))}
     t.only(["name", "schedule", *allowed])
-    space = _space(space_t, allowed, args=lightning)
+    space = _space(space_t, allowed, args=lightning, free=own)
     searched = {p.name for p in space}
     fixed: dict[str, Any] = {}
     for k, default in allowed.items():
         if k in t.data:
             if k in searched:
                 raise t.error(k, f"is also in [search_space]; {k} is either searched or fixed")
-            v = t.get(k, "number")
+            if k in own and isinstance(t.data[k], (bool, str)):
+                fixed[k] = t.data[k]  # e.g. nesterov = true, data_format = "channels_last"
+                continue
+            v = t.get(k, "integer" if k in INTEGER_PARAMS else "number")
             _check_bounds(t, k, v)
-            fixed[k] = int(v) if k == "decay_steps" else v
+            fixed[k] = int(v) if k in INTEGER_PARAMS else v
         elif k not in searched:
             if default is None and k not in OPTIONAL_PARAMS:
                 raise t.error(k, f"required by optimizer {name!r} with schedule {schedule!r}: "

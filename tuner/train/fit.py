@@ -226,7 +226,7 @@ def override_optimizers(module: LightningModule, req: TrialRequest) -> None:
     stepped after every optimizer step): on this instance only."""
 
     def configure_optimizers() -> Any:
-        optimizer = build_optimizer(req.optimizer, module.parameters(), req.params)
+        optimizer = build_optimizer(req.optimizer, module, req.params)
         schedule = build_schedule(req.schedule, optimizer, req.params, req.max_steps)
         if schedule is None:
             return optimizer

@@ -74,7 +74,7 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
     n = len(train_x)
 
     model = workload.build_model()
-    optimizer = build_optimizer(req.optimizer, model.parameters(), req.params)
+    optimizer = build_optimizer(req.optimizer, model, req.params)
     schedule = build_schedule(req.schedule, optimizer, req.params, req.max_steps)
     model, optimizer = fabric.setup(model, optimizer)
     model.train()

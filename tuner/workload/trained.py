@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from tuner.core.errors import one_line as _one_line
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
+from tuner.spec.optimizers import state_tensors
 from tuner.workload.base import Workload
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class TrainedWorkload(Workload):
             for h in handles:
                 h.remove()
         width = 8 if precision.startswith("64") else 4
-        states = {"sgd": 0, "adam": 2}.get(optimizer, 1)  # momentum buffers: 1
+        states = state_tensors(optimizer)
         per_example = x[:1].numel() * x.element_size() + 8 + 2 * outputs[0] * width
         return params * width * (2 + states) + batch_size * per_example
 
