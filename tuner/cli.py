@@ -21,6 +21,8 @@ import optuna
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from tuner.analysis.adequacy import UNDER_TUNED
+from tuner.analysis.profiles import comparable, profile_json, profile_rows
+from tuner.analysis.profiles import profile as make_profile
 from tuner.analysis.records import SpecStudies, stored_metrics
 from tuner.analysis.rescore import Goal, rescore
 from tuner.analysis.sensitivity import sensitivity as sens
@@ -474,6 +476,55 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
             for st in s.studies:
                 (d / f"{s.name}_B{st.batch_size}_axes.png").write_bytes(plots.axis_plots(st))
         click.echo(f"wrote plots to {d}", err=True)
+
+
+@cli.command()
+@SPECS
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@FORMAT
+@RESCORE
+def profile(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
+            targets: list[Goal], max_steps: int | None, max_examples: int | None) -> None:
+    """Performance profiles: how often each spec is within tau of the fewest steps.
+
+    For specs on the same workload and target (e.g. one optimizer each), at every batch size
+    all of them studied: the ratio of a spec's best steps to the fewest any of them needed (a
+    spec that never reached the target there: infinite). Per spec, the fraction of batch sizes
+    within tau = 1, 1.1, 1.25, 1.5, 2, 4, and the score: the mean of that fraction over tau in
+    [1, 4] (AlgoPerf's normalised area; 1 = the fewest steps at every batch size). `tuner
+    report` draws them.
+    """
+    _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
+    curves = [spec_curve(s, 0, cmd) for s, cmd in zip(loaded, _run_cmds(specs, storage,
+                                                                          targets))]
+    groups = [(what, p) for what, group in comparable(loaded, curves)
+              if (p := make_profile(group)) is not None]
+    if not groups:
+        raise UsageError("profile: no two of these specs share a workload and target with a "
+                         "batch size both studied; allowed: two or more specs on the same "
+                         "workload, options and target")
+    if fmt == "json":
+        click.echo(json.dumps([{"comparison": what, **profile_json(p)} for what, p in groups],
+                              indent=2))
+        return
+    if fmt == "csv":
+        w = csv.writer(sys.stdout)
+        for i, (what, p) in enumerate(groups):
+            header, rows = profile_rows(p)
+            if i == 0:
+                w.writerow(["comparison", *header])
+            w.writerows([what, *r] for r in rows)
+        return
+    out = []
+    for what, p in groups:
+        notes = [f"left out: B = {b} ({why})" for b, why in p.left_out.items()]
+        notes += [f"under-tuned (ratios may move): {n} at B = {', '.join(map(str, bs))}"
+                  for n, bs in p.under_tuned.items()]
+        out.append(f"{what}: {len(p.batch_sizes)} batch sizes "
+                   f"({', '.join(map(str, p.batch_sizes))})\n" + render(*profile_rows(p))
+                   + "".join(f"\n{n}" for n in notes))
+    click.echo("\n\n".join(out))
 
 
 @cli.command()

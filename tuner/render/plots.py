@@ -15,6 +15,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from tuner.analysis.curves import Curve, Point, best  # noqa: E402
 from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW  # noqa: E402
+from tuner.analysis.profiles import TAU_MAX, Profile  # noqa: E402
 from tuner.analysis.records import BatchStudy  # noqa: E402
 
 MARKERS = {"reached": ("o", "tab:blue"), "missed": ("s", "tab:gray"),
@@ -168,6 +169,44 @@ def wall_time(curves: Sequence[Curve]) -> bytes | None:
     ax.set_title("Wall-clock time to target")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def profiles(prof: Profile, colors: dict[str, str] | None = None) -> bytes:
+    """Left: each spec's performance profile, the fraction of batch sizes within tau of the
+    fewest steps, tau from 1 to TAU_MAX. Right: each spec's ratio to the fewest steps per batch
+    size (a spec that never reached the target at a B drawn at the top, as x)."""
+    colors = colors or {n: f"C{i}" for i, n in enumerate(prof.names)}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    taus = sorted({1.0, TAU_MAX, *(r for rs in prof.ratios.values() for r in rs.values()
+                                   if 1.0 <= r <= TAU_MAX)})
+    top = TAU_MAX * 1.15
+    for n in prof.names:
+        ax.step(taus, [prof.fraction(n, t) for t in taus], where="post", color=colors[n],
+                label=f"{n} (score {prof.score(n):.2f})")
+        bs = prof.batch_sizes
+        rs = [prof.ratios[n][b] for b in bs]
+        ax2.plot([b for b, r in zip(bs, rs) if math.isfinite(r)],
+                 [r for r in rs if math.isfinite(r)], "o-", color=colors[n], label=n)
+        ax2.plot([b for b, r in zip(bs, rs) if not math.isfinite(r)],
+                 [top for r in rs if not math.isfinite(r)], "x", color=colors[n], ms=9)
+    ax.set_xlim(1.0, TAU_MAX)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("tau (steps within tau x the fewest)")
+    ax.set_ylabel("fraction of batch sizes")
+    ax.set_title(f"Performance profiles over {len(prof.batch_sizes)} batch sizes")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log", base=2)
+    _log2_axis(ax2.xaxis)
+    _plain_log_labels(ax2.yaxis)
+    ax2.axhline(top, color="#bbb", lw=0.8, ls=":")
+    ax2.set_xlabel("batch size B")
+    ax2.set_ylabel("best steps / fewest steps at B (x: never reached)")
+    ax2.set_title("Steps relative to the best spec at each B")
+    ax2.grid(True, alpha=0.3)
+    fig.tight_layout()
     return _png(fig)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import optuna
 
 from tuner.analysis.curves import Curve
+from tuner.analysis.profiles import TAU_MAX, comparable, profile, profile_rows
 from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
 from tuner.analysis.summary import RULE_TEXT, Verdict, edge_findings, verdict
@@ -73,6 +74,29 @@ def _verdict_box(name: str, v: Verdict, n_batch: int) -> str:
             f'<ul>{lis}</ul></div>')
 
 
+def _profiles(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> list[str]:
+    """A performance-profile section per group of specs on the same workload and target."""
+    colors = {c.name: f"C{i}" for i, c in enumerate(curves)}  # as in the scaling figure
+    parts = []
+    for what, group in comparable(specs, curves):
+        prof = profile(group)
+        if prof is None:
+            continue
+        notes = [f"Fraction of the {len(prof.batch_sizes)} batch sizes (B = "
+                 f"{', '.join(map(str, prof.batch_sizes))}) where a spec's best steps are within "
+                 f"tau of the fewest any spec needed; score = the mean over tau in [1, "
+                 f"{TAU_MAX:g}] (1: the fewest at every B; a B it never reached counts as a "
+                 "miss)."]
+        notes += [f"left out: B = {b} ({why})" for b, why in prof.left_out.items()]
+        notes += [f"under-tuned points (their ratios may move): {n} at B = "
+                  f"{', '.join(map(str, bs))}" for n, bs in prof.under_tuned.items()]
+        parts += [f"<h2>Performance profiles: {html.escape(what)}</h2>",
+                  *(f"<p>{html.escape(n)}</p>" for n in notes),
+                  _img(plots.profiles(prof, colors), "performance profiles"),
+                  _table(*profile_rows(prof))]
+    return parts
+
+
 def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     """The report page as HTML text."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Batch-size scaling report"
@@ -86,6 +110,7 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     for c in curves:
         parts += [f"<h3>{html.escape(c.name)}</h3>", f"<p>{html.escape(fit_line(c))}</p>",
                   _table(*curve_rows(c))]
+    parts += _profiles(specs, curves)
     parts += ["<h2>Learning rate vs batch size</h2>",
               _img(plots.learning_rates(curves), "learning rates"),
               "<h2>Wall-clock time to target</h2>", _img(plots.wall_time(curves), "wall time")]
