@@ -11,10 +11,12 @@ TUNER    := $(BIN)/tuner
 DEBIAN_PACKAGES := dataset-fashion-mnist bible-kjv bible-kjv-text chromium postgresql
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+OPT_SMALL := $(addprefix studies/optimizers/fmnist_small_,$(addsuffix .toml,sgd momentum adamw lamb muon))
+OPT_FULL  := $(addprefix studies/optimizers/fmnist_,$(addsuffix .toml,sgd momentum adamw lamb lars soap muon))
 NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_p075 nqm_momentum_ema
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
-        charlm-kjv fashion-mnist-resnet8 \
+        charlm-kjv fashion-mnist-resnet8 optimizers optimizers-small \
         $(NQM_SPECS) bench-nqm postgres dashboard clean soak lint test-optuna-floor
 
 help:
@@ -28,6 +30,8 @@ help:
 	@echo "make charlm-kjv         reproduce studies/charlm_kjv.toml: a char-level Transformer, Lightning (hours on CPU)"
 	@echo "make fashion-mnist-resnet8  reproduce studies/fashion_mnist_resnet8.toml: ResNet-8 + augmentation (hours on CPU)"
 	@echo "make nqm                the six NQM studies + the two headline figures in results/"
+	@echo "make optimizers-small   SGD, momentum, AdamW, LAMB, Muon on one Fashion-MNIST MLP: curves, B_crit, profiles (~20 min)"
+	@echo "make optimizers         the same comparison at full size with LARS and SOAP too (for a GPU)"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
@@ -121,6 +125,26 @@ nqm: $(NQM_SPECS)
 	@mkdir -p results
 	$(TUNER) curve $(addprefix studies/,$(addsuffix .toml,$(NQM_SPECS))) --storage $(STORAGE) \
 	  --n-boot 200 --plot results/nqm_steps_vs_batch.png --lr-plot results/nqm_lr_vs_batch.png
+
+# Optimizers on one workload (studies/optimizers/): scaling curves on one figure, B_crit per
+# optimizer, performance profiles, and the NQM's prediction beside them in the report.
+# optimizers-small: ~20 minutes on this 2-core CPU; optimizers: the full size, for a GPU.
+optimizers-small: $(STAMP) debian
+	@mkdir -p results/optimizers_small
+	for s in $(OPT_SMALL); do $(TUNER) run $$s --storage $(STORAGE) --quiet --no-summary || exit 1; done
+	$(TUNER) curve $(OPT_SMALL) --storage $(STORAGE) --n-boot 200 \
+	  --plot results/optimizers_small/steps_vs_batch.png --lr-plot results/optimizers_small/lr_vs_batch.png
+	$(TUNER) profile $(OPT_SMALL) --storage $(STORAGE)
+	$(TUNER) report $(OPT_SMALL) --storage $(STORAGE) --n-boot 200 --no-dashboard \
+	  --out results/optimizers_small
+
+optimizers: $(STAMP) debian
+	@mkdir -p results/optimizers
+	for s in $(OPT_FULL); do $(TUNER) run $$s --storage $(STORAGE) --quiet --no-summary || exit 1; done
+	$(TUNER) curve $(OPT_FULL) --storage $(STORAGE) --n-boot 1000 \
+	  --plot results/optimizers/steps_vs_batch.png --lr-plot results/optimizers/lr_vs_batch.png
+	$(TUNER) profile $(OPT_FULL) --storage $(STORAGE)
+	$(TUNER) report $(OPT_FULL) --storage $(STORAGE) --no-dashboard --out results/optimizers
 
 bench-nqm: $(STAMP)
 	$(BIN)/python benchmarks/nqm_speed.py

@@ -23,8 +23,11 @@ SHIPPED = {
 
 
 def shipped_specs() -> list[Path]:
-    """The spec files in studies/: at least the known shipped ones."""
-    paths = sorted(STUDIES.glob("*.toml"))
+    """The spec files in studies/ and studies/optimizers/: at least the known shipped ones."""
+    paths = sorted(STUDIES.glob("*.toml")) + sorted(STUDIES.glob("optimizers/*.toml"))
+    optimizers = {p.stem for p in paths if p.parent.name == "optimizers"}
+    assert {f"fmnist_small_{o}" for o in ("sgd", "momentum", "adamw", "lamb", "muon")} <= (
+        optimizers), optimizers
     assert set(SHIPPED) <= {p.stem for p in paths}, (STUDIES, [p.name for p in paths])
     return paths
 

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from tuner.analysis.curves import Curve, Point, best  # noqa: E402
+from tuner.analysis.families import Comparison, Side  # noqa: E402
 from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW  # noqa: E402
 from tuner.analysis.profiles import TAU_MAX, Profile  # noqa: E402
 from tuner.analysis.records import BatchStudy  # noqa: E402
@@ -206,6 +207,38 @@ def profiles(prof: Profile, colors: dict[str, str] | None = None) -> bytes:
     ax2.set_ylabel("best steps / fewest steps at B (x: never reached)")
     ax2.set_title("Steps relative to the best spec at each B")
     ax2.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _family_panel(ax: plt.Axes, sides: Sequence[Side], colors: dict[str, str], title: str
+                  ) -> None:
+    for s in sides:
+        pts = s.curve.reached()
+        color = colors.setdefault(s.family.split(" (")[0], f"C{len(colors)}")
+        style = "--" if s.family.endswith(")") or "EMA" in s.family else "-"
+        ax.plot([p.batch_size for p in pts], [p.best_steps for p in pts], "o" + style,
+                color=color, ms=4, label=f"{s.curve.name} ({s.family})")
+        if s.curve.fit is not None:
+            ax.axvline(s.curve.fit.b_crit, color=color, ls=":", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _log2_axis(ax.xaxis)
+    _plain_log_labels(ax.yaxis)
+    ax.set_xlabel("batch size B (dotted: each fit's B_crit)")
+    ax.set_ylabel("steps to target")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def model_vs_measurement(comp: Comparison) -> bytes:
+    """The NQM's curves (left) beside the trained ones (right), one colour per optimizer
+    family on both sides."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors: dict[str, str] = {}
+    _family_panel(ax, comp.model, colors, "Noisy quadratic model (closed form)")
+    _family_panel(ax2, comp.measured, colors, f"Measured: {comp.measured_workload}")
     fig.tight_layout()
     return _png(fig)
 

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import optuna
 
 from tuner.analysis.curves import Curve
+from tuner.analysis.families import compare
 from tuner.analysis.profiles import TAU_MAX, comparable, profile, profile_rows
 from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
@@ -97,6 +98,21 @@ def _profiles(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> list[str
     return parts
 
 
+def _model_vs_measurement(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> list[str]:
+    """The NQM specs beside the trained ones, when the report has both."""
+    comp = compare(specs, curves)
+    if comp is None:
+        return []
+    return ["<h2>Model vs measurement: the NQM's prediction beside the trained optimizers</h2>",
+            "<p>Zhang et al. (2019): momentum and preconditioning should raise the critical "
+            "batch size over SGD's and lower the plateau (S_min). The model's steps are in its "
+            "own units, so the table compares ratios to the same side's SGD. Adam-like "
+            "optimizers (adam, adamw, nadam, lamb, shampoo, soap) are set beside the "
+            "preconditioned NQM; lars, lion and muon have no NQM counterpart.</p>",
+            _img(plots.model_vs_measurement(comp), "model vs measurement"),
+            _table(*comp.rows())]
+
+
 def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     """The report page as HTML text."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Batch-size scaling report"
@@ -111,6 +127,7 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
         parts += [f"<h3>{html.escape(c.name)}</h3>", f"<p>{html.escape(fit_line(c))}</p>",
                   _table(*curve_rows(c))]
     parts += _profiles(specs, curves)
+    parts += _model_vs_measurement(specs, curves)
     parts += ["<h2>Learning rate vs batch size</h2>",
               _img(plots.learning_rates(curves), "learning rates"),
               "<h2>Wall-clock time to target</h2>", _img(plots.wall_time(curves), "wall time")]
