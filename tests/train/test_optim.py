@@ -203,6 +203,8 @@ def test_memory_estimate_counts_each_optimizers_state() -> None:
     ('name = "pytorch_optimizer.Lamb"', "trust = { low = 0.1, high = 1.0 }",
      ("search_space.trust", "takes no argument 'trust'")),
     ('name = "torch.optim.Nope"', "", ("optimizer.name", "no optimizer class 'Nope'")),
+    ('name = "torch.optim.Adam"\nend_factor = 0.1', "", ("optimizer.end_factor",
+                                                       "belongs to schedule linear_decay")),
     ('name = "torch.optim.Adam"\n"bad key" = 1', "", ("optimizer.bad key",
                                                        "not a constructor argument")),
 ])

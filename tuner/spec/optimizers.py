@@ -39,60 +39,52 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Named:
     """A named optimizer: the library class, the metaparameters a spec may set (``None``: no
     default, search it or fix it), constant constructor arguments, and how many tensors of
-    state per parameter it keeps (for the memory estimate)."""
+    state per parameter it keeps (for the memory estimate). studies/README.md lists them."""
 
     target: str
     params: dict[str, float | None]
     constants: dict[str, Any] = field(default_factory=dict)
     states: int = 0
-    summary: str = ""
 
 
 _ADAM_BETAS = {"one_minus_beta1": 0.1, "one_minus_beta2": 0.001}
 
 #: The optimizers a spec names with one word.
 NAMED: dict[str, Named] = {
-    "sgd": Named("torch.optim.SGD", {"learning_rate": None, "weight_decay": 0.0},
-                 summary="plain SGD"),
+    "sgd": Named("torch.optim.SGD", {"learning_rate": None, "weight_decay": 0.0}),
     "momentum": Named("torch.optim.SGD", {"learning_rate": None, "one_minus_momentum": None,
-                                          "weight_decay": 0.0}, states=1,
-                      summary="heavy-ball momentum"),
+                                          "weight_decay": 0.0}, states=1),
     "nesterov": Named("torch.optim.SGD", {"learning_rate": None, "one_minus_momentum": None,
-                                          "weight_decay": 0.0}, {"nesterov": True}, states=1,
-                      summary="Nesterov momentum"),
+                                          "weight_decay": 0.0}, {"nesterov": True}, states=1),
     "adam": Named("torch.optim.Adam", {"learning_rate": None, **_ADAM_BETAS, "epsilon": 1e-8,
-                                       "weight_decay": 0.0}, states=2, summary="Adam"),
+                                       "weight_decay": 0.0}, states=2),
     "adamw": Named("torch.optim.AdamW", {"learning_rate": None, **_ADAM_BETAS, "epsilon": 1e-8,
-                                         "weight_decay": 0.01}, states=2,
-                   summary="Adam with decoupled weight decay"),
+                                         "weight_decay": 0.01}, states=2),
     "nadam": Named("torch.optim.NAdam", {"learning_rate": None, **_ADAM_BETAS, "epsilon": 1e-8,
-                                         "weight_decay": 0.0}, states=2,
-                   summary="Adam with Nesterov momentum"),
+                                         "weight_decay": 0.0}, states=2),
     "lamb": Named("pytorch_optimizer.Lamb", {"learning_rate": None, **_ADAM_BETAS,
                                              "epsilon": 1e-6, "weight_decay": 0.0,
-                                             "max_grad_norm": 1.0}, states=2,
-                  summary="layer-wise trust ratio on Adam's update (You et al. 2019)"),
+                                             "max_grad_norm": 1.0}, states=2),
     "lars": Named("pytorch_optimizer.LARS", {"learning_rate": None, "one_minus_momentum": 0.1,
                                              "weight_decay": 0.0, "trust_coefficient": 1e-3},
-                  states=1, summary="layer-wise trust ratio on momentum SGD (You et al. 2017)"),
+                  states=1),
     "lion": Named("pytorch_optimizer.Lion", {"learning_rate": None, "one_minus_beta1": 0.1,
                                              "one_minus_beta2": 0.01, "weight_decay": 0.0},
-                  states=1, summary="sign of an interpolated momentum (Chen et al. 2023)"),
+                  states=1),
     "shampoo": Named("pytorch_optimizer.Shampoo", {"learning_rate": None,
                                                    "one_minus_momentum": 1.0,
                                                    "weight_decay": 0.0,
                                                    "preconditioning_compute_steps": 1,
                                                    "matrix_eps": 1e-6},
-                     states=3, summary="Kronecker-factored preconditioner (Gupta et al. 2018)"),
+                     states=3),
     "soap": Named("pytorch_optimizer.SOAP", {"learning_rate": None, "one_minus_beta1": 0.05,
                                              "one_minus_beta2": 0.05, "epsilon": 1e-8,
                                              "weight_decay": 0.01, "precondition_frequency": 10},
-                  states=4, summary="Adam in Shampoo's eigenbasis (Vyas et al. 2024)"),
+                  states=4),
     "muon": Named("pytorch_optimizer.Muon", {"learning_rate": None, "one_minus_momentum": 0.05,
                                              "weight_decay": 0.0, "adamw_learning_rate": None,
                                              "adamw_weight_decay": 0.0},
-                  states=1, summary="orthogonalised momentum on hidden matrices, AdamW on the "
-                  "rest (Jordan et al. 2024)"),
+                  {"adamw_betas": (0.9, 0.95)}, states=1),
 }
 
 #: Every one-word name, ``module`` last (it is only for LightningModule specs).
@@ -106,6 +98,8 @@ SCHEDULE_PARAMS: dict[str, dict[str, float | None]] = {
     "warmup_cosine": {"warmup_fraction": None, "end_factor": 0.0},
 }
 
+#: Every schedule's metaparameter names.
+SCHEDULE_KEYS = frozenset(k for ps in SCHEDULE_PARAMS.values() for k in ps)
 #: Schedule params that may stay unset even without a default (one of them is derived).
 OPTIONAL_PARAMS = frozenset({"decay_steps"})
 #: Metaparameters that are whole numbers (searched with ``int = true``, fixed as integers).

@@ -32,6 +32,8 @@ from tuner.spec.optimizers import (
     MODULE_OPTIMIZER,
     OPTIMIZERS,
     OPTIONAL_PARAMS,
+    SCHEDULE_KEYS,
+    SCHEDULE_PARAMS,
     SCHEDULES,
     allowed_params,
     generic,
@@ -451,6 +453,11 @@ def _optimizer(t: _Table, space_t: _Table, lightning: bool = False
                     continue
                 if not is_identifier(k):
                     raise table.error(k, f"is not a constructor argument name of {name}")
+                if k in SCHEDULE_KEYS:  # it would never reach the constructor
+                    takes = [n for n, ps in SCHEDULE_PARAMS.items() if k in ps]
+                    raise table.error(k, f"belongs to schedule {' / '.join(takes)}, not "
+                                      f"{schedule!r}; allowed: {', '.join(allowed)} and "
+                                      f"{name}'s own arguments")
                 own.add(k)
         allowed = {**allowed, **dict.fromkeys(sorted(own))}
     t.only(["name", "schedule", *allowed])

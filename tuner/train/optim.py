@@ -12,7 +12,7 @@ import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
-from tuner.spec.optimizers import MODULE_OPTIMIZER, NAMED, SCHEDULES, target
+from tuner.spec.optimizers import MODULE_OPTIMIZER, NAMED, SCHEDULE_KEYS, SCHEDULES, target
 from tuner.spec.parse import ARG_PREFIXES
 
 if TYPE_CHECKING:
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 #: Spec metaparameters that are not the constructor argument of the same name.
 RENAMED = {"learning_rate": "lr", "epsilon": "eps", "adamw_learning_rate": "adamw_lr",
            "adamw_weight_decay": "adamw_wd"}
-#: Spec metaparameters that belong to the schedule, not the optimizer.
-SCHEDULE_KEYS = frozenset({"end_factor", "decay_fraction", "decay_steps", "warmup_fraction"})
 
 
 def optimizer_class(name: str) -> type:
@@ -67,8 +65,6 @@ def constructor_kwargs(name: str, hp: dict[str, Any], cls: type | None = None
         b1 = 1.0 - float(hp["one_minus_beta1"]) if "one_minus_beta1" in hp else default[0]
         b2 = 1.0 - float(hp["one_minus_beta2"]) if "one_minus_beta2" in hp else default[1]
         kwargs["betas"] = (b1, b2, *default[2:])
-    if name == "muon":
-        kwargs["adamw_betas"] = (0.9, 0.95)  # the library's default, stated
     return kwargs
 
 
