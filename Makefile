@@ -129,22 +129,21 @@ nqm: $(NQM_SPECS)
 # Optimizers on one workload (studies/optimizers/): scaling curves on one figure, B_crit per
 # optimizer, performance profiles, and the NQM's prediction beside them in the report.
 # optimizers-small: ~20 minutes on this 2-core CPU; optimizers: the full size, for a GPU.
-optimizers-small: $(STAMP) debian
-	@mkdir -p results/optimizers_small
-	for s in $(OPT_SMALL); do $(TUNER) run $$s --storage $(STORAGE) --quiet --no-summary || exit 1; done
-	$(TUNER) curve $(OPT_SMALL) --storage $(STORAGE) --n-boot 200 \
-	  --plot results/optimizers_small/steps_vs_batch.png --lr-plot results/optimizers_small/lr_vs_batch.png
-	$(TUNER) profile $(OPT_SMALL) --storage $(STORAGE)
-	$(TUNER) report $(OPT_SMALL) --storage $(STORAGE) --n-boot 200 --no-dashboard \
-	  --out results/optimizers_small
-
-optimizers: $(STAMP) debian
-	@mkdir -p results/optimizers
-	for s in $(OPT_FULL); do $(TUNER) run $$s --storage $(STORAGE) --quiet --no-summary || exit 1; done
-	$(TUNER) curve $(OPT_FULL) --storage $(STORAGE) --n-boot 1000 \
-	  --plot results/optimizers/steps_vs_batch.png --lr-plot results/optimizers/lr_vs_batch.png
-	$(TUNER) profile $(OPT_FULL) --storage $(STORAGE)
-	$(TUNER) report $(OPT_FULL) --storage $(STORAGE) --no-dashboard --out results/optimizers
+NQM_MODEL := nqm_sgd nqm_momentum nqm_precond_p050
+optimizers-small: OPT_SPECS := $(OPT_SMALL)
+optimizers-small: OPT_OUT := results/optimizers_small
+optimizers-small: OPT_BOOT := 200
+optimizers: OPT_SPECS := $(OPT_FULL)
+optimizers: OPT_OUT := results/optimizers
+optimizers: OPT_BOOT := 1000
+optimizers optimizers-small: $(STAMP) debian $(NQM_MODEL)
+	@mkdir -p $(OPT_OUT)
+	for s in $(OPT_SPECS); do $(TUNER) run $$s --storage $(STORAGE) --quiet --no-summary || exit 1; done
+	$(TUNER) curve $(OPT_SPECS) --storage $(STORAGE) --n-boot $(OPT_BOOT) \
+	  --plot $(OPT_OUT)/steps_vs_batch.png --lr-plot $(OPT_OUT)/lr_vs_batch.png
+	$(TUNER) profile $(OPT_SPECS) --storage $(STORAGE)
+	$(TUNER) report $(OPT_SPECS) $(addprefix studies/,$(addsuffix .toml,$(NQM_MODEL))) \
+	  --storage $(STORAGE) --n-boot $(OPT_BOOT) --no-dashboard --out $(OPT_OUT)
 
 bench-nqm: $(STAMP)
 	$(BIN)/python benchmarks/nqm_speed.py

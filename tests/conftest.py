@@ -149,3 +149,12 @@ def postgres_url(postgres_server: str) -> str:
                          autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return u.set(database=name).render_as_string(hide_password=False)
+
+
+def report_page(specs: list[Path], url: str, out: Path,
+                capsys: pytest.CaptureFixture[str]) -> str:
+    """``tuner report SPECS`` (no bootstrap, no dashboard attachments) and its page's HTML."""
+    code, _, err = run_cli(["report", *map(str, specs), "--storage", url, "--out", str(out),
+                            "--n-boot", "0", "--no-dashboard"], capsys)
+    assert code == 0, err
+    return (out / "index.html").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_DIGITS, SMALL_NQM, run_cli, write
+from conftest import SMALL_DIGITS, SMALL_NQM, report_page, run_cli, write
 from procs import run
 from tuner.analysis.families import compare, family
 from tuner.analysis.records import SpecStudies
@@ -94,10 +94,7 @@ def test_report_shows_the_model_beside_the_measurement(
         model_and_measurement: tuple[str, list[Path]], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     url, specs = model_and_measurement
-    code, _, err = run_cli(["report", *map(str, specs), "--storage", url, "--out",
-                            str(tmp_path / "r"), "--n-boot", "0", "--no-dashboard"], capsys)
-    assert code == 0, err
-    page = (tmp_path / "r" / "index.html").read_text()
+    page = report_page(specs, url, tmp_path / "r", capsys)
     assert "<h2>Model vs measurement" in page and 'alt="model vs measurement"' in page
     assert "model B_crit/SGD" in page
     # and the digits pair, on one workload and target, gets its performance profile

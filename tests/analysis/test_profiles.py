@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_NQM, run_cli, write
+from conftest import SMALL_NQM, report_page, run_cli, write
 from procs import run
 from tuner.analysis.curves import Curve, Point
 from tuner.analysis.profiles import profile, profile_rows
@@ -104,9 +104,6 @@ def test_profile_of_one_spec_is_one_line_exit_2(two_optimizers: tuple[str, list[
 def test_report_has_the_profile_section(two_optimizers: tuple[str, list[Path]], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     url, specs = two_optimizers
-    code, _, err = run_cli(["report", *map(str, specs), "--storage", url, "--out",
-                            str(tmp_path / "r"), "--n-boot", "0", "--no-dashboard"], capsys)
-    assert code == 0, err
-    page = (tmp_path / "r" / "index.html").read_text()
+    page = report_page(specs, url, tmp_path / "r", capsys)
     assert "<h2>Performance profiles: nqm (" in page and "score" in page
     assert page.count('alt="performance profiles"') == 1
