@@ -30,7 +30,7 @@ help:
 	@echo "make charlm-kjv         reproduce studies/charlm_kjv.toml: a char-level Transformer, Lightning (hours on CPU)"
 	@echo "make fashion-mnist-resnet8  reproduce studies/fashion_mnist_resnet8.toml: ResNet-8 + augmentation (hours on CPU)"
 	@echo "make nqm                the six NQM studies + the two headline figures in results/"
-	@echo "make optimizers-small   SGD, momentum, AdamW, LAMB, Muon on one Fashion-MNIST MLP: curves, B_crit, profiles (~20 min)"
+	@echo "make optimizers-small   SGD, momentum, AdamW, LAMB, Muon on one Fashion-MNIST MLP: curves, B_crit, profiles (~17 min)"
 	@echo "make optimizers         the same comparison at full size with LARS and SOAP too (for a GPU)"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
@@ -128,7 +128,7 @@ nqm: $(NQM_SPECS)
 
 # Optimizers on one workload (studies/optimizers/): scaling curves on one figure, B_crit per
 # optimizer, performance profiles, and the NQM's prediction beside them in the report.
-# optimizers-small: ~20 minutes on this 2-core CPU; optimizers: the full size, for a GPU.
+# optimizers-small: 17 minutes on this 2-core CPU (2026-12-02); optimizers: the full size, for a GPU.
 NQM_MODEL := nqm_sgd nqm_momentum nqm_precond_p050
 optimizers-small: OPT_SPECS := $(OPT_SMALL)
 optimizers-small: OPT_OUT := results/optimizers_small
