@@ -20,7 +20,7 @@ from tuner.core.trial import TrialRequest
 from tuner.run.pruning import build_pruner
 from tuner.run.sampling import build_sampler
 from tuner.spec import Spec, with_seed
-from tuner.spec.optimizers import SCHEDULE_KEYS
+from tuner.spec.optimizers import NAMED, SCHEDULE_KEYS
 from tuner.spec.parse import ARG_PREFIXES
 from tuner.workload.registry import get as resolve
 
@@ -58,6 +58,8 @@ def check_optimizer(spec: Spec) -> Spec:
         SpecError: naming the key (``optimizer.NAME`` or ``search_space.NAME``) and the
             arguments the class takes.
     """
+    if spec.optimizer in NAMED and NAMED[spec.optimizer].target.startswith("torch.optim."):
+        return spec  # our table names torch's own arguments: no import of torch needed (NQM)
     from tuner.train.optim import check  # heavy: imports the optimizer's package
 
     keys = {k for k in (*spec.fixed, *(p.name for p in spec.space))
