@@ -21,8 +21,7 @@ import optuna
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from tuner.analysis.adequacy import UNDER_TUNED
-from tuner.analysis.profiles import comparable, profile_json, profile_rows
-from tuner.analysis.profiles import profile as make_profile
+from tuner.analysis.profiles import profile_json, profile_notes, profile_rows, profiles
 from tuner.analysis.records import SpecStudies, stored_metrics
 from tuner.analysis.rescore import Goal, rescore
 from tuner.analysis.sensitivity import sensitivity as sens
@@ -498,8 +497,7 @@ def profile(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: 
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     curves = [spec_curve(s, 0, cmd) for s, cmd in zip(loaded, _run_cmds(specs, storage,
                                                                           targets))]
-    groups = [(what, p) for what, group in comparable(loaded, curves)
-              if (p := make_profile(group)) is not None]
+    groups = profiles(loaded, curves)
     if not groups:
         raise UsageError("profile: no two of these specs share a workload and target with a "
                          "batch size both studied; allowed: two or more specs on the same "
@@ -518,9 +516,7 @@ def profile(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: 
         return
     out = []
     for what, p in groups:
-        notes = [f"left out: B = {b} ({why})" for b, why in p.left_out.items()]
-        notes += [f"under-tuned (ratios may move): {n} at B = {', '.join(map(str, bs))}"
-                  for n, bs in p.under_tuned.items()]
+        notes = profile_notes(p)
         out.append(f"{what}: {len(p.batch_sizes)} batch sizes "
                    f"({', '.join(map(str, p.batch_sizes))})\n" + render(*profile_rows(p))
                    + "".join(f"\n{n}" for n in notes))

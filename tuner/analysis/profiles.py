@@ -101,6 +101,21 @@ def comparable(specs: Sequence[SpecStudies], curves: Sequence[Curve]
     return [(k, cs) for k, cs in groups.items() if len(cs) >= 2]
 
 
+def profiles(specs: Sequence[SpecStudies], curves: Sequence[Curve]
+             ) -> list[tuple[str, Profile]]:
+    """The profile of every :func:`comparable` group that has one: ``(what they share,
+    profile)``."""
+    return [(what, p) for what, group in comparable(specs, curves)
+            if (p := profile(group)) is not None]
+
+
+def profile_notes(prof: Profile) -> list[str]:
+    """The lines under a profile: the batch sizes left out and the under-tuned points."""
+    notes = [f"left out: B = {b} ({why})" for b, why in prof.left_out.items()]
+    return notes + [f"under-tuned points (their ratios may move): {n} at B = "
+                    f"{', '.join(map(str, bs))}" for n, bs in prof.under_tuned.items()]
+
+
 def profile_rows(prof: Profile, taus: Sequence[float] = TAUS
                  ) -> tuple[list[str], list[list[str]]]:
     """The profile table: per spec, the fraction within each tau, the score and the wins."""

@@ -12,7 +12,7 @@ import optuna
 
 from tuner.analysis.curves import Curve
 from tuner.analysis.families import compare
-from tuner.analysis.profiles import TAU_MAX, comparable, profile, profile_rows
+from tuner.analysis.profiles import TAU_MAX, profile_notes, profile_rows, profiles
 from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
 from tuner.analysis.summary import RULE_TEXT, Verdict, edge_findings, verdict
@@ -79,18 +79,12 @@ def _profiles(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> list[str
     """A performance-profile section per group of specs on the same workload and target."""
     colors = {c.name: f"C{i}" for i, c in enumerate(curves)}  # as in the scaling figure
     parts = []
-    for what, group in comparable(specs, curves):
-        prof = profile(group)
-        if prof is None:
-            continue
+    for what, prof in profiles(specs, curves):
         notes = [f"Fraction of the {len(prof.batch_sizes)} batch sizes (B = "
                  f"{', '.join(map(str, prof.batch_sizes))}) where a spec's best steps are within "
                  f"tau of the fewest any spec needed; score = the mean over tau in [1, "
                  f"{TAU_MAX:g}] (1: the fewest at every B; a B it never reached counts as a "
-                 "miss)."]
-        notes += [f"left out: B = {b} ({why})" for b, why in prof.left_out.items()]
-        notes += [f"under-tuned points (their ratios may move): {n} at B = "
-                  f"{', '.join(map(str, bs))}" for n, bs in prof.under_tuned.items()]
+                 "miss).", *profile_notes(prof)]
         parts += [f"<h2>Performance profiles: {html.escape(what)}</h2>",
                   *(f"<p>{html.escape(n)}</p>" for n in notes),
                   _img(plots.profiles(prof, colors), "performance profiles"),
