@@ -49,6 +49,16 @@ class Side:
     b_crit_ratio: float | None  # B_crit / B_crit of this side's SGD (None: no fit or no SGD)
     s_min_ratio: float | None
 
+    @property
+    def base(self) -> str:
+        """The family without the NQM's preconditioning power: the table's row."""
+        return "preconditioned" if self.family.startswith("preconditioned") else self.family
+
+    @property
+    def variant(self) -> bool:
+        """Whether this is a variant of its family (a preconditioning power, an EMA)."""
+        return self.family != self.base or "EMA" in self.family
+
 
 @dataclass
 class Comparison:
@@ -61,18 +71,15 @@ class Comparison:
     def rows(self) -> tuple[list[str], list[list[object]]]:
         """One row per family present on either side: B_crit with its interval and the ratios
         to SGD, in the model and in the measurement."""
-        def base(f: str) -> str:
-            return "preconditioned" if f.startswith("preconditioned") else f
-
-        families = sorted({base(s.family) for s in self.model + self.measured},
+        families = sorted({s.base for s in self.model + self.measured},
                           key=lambda f: (ORDER.index(f) if f in ORDER else len(ORDER), f))
         header = ["family", "model spec", "model B_crit", "model B_crit/SGD",
                   "model S_min/SGD", "measured spec", "measured B_crit", "measured B_crit/SGD",
                   "measured S_min/SGD"]
         rows = []
         for f in families:
-            ms = [s for s in self.model if base(s.family) == f] or [None]
-            ts = [s for s in self.measured if base(s.family) == f] or [None]
+            ms = [s for s in self.model if s.base == f] or [None]
+            ts = [s for s in self.measured if s.base == f] or [None]
             for i in range(max(len(ms), len(ts))):
                 m = ms[i] if i < len(ms) else None
                 t = ts[i] if i < len(ts) else None

@@ -215,8 +215,8 @@ def _family_panel(ax: plt.Axes, sides: Sequence[Side], colors: dict[str, str], t
                   ) -> None:
     for s in sides:
         pts = s.curve.reached()
-        color = colors.setdefault(s.family.split(" (")[0], f"C{len(colors)}")
-        style = "--" if s.family.endswith(")") or "EMA" in s.family else "-"
+        color = colors.setdefault(s.base, f"C{len(colors)}")
+        style = "--" if s.variant else "-"
         ax.plot([p.batch_size for p in pts], [p.best_steps for p in pts], "o" + style,
                 color=color, ms=4, label=f"{s.curve.name} ({s.family})")
         if s.curve.fit is not None:
