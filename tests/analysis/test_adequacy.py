@@ -209,3 +209,7 @@ def test_regimes_follow_b_crit_s_interval() -> None:
     f.ci95 = {"b_crit": (10.0, 1e6)}
     assert regimes(100, f) == ["perfect scaling", "diminishing returns",
                                "maximal data parallelism"]
+
+
+def test_best_interval_of_a_best_at_step_0_is_a_point() -> None:
+    assert best_interval(np.array([0.0, 0.0, 5.0, np.inf])) == (0.0, 0.0)

@@ -115,3 +115,13 @@ def test_importances_use_at_most_256_trials_and_one_parameter_is_all() -> None:
     assert imp.importance_trials == 256 and imp.importances["learning_rate"] > 0.8
     one = BatchStudy(64, trials, {"learning_rate": space["learning_rate"]})
     assert sens.importances(one) == {"learning_rate": 1.0}
+
+
+def test_a_target_met_at_step_0_has_no_fit_and_says_why() -> None:
+    # imported data evaluate at step 0: a loose target is met before any training
+    from tuner.analysis.fit import AT_START, fit_or_reason
+
+    assert fit_or_reason([16, 64, 256, 1024], [40.0, 0.0, 12.0, 9.0]) == (None, AT_START)
+    trials = {b: [TrialRecord(0, "reached", {}, steps_to_target=s)]
+              for b, s in ((16, 0), (64, 10), (256, 4))}
+    assert fit_with_bootstrap(trials, n_boot=10) is None

@@ -104,6 +104,8 @@ def best_interval(steps: np.ndarray) -> tuple[float, float] | None:
     cdf = 1.0 - ((n - np.arange(1, n + 1)) / n) ** n  # P(best of a resample <= x_(k))
     q_lo, q_hi = (float(x[min(n - 1, int(np.searchsorted(cdf, q)))]) for q in (0.025, 0.975))
     est = float(x[0])
+    if est == 0:  # met at step 0 (imported data evaluate before training): no spread
+        return (0.0, 0.0)
     return (est * est / q_hi if math.isfinite(q_hi) else 0.0, est * est / q_lo)
 
 
@@ -140,7 +142,8 @@ def narrower_bounds(trials: Sequence[TrialRecord], space: Mapping[str, Param],
 
 def assess(batch_size: int, trials: Sequence[TrialRecord], space: Mapping[str, Param] | None = None,
            rule: Rule = Rule(), run_cmd: str = "tuner run SPEC") -> Adequacy:
-    """The adequacy of one batch-size study (``run_cmd`` starts the advice's command)."""
+    """The adequacy of one batch-size study (``run_cmd`` starts the advice's command; empty
+    for imported studies, which no command tops up)."""
     steps = steps_pool(trials)
     n_div = sum(t.outcome == "diverged" for t in trials)
     b = best(trials)
@@ -174,6 +177,8 @@ def assess(batch_size: int, trials: Sequence[TrialRecord], space: Mapping[str, P
     if more:
         n = a.n_finished
         want = max(2 * n, math.ceil(rule.min_good * n / max(a.n_good, 1)))
-        a.advice.append(f"more trials: {run_cmd} -b {batch_size} --trials {want}")
+        a.advice.append(f"more trials: {run_cmd} -b {batch_size} --trials {want}" if run_cmd
+                        else f"more trials (about {want} in all at B = {batch_size}): the "
+                        "studies were imported and cannot be topped up here")
     a.status = UNDER_TUNED if a.reasons else ADEQUATE
     return a

@@ -30,6 +30,8 @@ MAX_RELIABLE_SPAN = 100.0
 #: Why a bootstrap resample gives no fit (keys of :attr:`Fit.boot_dropped`).
 TOO_FEW = "fewer than 3 batch sizes reached the target"
 NO_CONVERGENCE = "the fit did not converge"
+AT_START = ("the target was met at step 0 (before any training) at some batch size: no "
+            "scaling to fit; choose a stricter target")
 
 
 @dataclass
@@ -104,13 +106,16 @@ def fit(batch_sizes: Sequence[int], steps: Sequence[float]) -> Fit | None:
 
 def fit_or_reason(batch_sizes: Sequence[int], steps: Sequence[float]
                   ) -> tuple[Fit | None, str | None]:
-    """:func:`fit`, and why there is none (:data:`TOO_FEW` or :data:`NO_CONVERGENCE`)."""
+    """:func:`fit`, and why there is none (:data:`TOO_FEW`, :data:`AT_START` or
+    :data:`NO_CONVERGENCE`)."""
     from scipy.optimize import least_squares  # heavy: scipy, only when needed
 
     b = np.asarray(batch_sizes, dtype=float)
     s = np.asarray(steps, dtype=float)
     if len(b) < 3:
         return None, TOO_FEW
+    if (s <= 0).any():  # log S: a target met at initialisation (imported data evaluate step 0)
+        return None, AT_START
     # Start from the linear least-squares fit of S = c0 + c1 / B (c0 = S_min, c1 = S_min B_noise).
     coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(b), 1.0 / b], axis=1), s, rcond=None)
     s0 = coef[0] if coef[0] > 0 else s.min()
