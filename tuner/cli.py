@@ -295,16 +295,17 @@ def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: o
         click.echo("\n\n".join(f"{title}\n{render(header, rows)}" for title, header, rows in blocks))
 
 
-def _run_cmds(specs: tuple[str, ...], storage: str | None, targets: Sequence[Goal]
-              ) -> list[str]:
+def _run_cmds(specs: tuple[str, ...], storage: str | None, targets: Sequence[Goal],
+              loaded: Sequence[SpecStudies]) -> list[str]:
     """The ``tuner run ...`` that tops up each loaded entry's studies (parallel to
-    :func:`_load`'s list: one entry per spec and ``--target``), for the adequacy advice."""
+    :func:`_load`'s list ``loaded``: one entry per spec and ``--target``), for the adequacy
+    advice; empty for imported studies (no spec to run)."""
     out = []
     for spec in specs:
         cmd = "tuner run " + shlex.quote(spec if Path(spec).is_file() else "SPEC") + (
             f" --storage {shlex.quote(storage)}" if storage else "")
         out += [cmd] * max(1, len(targets))
-    return out
+    return ["" if s.attrs.get("imported_from") else c for c, s in zip(out, loaded)]
 
 
 def _under_tuned_lines(name: str, items: Sequence[tuple[int, list[str], list[str]]]
@@ -344,7 +345,7 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets)
+    cmds = _run_cmds(specs, storage, targets, loaded)
     curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
     objs = [curve_json(c) for c in curves]
     blocks = [(c.name if fmt == "csv" else fit_line(c), *curve_rows(c)) for c in curves]
@@ -391,7 +392,7 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     what to do (more trials, or a narrower range where most trials diverged).
     """
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets)
+    cmds = _run_cmds(specs, storage, targets, loaded)
     tuning = {s.name: adequacy_of(s, run_cmd=cmd) if adequacy else []
               for s, cmd in zip(loaded, cmds)}
     found = {s.name: edge_findings(s, margin, top_frac, tuning[s.name]) for s in loaded}
@@ -442,7 +443,7 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
     """
     _check_output("--plots", plot_dir, folder=True)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets)
+    cmds = _run_cmds(specs, storage, targets, loaded)
     results = {}
     for s, cmd in zip(loaded, cmds):
         results[s.name] = [sens(st, factor, a) for st, a in
@@ -496,7 +497,7 @@ def profile(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: 
     """
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
     curves = [spec_curve(s, 0, cmd) for s, cmd in zip(loaded, _run_cmds(specs, storage,
-                                                                          targets))]
+                                                                          targets, loaded))]
     groups = profiles(loaded, curves)
     if not groups:
         raise UsageError("profile: no two of these specs share a workload and target with a "
@@ -547,7 +548,7 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
                    "with a plain `tuner report`", err=True)
         dashboard = False
     st, loaded = _load(specs, storage, seed, dashboard, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets)
+    cmds = _run_cmds(specs, storage, targets, loaded)
     curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
     page = report_mod.write(Path(out), loaded, curves)
     click.echo(f"wrote {page}")
@@ -557,6 +558,75 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
     elif dashboard:
         n = report_mod.attach_to_dashboard(st, loaded, curves)
         click.echo(f"attached the scaling figure to {n} studies (optuna-dashboard)", err=True)
+
+
+@cli.group("import")
+def import_() -> None:
+    """Import other tools' study data as stored studies (see `tuner import batch-science -h`)."""
+
+
+@import_.command("batch-science")
+@click.argument("root", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="Spec name of the imported studies (default: the workload's path "
+              "with '.' for '/', e.g. fashion_mnist.simple_cnn_base.sgd; with several "
+              "workloads under DIR, a prefix).")
+@click.option("--target", "target", callback=lambda c, p, v: _goal(c, p, (v,))[0] if v else None,
+              help="The stored target, e.g. 'val/classification_error<0.3' (default: "
+                   "val/classification_error at the loosest value every batch size reached). "
+                   "Analysis re-scores at any other with --target.")
+@click.option("--storage", help=STORAGE_HELP)
+def batch_science(root: Path, name: str | None, target: Goal | None, storage: str | None
+                  ) -> None:
+    """Google's batch_science data (Shallue et al. 2018) as Optuna studies with tuner's attrs.
+
+    DIR is a workload directory (dataset/model/optimizer, holding BATCH/study.json and
+    BATCH/TRIAL/{metadata.json,measurements.csv}) or any folder holding some, such as the
+    unpacked batch_science_data.tar.bz2. One study per batch size; COMPLETE trials are reached
+    or missed, INFEASIBLE ones diverged, INCOMPLETE ones failed (not counted, as in
+    batch_science's loaders); every measured column is stored, so `tuner curve NAME --target
+    'val/classification_error<0.3'` reproduces their steps-to-result. Re-importing adds
+    nothing. Everything is read and checked before anything is written.
+    """
+    from tuner.interop.importer import import_batch_science, plan
+
+    url = resolve_url(storage)
+    work = plan(root, name, target)  # every file read and checked before the storage opens
+    done = import_batch_science(open_storage(url), work, lambda line: click.echo(line, err=True))
+    for d in done:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(d.statuses.items()))
+        what = "already stored, nothing written" if d.already else "imported"
+        click.echo(f"{d.name}: {what}: {len(d.batch_sizes)} batch sizes "
+                   f"({', '.join(map(str, d.batch_sizes))}), {d.n_trials} trials ({counts}); "
+                   f"target {d.goal}")
+    click.echo(f"stored in {url}; next: tuner curve {done[0].name} --storage {url}", err=True)
+
+
+@cli.group("export")
+def export() -> None:
+    """Write stored studies in other tools' layouts (see `tuner export batch-science -h`)."""
+
+
+@export.command("batch-science")
+@click.argument("spec", metavar="SPEC")
+@click.argument("out", metavar="OUTDIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+def export_batch_science(spec: str, out: Path, storage: str | None, seed: int | None) -> None:
+    """A spec's studies in batch_science's layout, readable by its data_loader.
+
+    Writes OUTDIR/WORKLOAD/SPEC/OPTIMIZER/B/study.json and B/TRIAL/{metadata.json,
+    measurements.csv} (imported studies go back to their own path, as they were read).
+    Statuses: reached or missed -> COMPLETE, diverged -> INFEASIBLE, pruned or failed ->
+    INCOMPLETE. Refuses to write over an existing workload directory.
+    """
+    from tuner.interop.exporter import export_batch_science as write
+
+    url = resolve_url(storage)
+    check_storage_exists(url)
+    ro = open_readonly(url)
+    s = load(ro, spec, seed)
+    where, n = write(ro, s, out)
+    click.echo(f"wrote {n} trials of {len(s.studies)} batch sizes to {where}")
 
 
 @cli.command()

@@ -37,8 +37,10 @@ class Goal:
 
     @classmethod
     def of_target(cls, target: dict[str, Any]) -> Goal:
-        """The goal of a stored spec target (``{"metric", "value", "direction"}``)."""
-        op = "<=" if target.get("direction", "minimize") == "minimize" else ">="
+        """The goal of a stored spec target (``{"metric", "value", "direction"[, "op"]}``;
+        without ``op``, ``<=`` when minimizing and ``>=`` when maximizing)."""
+        op = target.get("op") or ("<=" if target.get("direction", "minimize") == "minimize"
+                                  else ">=")
         return cls(target["metric"], op, float(target["value"]))
 
     @property
