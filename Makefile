@@ -17,7 +17,7 @@ NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
         charlm-kjv fashion-mnist-resnet8 optimizers optimizers-small \
-        $(NQM_SPECS) bench-nqm postgres dashboard clean soak lint test-optuna-floor
+        $(NQM_SPECS) bench-nqm batch-science postgres dashboard clean soak lint test-optuna-floor
 
 help:
 	@echo "make demo               a real small scaling study on digits (CPU, < 10 min)"
@@ -33,6 +33,7 @@ help:
 	@echo "make optimizers-small   SGD, momentum, AdamW, LAMB, Muon on one Fashion-MNIST MLP: curves, B_crit, profiles (~17 min)"
 	@echo "make optimizers         the same comparison at full size with LARS and SOAP too (for a GPU)"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
+	@echo "make batch-science      import Google's published studies (BATCH_SCIENCE=DIR, downloaded first) and report on them"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
 	@echo "make bench-nqm-workers  tuner run nqm_sgd: --workers 1 vs 2 (time, identical results)"
@@ -147,6 +148,22 @@ optimizers optimizers-small: $(STAMP) debian $(NQM_MODEL)
 
 bench-nqm: $(STAMP)
 	$(BIN)/python benchmarks/nqm_speed.py
+
+# Google's published batch_science data (Shallue et al. 2018: 454 studies). Download and unpack
+# it first (~802 MB; no network is assumed here):
+#   curl -O https://storage.googleapis.com/batch_science_data/batch_science_data.tar.bz2
+#   sha256sum batch_science_data.tar.bz2   # 6460ab86a6ab0f22a02e1c9b982e1ca31220bf41f669304ce86f14d19053f435
+#   tar -xjf batch_science_data.tar.bz2    # -> batch_science/
+# then `make batch-science BATCH_SCIENCE=batch_science`: every workload imported into
+# $(BS_STORAGE), and one report over all of them in results/batch_science/.
+BATCH_SCIENCE ?= batch_science
+BS_STORAGE    ?= sqlite:///results/batch_science.db
+batch-science: $(STAMP)
+	@test -d "$(BATCH_SCIENCE)" || { echo "no folder $(BATCH_SCIENCE): download and unpack batch_science_data.tar.bz2 (see the Makefile's comment), or give BATCH_SCIENCE=DIR"; exit 2; }
+	@mkdir -p results/batch_science
+	$(TUNER) import batch-science "$(BATCH_SCIENCE)" --storage $(BS_STORAGE) | tee results/batch_science/imported.txt
+	$(TUNER) report $$(cut -d: -f1 results/batch_science/imported.txt) --storage $(BS_STORAGE) \
+	  --n-boot 200 --no-dashboard --out results/batch_science
 
 # A throwaway PostgreSQL server on 127.0.0.1 for multi-worker runs (prints its URL).
 postgres:

@@ -78,24 +78,53 @@ def default_metric(columns: set[str]) -> str:
     return val[0] if val else sorted(columns)[0]
 
 
-def default_goal(studies: list[bs.Study], metric: str | None = None) -> Goal:
+@dataclass
+class Summary:
+    """What the first pass keeps of a study (its measurements are read again to write it)."""
+
+    path: Path
+    batch_size: int
+    content: str  # fingerprint of everything read
+    columns: set[str]
+    lowest: dict[str, float]  # per column: the smallest finite value of a COMPLETE trial
+    highest: dict[str, float]
+    n_trials: int
+    statuses: dict[str, int]
+
+
+def summarise(study: bs.Study) -> Summary:
+    """A study's :class:`Summary`."""
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+    for t in study.trials:
+        statuses[t.status] = statuses.get(t.status, 0) + 1
+        if t.status != "COMPLETE":
+            continue
+        for i, c in enumerate(t.columns):
+            vals = [r[i] for r in t.rows if r[i] is not None and math.isfinite(r[i])]
+            if vals:
+                lo[c] = min(lo.get(c, math.inf), min(vals))
+                hi[c] = max(hi.get(c, -math.inf), max(vals))
+    return Summary(study.path, study.batch_size, content_of(study),
+                   {c for t in study.trials for c in t.columns}, lo, hi, len(study.trials),
+                   statuses)
+
+
+def default_goal(studies: list[Summary], metric: str | None = None) -> Goal:
     """The loosest target every batch size reached (see the module doc); the metric is
     :func:`default_metric` unless given.
 
     Raises:
         UsageError: no trial measured the metric, or no ``COMPLETE`` trial has a value of it.
     """
-    columns = {c for s in studies for t in s.trials for c in t.columns}
+    columns = {c for s in studies for c in s.columns}
     if not columns:
         raise UsageError(f"{studies[0].path.parent}: no trial has any measurement")
     metric = metric or default_metric(columns)
     maximize = "accuracy" in metric
-    bests = []
-    for s in studies:
-        vals = [v for t in s.trials if t.status == "COMPLETE" and metric in t.columns
-                for v in t.curve()["metrics"][metric] if v is not None and math.isfinite(v)]
-        if vals:
-            bests.append(max(vals) if maximize else min(vals))
+    bests = [(s.highest if maximize else s.lowest)[metric] for s in studies
+             if metric in (s.highest if maximize else s.lowest)]
     if not bests:
         raise UsageError(f"{studies[0].path.parent}: no COMPLETE trial measured {metric!r}; "
                          "give --target")
@@ -205,6 +234,18 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def content_of(study: bs.Study) -> str:
+    """The fingerprint of everything read from a study directory."""
+    return fingerprint({"study": study.meta, "trials": [(t.metadata, t.columns, t.steps, t.rows)
+                                                        for t in study.trials]})
+
+
+def identity(source: str, content: str, goal: Goal) -> dict[str, Any]:
+    """An imported study's ``spec_identity``: where it came from, what it held, the target."""
+    return {"imported_from": WORKLOAD, "source": source, "target": goal.as_target(),
+            "content": content}
+
+
 def study_attrs(name: str, source: str, study: bs.Study, goal: Goal, budget: int,
                 space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The study user attrs of docs/DESIGN.md's storage contract, filled from ``study.json``
@@ -213,10 +254,7 @@ def study_attrs(name: str, source: str, study: bs.Study, goal: Goal, budget: int
     meta = study.meta
     steps = [s for t in study.trials for s in t.steps]
     n_evals = sorted(len(t.steps) for t in study.trials) or [0]
-    content = {"study": meta, "trials": [(t.metadata, t.columns, t.steps, t.rows)
-                                         for t in study.trials], "target": goal.as_target()}
-    identity = {"imported_from": WORKLOAD, "source": source, "target": goal.as_target(),
-                "content": fingerprint(content)}
+    ident = identity(source, content_of(study), goal)
     return {
         "spec_name": name, "batch_size": study.batch_size, "seed": 0, "workload": WORKLOAD,
         "workload_options": {"dataset": meta["dataset"], "model": meta["model"],
@@ -241,17 +279,17 @@ def study_attrs(name: str, source: str, study: bs.Study, goal: Goal, budget: int
         "imported_from": {"format": WORKLOAD, "source": source, "path": str(study.path)},
         "study_json": meta, "spec_file": str(study.path / "study.json"),
         "spec_text": json.dumps(meta, indent=2, sort_keys=True),
-        "spec_identity": identity, "spec_fingerprint": fingerprint(identity),
+        "spec_identity": ident, "spec_fingerprint": fingerprint(ident),
     }
 
 
-def parse_target(goal: Goal | None, studies: list[bs.Study]) -> Goal:
+def parse_target(goal: Goal | None, studies: list[Summary]) -> Goal:
     """``--target``, checked against the measured columns, or :func:`default_goal`.
 
     Raises:
         UsageError: the metric is not measured.
     """
-    columns = {c for s in studies for t in s.trials for c in t.columns}
+    columns = {c for s in studies for c in s.columns}
     if goal is None:
         return default_goal(studies)
     if goal.metric not in columns:
@@ -269,9 +307,27 @@ def spec_name_of(source: str, name: str | None, several: bool) -> str:
     return name or path or "batch_science"
 
 
-def plan(root: Path, name: str | None, goal: Goal | None
-         ) -> list[tuple[str, str, list[bs.Study], Goal]]:
-    """Every workload under ``root`` read and checked: (spec name, source, studies, goal).
+@dataclass
+class Planned:
+    """One workload, read and checked: what the import will write."""
+
+    name: str
+    source: str
+    goal: Goal
+    studies: list[Summary]
+
+    def study_name(self, s: Summary) -> str:
+        """The Optuna study name of one of its batch sizes."""
+        return f"{self.name}.B{s.batch_size}.seed0"
+
+    def fingerprint(self, s: Summary) -> str:
+        """The ``spec_fingerprint`` that study gets."""
+        return fingerprint(identity(self.source, s.content, self.goal))
+
+
+def plan(root: Path, name: str | None, goal: Goal | None) -> list[Planned]:
+    """Every workload under ``root`` read and checked, one study at a time (the archive is
+    gigabytes: only a :class:`Summary` of each is kept; the import reads it again).
 
     Raises:
         UsageError: any directory that does not follow the layout; nothing has been written.
@@ -279,73 +335,73 @@ def plan(root: Path, name: str | None, goal: Goal | None
     found = bs.find_workloads(root)
     out = []
     for source, dirs in found.items():
-        studies = [bs.read_study(d) for d in dirs]
+        studies = [summarise(bs.read_study(d)) for d in dirs]
         sizes = [s.batch_size for s in studies]
         if len(set(sizes)) != len(sizes):
             dup = next(b for b in sizes if sizes.count(b) > 1)
             raise UsageError(f"{root / source}: two study directories with batch_size {dup}")
-        out.append((spec_name_of(source, name, len(found) > 1), source, studies,
-                    parse_target(goal, studies)))
-    names = [p[0] for p in out]
+        out.append(Planned(spec_name_of(source, name, len(found) > 1), source,
+                           parse_target(goal, studies), studies))
+    names = [p.name for p in out]
     if len(set(names)) != len(names):
         raise UsageError(f"--name {name}: two workloads would get one name")
     return out
 
 
-Plan = list[tuple[str, str, list[bs.Study], Goal]]
-
-
-def import_batch_science(storage: RDBStorage, work: Plan,
+def import_batch_science(storage: RDBStorage, work: list[Planned],
                          echo: Callable[[str], None] = lambda s: None) -> list[Imported]:
     """Import the workloads of ``work`` (:func:`plan`: read and checked first, before the
     storage is even opened) into ``storage`` (see the module doc).
 
     Raises:
         UsageError: a stored study of one of these names holds other data (before anything
-            is written).
+            is written), or a directory changed since :func:`plan` read it.
     """
     existing = {s.study_name: s for s in storage.get_all_studies()}
-    todo = []
-    for spec_name, source, studies, g in work:
-        for st in studies:
-            space, notes = widened(bs.search_space(st.meta["parameter_configs"]), st)
-            for n in notes:
-                echo(f"warning: {n}")
-            budget = budget_of(st)
-            attrs = study_attrs(spec_name, source, st, g, budget, space)
-            study_name = f"{spec_name}.B{st.batch_size}.seed0"
-            old = existing.get(study_name)
+    todo: list[tuple[Planned, Summary, bool]] = []
+    for w in work:
+        for s in w.studies:
+            old = existing.get(w.study_name(s))
             if old is not None:
                 have = old.user_attrs
-                if have.get("spec_fingerprint") == attrs["spec_fingerprint"]:
+                if have.get("spec_fingerprint") == w.fingerprint(s):
                     continue  # imported already
                 if "spec_fingerprint" in have or have.get("imported_from", {}).get(
-                        "source") != source:
+                        "source") != w.source:
                     raise UsageError(
-                        f"--name {spec_name}: study {study_name!r} is already stored with other "
-                        f"data (another import, target or version of {source}, or a `tuner "
-                        "run` study); choose another --name or --storage")
-            todo.append((spec_name, study_name, st, attrs, space, budget, g, old is not None))
-    done: dict[str, set[int]] = {}
-    for spec_name, study_name, st, attrs, space, budget, g, stale in todo:
+                        f"--name {w.name}: study {w.study_name(s)!r} is already stored with "
+                        f"other data (another import, target or version of {w.source}, or a "
+                        "`tuner run` study); choose another --name or --storage")
+            todo.append((w, s, old is not None))
+    done: set[str] = set()
+    for w, s, stale in todo:
+        st = bs.read_study(s.path)
+        if content_of(st) != s.content:
+            raise UsageError(f"{s.path}: changed while being imported; import it again")
+        space, notes = widened(bs.search_space(st.meta["parameter_configs"]), st)
+        for n in notes:
+            echo(f"warning: {n}")
+        budget = budget_of(st)
+        attrs = study_attrs(w.name, w.source, st, w.goal, budget, space)
         if stale:  # a study a killed import left without its fingerprint: replace it
-            optuna.delete_study(study_name=study_name, storage=storage)
-        study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize")
+            optuna.delete_study(study_name=w.study_name(s), storage=storage)
+        study = optuna.create_study(storage=storage, study_name=w.study_name(s),
+                                    direction="minimize")
         for k, v in attrs.items():
             if k != "spec_fingerprint":
                 study.set_user_attr(k, v)
         dists = distributions(space)
-        trials = [trial_of(st, t, g, budget, dists) for t in st.trials]
+        trials = [trial_of(st, t, w.goal, budget, dists) for t in st.trials]
         store_trials(storage, study_id(study), trials, {})
         study.set_user_attr("spec_fingerprint", attrs["spec_fingerprint"])
-        done.setdefault(spec_name, set()).add(st.batch_size)
+        done.add(w.name)
     out = []
-    for spec_name, source, studies, g in work:
+    for w in work:
         statuses: dict[str, int] = {}
-        for st in studies:
-            for t in st.trials:
-                statuses[t.status] = statuses.get(t.status, 0) + 1
-        out.append(Imported(spec_name, source, g, [s.batch_size for s in studies],
-                            sum(len(s.trials) for s in studies), statuses,
-                            already=spec_name not in done))
+        for s in w.studies:
+            for k, v in s.statuses.items():
+                statuses[k] = statuses.get(k, 0) + v
+        out.append(Imported(w.name, w.source, w.goal, [s.batch_size for s in w.studies],
+                            sum(s.n_trials for s in w.studies), statuses,
+                            already=w.name not in done))
     return out
