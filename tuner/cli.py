@@ -24,12 +24,16 @@ from tuner.analysis.adequacy import UNDER_TUNED
 from tuner.analysis.profiles import profile_json, profile_notes, profile_rows, profiles
 from tuner.analysis.records import SpecStudies, stored_metrics
 from tuner.analysis.rescore import Goal, rescore
+from tuner.analysis.quality import quality as quality_of
+from tuner.analysis.quality import quality_json
 from tuner.analysis.sensitivity import sensitivity as sens
+from tuner.analysis.series import series_curves
 from tuner.analysis.summary import (
     RULE_TEXT,
     curve_json,
     edge_findings,
     spec_curve,
+    time_optimal_line,
     under_tuned_line,
 )
 from tuner.analysis.summary import adequacy as adequacy_of
@@ -40,13 +44,15 @@ from tuner.render.tables import (
     fit_line,
     points_table,
     render,
+    quality_rows,
     sensitivity_rows,
+    series_rows,
     to_csv,
 )
 from tuner.store import storage as storage_mod
 from tuner.store.retry import StorageUnavailable, cause, configure, db_error
 from tuner.store.rows import open_reader
-from tuner.store.source import check_storage_exists, load
+from tuner.store.source import check_storage_exists, load_all
 from tuner.store.storage import open_readonly, open_storage, resolve_url, writable
 
 #: Seeds numpy accepts (tuner.spec.SEED_MAX; not imported here to keep `tuner --help` fast).
@@ -117,44 +123,51 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
 
     configure(storage_retry)  # this process and the local workers it starts
 
-    spec = spec_mod.load(spec_path)
+    members = spec_mod.load_series(spec_path)  # one spec, or one per value of a [series]
     if seed is not None:
-        spec = spec_mod.with_seed(spec, seed)
-    chosen = runner.select_batch_sizes(spec, batch_sizes)
+        members = [spec_mod.with_seed(m, seed) for m in members]
+    chosen = {m.name: runner.select_batch_sizes(m, batch_sizes) for m in members}
     gpu_ids = workers_mod.parse_gpus(gpus)
-    resources.check_devices(spec, gpu_ids)
-    if not allow_large:
-        resources.check_sizes(spec, chosen)
+    for m in members:
+        resources.check_devices(m, gpu_ids)
+        if not allow_large:
+            resources.check_sizes(m, chosen[m.name])
     n_workers = workers or max(1, len(gpu_ids))
     url = storage_mod.resolve_url(storage)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     if not no_preflight:  # a tiny trial at the smallest and largest B, before any storage
-        t0 = time.perf_counter()
-        metrics = spec_mod.preflight(spec, chosen)
-        at = " and ".join(map(str, sorted({min(chosen), max(chosen)})))
-        echo = _first(echo, f"pre-flight at B = {at}: ok ({time.perf_counter() - t0:.1f} s); "
-                      f"metrics: {', '.join(sorted(metrics))}")
-    n = trials or spec.trials
+        for m in members:
+            t0 = time.perf_counter()
+            metrics = spec_mod.preflight(m, chosen[m.name])
+            at = " and ".join(map(str, sorted({min(chosen[m.name]), max(chosen[m.name])})))
+            echo = _first(echo, f"pre-flight{f' of {m.name}' if m.series else ''} at B = "
+                          f"{at}: ok ({time.perf_counter() - t0:.1f} s); metrics: "
+                          f"{', '.join(sorted(metrics))}")
     if n_workers == 1 and not gpu_ids:
-        points = runner.run(spec, url, chosen, n, echo, heartbeat, summary=not no_summary)
-        if no_summary:
-            return
-    else:
-        if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
-            raise UsageError(f"--workers: an in-memory storage ({url}) cannot be shared; "
-                             "allowed: a SQLite file or a PostgreSQL URL")
-        _, studies = runner.prepare(spec, url, chosen, heartbeat)  # refuse a changed spec once
-        args = ["run", spec_path, "--trials", str(n), "--storage", url, "--heartbeat",
-                str(heartbeat), *(["--seed", str(seed)] if seed is not None else []),
-                *[a for b in chosen for a in ("-b", str(b))], *(["-q"] if quiet else []),
-                *(["--allow-large"] if allow_large else []), "--no-summary", "--no-preflight"]
-        echo(f"storage: {url}; starting {n_workers} workers"
-             + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else ""))
-        code = workers_mod.launch(args, n_workers, gpu_ids, echo)
-        if code:
-            raise SystemExit(code)
-        points = runner.points(studies)
-    click.echo(points_table(spec, points))
+        for m in members:
+            if m.series is not None:
+                echo(f"series {m.series.name}: {m.series.key} = {m.series.value} ({m.name})")
+            points = runner.run(m, url, chosen[m.name], trials or m.trials, echo, heartbeat,
+                                summary=not no_summary)
+            if not no_summary:
+                click.echo(points_table(m, points))
+        return
+    if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
+        raise UsageError(f"--workers: an in-memory storage ({url}) cannot be shared; "
+                         "allowed: a SQLite file or a PostgreSQL URL")
+    # refuse a changed spec once; every worker then works through the members in order
+    prepared = [runner.prepare(m, url, chosen[m.name], heartbeat)[1] for m in members]
+    args = ["run", spec_path, *(["--trials", str(trials)] if trials else []), "--storage", url,
+            "--heartbeat", str(heartbeat), *(["--seed", str(seed)] if seed is not None else []),
+            *[a for b in batch_sizes for a in ("-b", str(b))], *(["-q"] if quiet else []),
+            *(["--allow-large"] if allow_large else []), "--no-summary", "--no-preflight"]
+    echo(f"storage: {url}; starting {n_workers} workers"
+         + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else ""))
+    code = workers_mod.launch(args, n_workers, gpu_ids, echo)
+    if code:
+        raise SystemExit(code)
+    for m, studies in zip(members, prepared):
+        click.echo(points_table(m, runner.points(studies)))
 
 
 def _first(echo: Callable[[str], None], line: str) -> Callable[[str], None]:
@@ -247,7 +260,7 @@ def _folder_exists(folder: Path) -> None:
 
 def _load(specs: tuple[str, ...], storage: str | None, seed: int | None,
           write: bool = False, targets: Sequence[Goal] = (), max_steps: int | None = None,
-          max_examples: int | None = None):  # noqa: ANN202
+          max_examples: int | None = None, curves: bool = False):  # noqa: ANN202
     """Open the storage (never creating or changing it: read-only, unless ``write`` and the
     storage is writable) and load each spec's studies; with a target or budget, re-scored
     (one entry per spec and target)."""
@@ -258,7 +271,9 @@ def _load(specs: tuple[str, ...], storage: str | None, seed: int | None,
         open_reader(url)
     st = open_storage(url) if write and writable(url) else reader
     rescoring = bool(targets or max_steps or max_examples)
-    loaded = [load(reader, s, seed, curves=rescoring) for s in specs]  # curves: re-scoring
+    curves = curves or rescoring
+    # a series file or name stands for its members; curves only for re-scoring
+    loaded = [x for s in specs for x in load_all(reader, s, seed, curves=curves)]
     if rescoring:
         loaded = [_rescored(s, g, max_steps, max_examples)
                   for s in loaded for g in (targets or [None])]
@@ -295,17 +310,17 @@ def _emit(fmt: str, blocks: list[tuple[str, list[str], list[list]]], json_obj: o
         click.echo("\n\n".join(f"{title}\n{render(header, rows)}" for title, header, rows in blocks))
 
 
-def _run_cmds(specs: tuple[str, ...], storage: str | None, targets: Sequence[Goal],
-              loaded: Sequence[SpecStudies]) -> list[str]:
-    """The ``tuner run ...`` that tops up each loaded entry's studies (parallel to
-    :func:`_load`'s list ``loaded``: one entry per spec and ``--target``), for the adequacy
-    advice; empty for imported studies (no spec to run)."""
+def _run_cmds(storage: str | None, loaded: Sequence[SpecStudies]) -> list[str]:
+    """The ``tuner run ...`` that tops up each loaded entry's studies, for the adequacy advice:
+    its stored spec file if it is still there (else ``SPEC``); empty for imported studies,
+    which no command tops up."""
     out = []
-    for spec in specs:
-        cmd = "tuner run " + shlex.quote(spec if Path(spec).is_file() else "SPEC") + (
+    for s in loaded:
+        path = s.attrs.get("spec_file", "")
+        cmd = "tuner run " + shlex.quote(path if path and Path(path).is_file() else "SPEC") + (
             f" --storage {shlex.quote(storage)}" if storage else "")
-        out += [cmd] * max(1, len(targets))
-    return ["" if s.attrs.get("imported_from") else c for c, s in zip(out, loaded)]
+        out.append("" if s.attrs.get("imported_from") else cmd)
+    return out
 
 
 def _under_tuned_lines(name: str, items: Sequence[tuple[int, list[str], list[str]]]
@@ -324,18 +339,29 @@ def _under_tuned_lines(name: str, items: Sequence[tuple[int, list[str], list[str
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the scaling figure (PNG).")
 @click.option("--lr-plot", type=click.Path(dir_okay=False),
               help="Write the optimal-learning-rate figure (PNG).")
+@click.option("--series-plot", type=click.Path(dir_okay=False),
+              help="Write B_crit and S_min against the series value (PNG; specs with [series]).")
 @click.option("--n-boot", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap resamples for the 95 % interval of the fit.")
+@click.option("--quality", is_flag=True,
+              help="Solution quality instead of steps: per batch size, the best validation "
+                   "metric (the target's, or --target's) reached within the budget given by "
+                   "--max-steps, --max-examples or --max-epochs (default: each study's own).")
+@click.option("--max-epochs", type=click.FloatRange(min=0, min_open=True),
+              help="With --quality: a budget of E epochs per trial (E x n_train / B steps at B).")
 @RESCORE
 def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
-          plot: str | None, lr_plot: str | None, n_boot: int, targets: list[Goal],
-          max_steps: int | None, max_examples: int | None) -> None:
+          plot: str | None, lr_plot: str | None, series_plot: str | None, n_boot: int,
+          quality: bool, max_epochs: float | None, targets: list[Goal], max_steps: int | None,
+          max_examples: int | None) -> None:
     """Scaling curve(s): best steps-to-target per batch size and the critical batch size.
 
     SPEC is a spec file or a spec name already in storage; give several to compare them.
     Fits S(B) = S_min (1 + B_noise/B) (McCandlish et al.) and reports S_min, E_min,
     B_crit = E_min/S_min with a 95 % bootstrap interval. With several --target values: one
-    curve per target, and one figure (--plot) with all of them.
+    curve per target, and one figure (--plot) with all of them. A spec with [series] (or its
+    stored name) stands for its members: one curve each, then B_crit and S_min against the
+    series value (--series-plot draws them).
 
     Per batch size: the best steps' 95 % bootstrap interval (best_ci95: how far more tuning
     might move it), the trials within 1.25x of the best (good) and the adequacy verdict
@@ -344,25 +370,85 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     """
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
+    _check_output("--series-plot", series_plot)
+    if max_epochs is not None and not quality:
+        raise UsageError("--max-epochs: only with --quality; allowed for steps-to-target: "
+                         "--max-steps or --max-examples")
+    if quality:
+        _quality(specs, storage, seed, fmt, plot, targets, max_steps, max_examples, max_epochs)
+        return
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, loaded)
+    cmds = _run_cmds(storage, loaded)
     curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
+    if series_plot and not series_curves(curves):
+        raise UsageError(f"--series-plot {series_plot}: none of the specs is a member of a "
+                         "series; allowed: a spec file with [series], or its stored name")
     objs = [curve_json(c) for c in curves]
     blocks = [(c.name if fmt == "csv" else fit_line(c), *curve_rows(c)) for c in curves]
     _emit(fmt, blocks, objs[0] if len(objs) == 1 else objs)
     if fmt == "table":
+        timed = [f"{c.name}: {line}" for c in curves if (line := time_optimal_line(c))]
+        if timed:
+            click.echo("\n" + "\n".join(timed))
         lines = [line for c in curves for line in _under_tuned_lines(
             c.name, [(p.batch_size, p.tuning_reasons, p.tuning_advice) for p in c.points
                      if p.tuning == UNDER_TUNED])]
         if lines:
             click.echo("\n" + "\n".join(lines))
-    if plot or lr_plot:
+        for sc in series_curves(curves):
+            click.echo(f"\nseries {sc.name} at {sc.target}: {sc.trend()}\n"
+                       + render(*series_rows(sc)))
+    if plot or lr_plot or series_plot:
         from tuner.render import plots  # heavy: matplotlib, only for --plot
 
-        for path, fig in ((plot, plots.scaling), (lr_plot, plots.learning_rates)):
+        figures = ((plot, plots.scaling), (lr_plot, plots.learning_rates),
+                   (series_plot, lambda cs: plots.series(series_curves(cs))))
+        for path, fig in figures:
             if path:
                 Path(path).write_bytes(fig(curves))
                 click.echo(f"wrote {path}", err=True)
+
+
+def _quality(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
+             plot: str | None, targets: list[Goal], max_steps: int | None,
+             max_examples: int | None, max_epochs: float | None) -> None:
+    """``tuner curve --quality``: the best metric within a budget per batch size."""
+    given = [n for n, v in (("--max-steps", max_steps), ("--max-examples", max_examples),
+                            ("--max-epochs", max_epochs)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)}: give at most one budget for --quality")
+    if len(targets) > 1:
+        raise UsageError("--target: give at most one with --quality (its metric is scored)")
+    _, loaded = _load(specs, storage, seed, curves=True)
+    budget = (f"{max_steps} steps" if max_steps else f"{max_examples} examples" if max_examples
+              else f"{max_epochs:g} epochs" if max_epochs else "each study's own budget")
+    blocks, objs, results = [], [], []
+    for s in loaded:
+        metric = targets[0].metric if targets else s.target["metric"]
+        direction = targets[0].direction if targets else s.target.get("direction", "minimize")
+        if metric not in stored_metrics(s):
+            raise UsageError(f"--target: {metric!r} is not in the stored curves of spec "
+                             f"{s.name!r}; allowed: {', '.join(sorted(stored_metrics(s)))}")
+        try:
+            pts = quality_of(s, metric, direction, max_steps, max_examples, max_epochs)
+        except ValueError as exc:
+            raise UsageError(f"--max-epochs: {exc}; allowed: --max-steps or --max-examples"
+                             ) from None
+        results.append((s.name, metric, pts))
+        objs.append(quality_json(s, pts, metric, budget))
+        blocks.append((f"{s.name}: best {metric} ({direction}) within {budget}",
+                       *quality_rows(pts)))
+    _emit(fmt, blocks, objs[0] if len(objs) == 1 else objs)
+    if fmt == "table" and any(p.bound == "bound" for _, _, pts in results for p in pts):
+        click.echo("\n(bound: some trials stopped before the budget without diverging (they "
+                   "reached the target, or were pruned) and might have done better: the best "
+                   "within the budget is at least this good; [budget] train_to_budget = true "
+                   "makes it exact)")
+    if plot:
+        from tuner.render import plots  # heavy: matplotlib, only for --plot
+
+        Path(plot).write_bytes(plots.quality(results, budget))
+        click.echo(f"wrote {plot}", err=True)
 
 
 @cli.command()
@@ -392,7 +478,7 @@ def edges(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     what to do (more trials, or a narrower range where most trials diverged).
     """
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, loaded)
+    cmds = _run_cmds(storage, loaded)
     tuning = {s.name: adequacy_of(s, run_cmd=cmd) if adequacy else []
               for s, cmd in zip(loaded, cmds)}
     found = {s.name: edge_findings(s, margin, top_frac, tuning[s.name]) for s in loaded}
@@ -443,7 +529,7 @@ def sensitivity(specs: tuple[str, ...], storage: str | None, seed: int | None, f
     """
     _check_output("--plots", plot_dir, folder=True)
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, loaded)
+    cmds = _run_cmds(storage, loaded)
     results = {}
     for s, cmd in zip(loaded, cmds):
         results[s.name] = [sens(st, factor, a) for st, a in
@@ -496,8 +582,7 @@ def profile(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: 
     report` draws them.
     """
     _, loaded = _load(specs, storage, seed, False, targets, max_steps, max_examples)
-    curves = [spec_curve(s, 0, cmd) for s, cmd in zip(loaded, _run_cmds(specs, storage,
-                                                                          targets, loaded))]
+    curves = [spec_curve(s, 0, cmd) for s, cmd in zip(loaded, _run_cmds(storage, loaded))]
     groups = profiles(loaded, curves)
     if not groups:
         raise UsageError("profile: no two of these specs share a workload and target with a "
@@ -548,7 +633,7 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
                    "with a plain `tuner report`", err=True)
         dashboard = False
     st, loaded = _load(specs, storage, seed, dashboard, targets, max_steps, max_examples)
-    cmds = _run_cmds(specs, storage, targets, loaded)
+    cmds = _run_cmds(storage, loaded)
     curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
     page = report_mod.write(Path(out), loaded, curves)
     click.echo(f"wrote {page}")
@@ -624,9 +709,9 @@ def export_batch_science(spec: str, out: Path, storage: str | None, seed: int | 
     url = resolve_url(storage)
     check_storage_exists(url)
     ro = open_readonly(url)
-    s = load(ro, spec, seed)
-    where, n = write(ro, s, out)
-    click.echo(f"wrote {n} trials of {len(s.studies)} batch sizes to {where}")
+    for s in load_all(ro, spec, seed):  # a series: each member to its own directory
+        where, n = write(ro, s, out)
+        click.echo(f"wrote {n} trials of {len(s.studies)} batch sizes to {where}")
 
 
 @cli.command()

@@ -48,6 +48,10 @@ def test_run_stores_contract_and_tops_up_exactly(
             assert a["examples_seen"] == a["stopped_at_step"] * attrs["batch_size"]
             assert 0 <= a["eval_seconds"] < a["wall_seconds"]
             assert a["eval_share"] == pytest.approx(a["eval_seconds"] / a["wall_seconds"])
+            # steady-state seconds per step: after the warm-up steps, evaluation excluded
+            if a["stopped_at_step"] > 5 and not a["diverged"]:
+                assert 0 < a["step_seconds"] <= (a["wall_seconds"] - a["eval_seconds"]) / (
+                    a["stopped_at_step"] - 5)
             if t.state == TrialState.COMPLETE and a["reached"]:
                 reached += 1
                 assert t.value == a["steps_to_target"] == a["stopped_at_step"]

@@ -23,8 +23,11 @@ SHIPPED = {
 
 
 def shipped_specs() -> list[Path]:
-    """The spec files in studies/ and studies/optimizers/: at least the known shipped ones."""
-    paths = sorted(STUDIES.glob("*.toml")) + sorted(STUDIES.glob("optimizers/*.toml"))
+    """The spec files in studies/, studies/optimizers/ and studies/controls/: at least the
+    known shipped ones."""
+    paths = sorted(STUDIES.glob("*.toml")) + sorted(STUDIES.glob("optimizers/*.toml")) + \
+        sorted(STUDIES.glob("controls/*.toml"))
+    assert {"fashion_mnist_mlp_datasize", "fmnist_datasize_small"} <= {p.stem for p in paths}
     optimizers = {p.stem for p in paths if p.parent.name == "optimizers"}
     assert {f"fmnist_small_{o}" for o in ("sgd", "momentum", "adamw", "lamb", "muon")} <= (
         optimizers), optimizers
@@ -36,9 +39,9 @@ def test_shipped_specs_parse() -> None:
     import workloads
 
     paths = shipped_specs()
-    for path in paths:
-        s = spec_mod.load(path)  # with its workload, as `tuner run` loads it
-        assert s.name == path.stem
+    for s in (m for path in paths for m in spec_mod.load_series(path)):  # as `tuner run` does
+        path = Path(s.path)
+        assert s.name == path.stem if s.series is None else s.name.startswith(path.stem + ".")
         if path.stem in SHIPPED:
             assert s.workload_name == SHIPPED[path.stem]
         assert isinstance(s.workload, workloads.get(s.workload_name))
@@ -397,8 +400,7 @@ def test_evaluation_count_matches_the_cadence() -> None:
 
     from tuner.run.resources import count_evals
 
-    for path in shipped_specs():
-        s = spec_mod.load(path)
+    for s in (m for path in shipped_specs() for m in spec_mod.load_series(path)):
         for b in s.batch_sizes:
             assert count_evals(s, b, 10**6) == len(s.eval_steps(b))
     s = spec_mod.load(STUDIES / "digits_mlp.toml")

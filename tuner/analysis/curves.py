@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 from tuner.analysis.adequacy import Adequacy
 from tuner.analysis.fit import best_steps_per_batch, fit_or_reason, fit_with_bootstrap
 from tuner.analysis.records import TrialRecord, best
+from tuner.analysis.throughput import step_time
 
 __all__ = ["Curve", "Point", "best", "curve", "point"]
 
@@ -40,6 +41,12 @@ class Point:
     tuning: str | None = None  # adequate | under-tuned | no point (None: not assessed)
     tuning_reasons: list[str] = field(default_factory=list)  # why under-tuned
     tuning_advice: list[str] = field(default_factory=list)  # what to do about it
+    #: Median steady-state seconds per step (tuner.analysis.throughput), its basis, its device
+    step_seconds: float | None = None
+    step_time_basis: str | None = None  # "steady" | "wall" (set-up included: older studies)
+    device: str | None = None
+    examples_per_second: float | None = None  # B / step_seconds
+    time_to_target: float | None = None  # best_steps x step_seconds
 
 
 def point(batch_size: int, trials: Sequence[TrialRecord]) -> Point:
@@ -55,6 +62,12 @@ def point(batch_size: int, trials: Sequence[TrialRecord]) -> Point:
         p.best_steps, p.best_steps_after = b.steps_to_target, b.steps_after
         p.best_trial, p.best_params = b.number, dict(b.params)
         p.best_wall_seconds = b.wall_seconds
+    st = step_time(trials)
+    if st is not None:
+        p.step_seconds, p.step_time_basis, p.device = st.seconds, st.how, st.device
+        p.examples_per_second = batch_size / st.seconds if st.seconds > 0 else None
+        if p.best_steps is not None:
+            p.time_to_target = p.best_steps * st.seconds
     return p
 
 
@@ -75,6 +88,8 @@ class Curve:
     fit_tuned: Any = None
     fit_tuned_because: str | None = None
     tuning: dict[int, Adequacy] = field(default_factory=dict)  # per batch size, when assessed
+    #: ``{"name", "key", "value"}`` when the spec is a member of a series (tuner.spec.series)
+    series: dict[str, Any] | None = None
 
     @property
     def under_tuned(self) -> list[int]:
@@ -97,6 +112,11 @@ class Curve:
     def reliable(self) -> bool:
         """Whether the fit exists and nothing in :attr:`unreliable_because` applies."""
         return not self.unreliable_because
+
+    def time_optimal(self) -> Point | None:
+        """The point with the least time to target (None when no point has one)."""
+        timed = [p for p in self.points if p.time_to_target is not None]
+        return min(timed, key=lambda p: (p.time_to_target, p.batch_size)) if timed else None
 
     def reached(self) -> list[Point]:
         """Points with a best trial."""

@@ -26,6 +26,9 @@ class TrialRecord:
     wall_seconds: float | None = None
     slot: int | None = None  # the trial's point in the quasi-random sequence (tuner.run.trialqueue)
     value: float | None = None  # the objective value Optuna stores (COMPLETE trials only)
+    eval_seconds: float | None = None
+    step_seconds: float | None = None  # steady-state seconds per training step
+    device: str | None = None  # e.g. "cpu", "cuda:0"
     #: Every evaluation: ``{"steps": [...], "metrics": {name: [...]}}`` (the ``curve`` attr;
     #: for studies stored before it, the target metric's intermediate values). None: unknown.
     curve: dict[str, Any] | None = field(default=None, repr=False)

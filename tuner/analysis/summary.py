@@ -41,6 +41,7 @@ def spec_curve(s: SpecStudies, n_boot: int = 1000, run_cmd: str = "tuner run SPE
         if p.best_bound == "none":  # re-scored: nothing met the goal, and nothing could have
             p.best_bound = "exact"
     c.n_duplicates = s.n_duplicates
+    c.series = s.attrs.get("series")
     return c
 
 
@@ -55,14 +56,36 @@ def curve_json(c: Curve) -> dict[str, Any]:
         d["regime"] = regime(p.batch_size, c.fit) if c.fit and p.best_steps else None
         d["regimes"] = regimes(p.batch_size, c.fit) if c.fit and p.best_steps else None
         points.append(d)
-    return {"spec": c.name, "target": c.target, "points": points,
+    return {"spec": c.name, "target": c.target, **({"series": c.series} if c.series else {}),
+            "points": points,
             "fit": c.fit.to_json() if c.fit else None,
             "tuning_rule": RULE_TEXT, "under_tuned": c.under_tuned,
             "fit_without_under_tuned": c.fit_tuned.to_json() if c.fit_tuned else None,
             "fit_without_under_tuned_because": c.fit_tuned_because,
             "reliable": c.reliable,
             "unreliable_because": "; ".join(c.unreliable_because) or None,
-            "duplicate_trials_set_aside": c.n_duplicates}
+            "duplicate_trials_set_aside": c.n_duplicates,
+            "time_optimal": time_optimal_json(c)}
+
+
+def time_optimal_json(c: Curve) -> dict[str, Any] | None:
+    """The time-optimal batch size of a curve (``tuner.analysis.throughput``), or None."""
+    p = c.time_optimal()
+    if p is None:
+        return None
+    return {"batch_size": p.batch_size, "seconds": p.time_to_target, "device": p.device,
+            "step_seconds": p.step_seconds, "basis": p.step_time_basis}
+
+
+def time_optimal_line(c: Curve) -> str | None:
+    """In words: the batch size with the least time to target, or None."""
+    p = c.time_optimal()
+    if p is None:
+        return None
+    basis = "" if p.step_time_basis == "steady" else         " (step times include trial set-up: studies stored before step_seconds)"
+    return (f"time-optimal batch size: B = {p.batch_size} ({p.time_to_target:.3g} s to target "
+            f"= {p.best_steps} steps x {1e3 * (p.step_seconds or 0):.3g} ms/step on "
+            f"{p.device}, the median step time of its trials){basis}")
 
 
 def edge_findings(s: SpecStudies, margin: float = 0.05, top_frac: float = 0.10,

@@ -46,6 +46,8 @@ class TrialRequest:
     #: More goals (``[target] also``): train on after the target until each is met (or the
     #: budget ends); the trial's steps-to-target is still the target's.
     also: tuple[Goal, ...] = ()
+    #: ``[budget] train_to_budget``: train the whole budget, past the target and every goal
+    train_to_budget: bool = False
 
 
 @dataclass
@@ -64,6 +66,24 @@ class TrialResult:
     steps_after: int | None = None  # the target was crossed in (steps_after, steps_to_target]
     eval_seconds: float = 0.0
     device: str = "cpu"
+    #: Steady-state seconds per training step: from the end of step :data:`WARMUP_STEPS` to
+    #: the end, evaluation excluded (None: the trial stopped by then, or the workload does not
+    #: train). What ``tuner curve``'s time to target multiplies.
+    step_seconds: float | None = None
+
+
+#: Training steps left out of :attr:`TrialResult.step_seconds` (the first steps pay for lazy
+#: initialisation, allocator warm-up and, on a GPU, kernel selection).
+WARMUP_STEPS = 5
+
+
+def steady_step_seconds(t_warm: float | None, t_end: float, eval_after_warm: float,
+                        steps: int) -> float | None:
+    """Seconds per step after the warm-up: ``(t_end - t_warm - eval_after_warm) / (steps -
+    WARMUP_STEPS)``; None when the trial did not get past the warm-up."""
+    if t_warm is None or steps <= WARMUP_STEPS:
+        return None
+    return max(0.0, t_end - t_warm - eval_after_warm) / (steps - WARMUP_STEPS)
 
 
 #: ``report(step, metrics)`` is called at every evaluation; it returns True to stop (prune).

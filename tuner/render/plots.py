@@ -18,6 +18,8 @@ from tuner.analysis.families import Comparison, Side  # noqa: E402
 from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW  # noqa: E402
 from tuner.analysis.profiles import TAU_MAX, Profile  # noqa: E402
 from tuner.analysis.records import BatchStudy  # noqa: E402
+from tuner.analysis.quality import QualityPoint  # noqa: E402
+from tuner.analysis.series import SeriesCurve  # noqa: E402
 
 MARKERS = {"reached": ("o", "tab:blue"), "missed": ("s", "tab:gray"),
            "diverged": ("x", "tab:red"), "pruned": (".", "tab:orange")}
@@ -153,23 +155,90 @@ def learning_rates(curves: Sequence[Curve]) -> bytes:
     return _png(fig)
 
 
-def wall_time(curves: Sequence[Curve]) -> bytes | None:
-    """Wall-clock seconds of the best trial (time to target) vs B (None if no trial has them)."""
-    if not any(p.best_wall_seconds for c in curves for p in c.reached()):
-        return None  # best trials stored without their wall_seconds attr: nothing to plot
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+def time_to_target(curves: Sequence[Curve]) -> bytes | None:
+    """Left: time to target (best steps x the median steady-state step time) vs B, the
+    time-optimal B marked. Right: throughput (examples per second) vs B. None if no point has
+    a step time (closed-form workloads)."""
+    if not any(p.time_to_target for c in curves for p in c.points):
+        return None
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
     for i, c in enumerate(curves):
-        pts = [p for p in c.reached() if p.best_wall_seconds]
-        ax.plot([p.batch_size for p in pts], [p.best_wall_seconds for p in pts], "o-",
-                color=f"C{i}", label=c.name)
+        pts = [p for p in c.points if p.time_to_target]
+        ax.plot([p.batch_size for p in pts], [p.time_to_target for p in pts], "o-",
+                color=f"C{i}", label=f"{c.name} ({pts[0].device})" if pts else c.name)
+        best_p = c.time_optimal()
+        if best_p is not None:
+            ax.plot([best_p.batch_size], [best_p.time_to_target], "*", ms=14, color=f"C{i}")
+        tp = [p for p in c.points if p.examples_per_second]
+        ax2.plot([p.batch_size for p in tp], [p.examples_per_second for p in tp], "s-",
+                 color=f"C{i}", label=c.name)
+    for a, ylabel in ((ax, "seconds to target"), (ax2, "training examples per second")):
+        a.set_xscale("log", base=2)
+        a.set_yscale("log")
+        _log2_axis(a.xaxis)
+        a.set_xlabel("batch size B")
+        a.set_ylabel(ylabel)
+        a.grid(True, alpha=0.3)
+    ax.set_title("Time to target = best steps x median step time\n(star: the time-optimal "
+                 "batch size)", fontsize=9)
+    ax2.set_title("Throughput (steady state, evaluation excluded)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def quality(results: Sequence[tuple[str, str, Sequence[QualityPoint]]], budget: str) -> bytes:
+    """The best metric within a budget against B, one line per spec (hollow: a bound)."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for i, (name, metric, pts) in enumerate(results):
+        got = [p for p in pts if p.best_value is not None]
+        ax.plot([p.batch_size for p in got], [p.best_value for p in got], "-", color=f"C{i}",
+                alpha=0.6, label=f"{name} ({metric})")
+        for p in got:
+            ax.plot([p.batch_size], [p.best_value], "o", color=f"C{i}",
+                    mfc=f"C{i}" if p.bound == "exact" else "white")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
     _log2_axis(ax.xaxis)
     ax.set_xlabel("batch size B")
-    ax.set_ylabel("wall seconds to target (best trial)")
-    ax.set_title("Wall-clock time to target")
+    ax.set_ylabel("best validation metric within the budget")
+    ax.set_title(f"Solution quality within {budget}\n(hollow: a bound; trials stopped early)",
+                 fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def series(groups: Sequence[SeriesCurve]) -> bytes:
+    """Left: B_crit against the series value (its 95 % bootstrap interval as bars; hollow:
+    the member's fit is unreliable). Right: S_min the same way."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for i, sc in enumerate(groups):
+        for a, attr in ((ax, "b_crit"), (ax2, "s_min")):
+            rows = [r for r in sc.rows if getattr(r, attr) and isinstance(r.value, (int, float))]
+            if not rows:
+                continue
+            xs = [float(r.value) for r in rows]
+            ys = [getattr(r, attr) for r in rows]
+            a.plot(xs, ys, "-", color=f"C{i}", alpha=0.5)
+            for r, x, y in zip(rows, xs, ys):
+                ci = getattr(r, attr + "_ci95")
+                err = [[y - ci[0]], [ci[1] - y]] if ci else None
+                a.errorbar([x], [y], yerr=err, fmt="o", color=f"C{i}", capsize=3,
+                           mfc=f"C{i}" if r.reliable else "white",
+                           label=f"{sc.name} ({sc.target})" if r is rows[0] else None)
+    for a, ylabel, attr in ((ax, "critical batch size B_crit", "b_crit"),
+                            (ax2, "S_min (steps)", "s_min")):
+        vals = [getattr(r, attr) for sc in groups for r in sc.rows if getattr(r, attr)]
+        a.set_xscale("log")
+        a.set_yscale("log")
+        if vals:  # an interval spanning decades (a poorly fitted member) runs off the axis
+            a.set_ylim(min(vals) / 30, max(vals) * 30)
+        a.set_xlabel(groups[0].key if groups else "series value")
+        a.set_ylabel(ylabel)
+        a.grid(True, which="major", alpha=0.3)
+    ax.set_title("B_crit against the series value\n(bars: 95 % bootstrap interval, cut at "
+                 "30x; hollow: unreliable fit)", fontsize=9)
+    ax2.set_title("S_min against the series value", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     return _png(fig)
 
 

@@ -15,9 +15,16 @@ from tuner.analysis.families import compare
 from tuner.analysis.profiles import TAU_MAX, profile_notes, profile_rows, profiles
 from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
-from tuner.analysis.summary import RULE_TEXT, Verdict, edge_findings, verdict
+from tuner.analysis.series import series_curves
+from tuner.analysis.summary import (
+    RULE_TEXT,
+    Verdict,
+    edge_findings,
+    time_optimal_line,
+    verdict,
+)
 from tuner.render import plots
-from tuner.render.tables import curve_rows, edge_rows, fit_line, sensitivity_rows
+from tuner.render.tables import curve_rows, edge_rows, fit_line, sensitivity_rows, series_rows
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; max-width: 1300px; color: #222; }
@@ -107,6 +114,23 @@ def _model_vs_measurement(specs: Sequence[SpecStudies], curves: Sequence[Curve])
             _table(*comp.rows())]
 
 
+def _series(curves: Sequence[Curve]) -> list[str]:
+    """A section for the series among the specs (e.g. the training-set size)."""
+    groups = series_curves(curves)
+    if not groups:
+        return []
+    parts = ["<h2>Series: the critical batch size against the series value</h2>",
+             "<p>Each member is its own spec and studies, on the value shown (Shallue et al. "
+             "section 4.5 on data-set size). Its B_crit and S_min are the McCandlish fit of its "
+             "own curve, with the 95 % bootstrap interval; an unreliable fit (see its own "
+             "section) is drawn hollow and left out of the trend.</p>",
+             _img(plots.series(groups), "series")]
+    for sc in groups:
+        parts += [f"<h3>{html.escape(sc.name)} at {html.escape(sc.target)}</h3>",
+                  f"<p>{html.escape(sc.trend())}</p>", _table(*series_rows(sc))]
+    return parts
+
+
 def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     """The report page as HTML text."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Batch-size scaling report"
@@ -120,11 +144,19 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     for c in curves:
         parts += [f"<h3>{html.escape(c.name)}</h3>", f"<p>{html.escape(fit_line(c))}</p>",
                   _table(*curve_rows(c))]
+    parts += _series(curves)
     parts += _profiles(specs, curves)
     parts += _model_vs_measurement(specs, curves)
     parts += ["<h2>Learning rate vs batch size</h2>",
               _img(plots.learning_rates(curves), "learning rates"),
-              "<h2>Wall-clock time to target</h2>", _img(plots.wall_time(curves), "wall time")]
+              "<h2>Time to target</h2>",
+              "<p>Steps at different batch sizes cost different time. Per batch size: the "
+              "median over its finished, not diverged trials of the steady-state seconds per "
+              "step (after the first 5 steps, evaluation excluded) on the device they ran on, "
+              "times the best steps.</p>",
+              *(f"<p>{html.escape(c.name)}: {html.escape(time_optimal_line(c) or 'no step time stored')}</p>"
+                for c in curves),
+              _img(plots.time_to_target(curves), "time to target")]
     for s, c in zip(specs, curves):
         sens = [sensitivity(st, tuning=c.tuning.get(st.batch_size)) for st in s.studies]
         parts += [f"<h2>Edges: {html.escape(s.name)}</h2>", _table(*edge_rows(findings[s.name])),

@@ -50,8 +50,8 @@ Rows = tuple[list[str], list[list[Any]]]
 def curve_rows(c: Any) -> Rows:
     """Header and rows of one spec's scaling curve (c: tuner.analysis.curves.Curve)."""
     header = ["batch_size", "best_steps", "best_ci95", "crossed_in", "examples", "regime",
-              "learning_rate", "effective_lr", "wall_s", "trials", "reached", "missed", "pruned",
-              "diverged", "good", "tuning"]
+              "learning_rate", "effective_lr", "ms_per_step", "examples_per_s", "time_to_target_s",
+              "trials", "reached", "missed", "pruned", "diverged", "good", "tuning"]
     rescored = any(p.best_bound != "exact" or p.n_unknown for p in c.points)
     if rescored:  # re-scored: how exact each best is, and the trials that could not be scored
         header += ["bound", "unscored"]
@@ -67,7 +67,8 @@ def curve_rows(c: Any) -> Rows:
             p.best_steps * p.batch_size if ok else None,
             " or ".join(regimes(p.batch_size, c.fit)) if ok and c.fit else None,
             c.learning_rate(p) if ok else None, c.effective_lr(p) if ok else None,
-            p.best_wall_seconds, p.n_trials, p.n_reached, p.n_missed, p.n_pruned, p.n_diverged,
+            1e3 * p.step_seconds if p.step_seconds is not None else None,
+            p.examples_per_second, p.time_to_target, p.n_trials, p.n_reached, p.n_missed, p.n_pruned, p.n_diverged,
             p.n_good if ok else None, p.tuning if ok else None,
             *((p.best_bound, p.n_unknown) if rescored else ())])
     return header, rows
@@ -149,3 +150,21 @@ def to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]], prefix: Sequenc
            ) -> list[list[Any]]:
     """Rows for csv.writer, each led by ``prefix`` (e.g. the spec name)."""
     return [[*prefix, *("" if v is None else v for v in r)] for r in rows]
+
+
+def series_rows(sc: Any) -> Rows:
+    """A series (:class:`tuner.analysis.series.SeriesCurve`): one row per member."""
+    header = [sc.key, "spec", "b_crit", "b_crit_ci95", "s_min", "s_min_ci95", "points",
+              "reliable"]
+    rows = [[r.value, r.spec, r.b_crit, ci_text(r.b_crit_ci95), r.s_min, ci_text(r.s_min_ci95),
+             r.n_points, "yes" if r.reliable else "no"] for r in sc.rows]
+    return header, rows
+
+
+def quality_rows(points: Sequence[Any]) -> Rows:
+    """Solution quality per batch size (:class:`tuner.analysis.quality.QualityPoint`)."""
+    header = ["batch_size", "budget_steps", "budget_examples", "best_value", "best_trial",
+              "at_step", "trials", "stopped_short", "bound"]
+    rows = [[p.batch_size, p.cap, p.cap_examples, p.best_value, p.best_trial, p.at_step,
+             p.n_trials, p.n_short, p.bound] for p in points]
+    return header, rows

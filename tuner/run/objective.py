@@ -89,7 +89,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             batch_size=batch_size, max_steps=max_steps, eval_steps=evals, target=target,
             seed=seed, divergence_factor=spec.budget.divergence_factor,
             accelerator=spec.accelerator, precision=spec.precision, devices=spec.devices,
-            also=spec.also,
+            also=spec.also, train_to_budget=spec.budget.train_to_budget,
         )
         met: set[str | None] = set()  # goals met so far (None: the target)
         goals = GoalsPruner(spec.pruner.slack, [str(g) for g in spec.also]) if (
@@ -119,6 +119,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             "wall_seconds": r.wall_seconds,
             "eval_seconds": r.eval_seconds,
             "eval_share": r.eval_seconds / r.wall_seconds if r.wall_seconds > 0 else 0.0,
+            "step_seconds": r.step_seconds,
             "best_metric": r.best_metric,
             "final_metrics": r.curve[-1][1] if r.curve else None,
             "curve": curve,

@@ -24,7 +24,7 @@ from tuner.spec.optimizers import NAMED, SCHEDULE_KEYS
 from tuner.spec.parse import ARG_PREFIXES
 from tuner.workload.registry import get as resolve
 
-__all__ = ["Spec", "check_builds", "check_optimizer", "load", "parse", "preflight",
+__all__ = ["Spec", "check_builds", "check_optimizer", "load", "load_series", "parse", "preflight",
            "probe_request", "with_seed"]
 
 
@@ -106,6 +106,15 @@ def load(path: str | Path) -> Spec:
         SpecError: the first problem found, naming file, key and what is allowed.
     """
     return check_optimizer(check_builds(pure.load(path, resolve)))
+
+
+def load_series(path: str | Path) -> list[Spec]:
+    """:func:`load` for every spec the file stands for (one per value of a ``[series]``).
+
+    Raises:
+        SpecError: the first problem found, naming file, key and what is allowed.
+    """
+    return [check_optimizer(check_builds(s)) for s in pure.load_series(path, resolve)]
 
 
 def parse(data: dict[str, Any], path: str, text: str = "") -> Spec:

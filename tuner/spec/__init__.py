@@ -21,10 +21,11 @@ from tuner.spec.parse import (
     SamplerSpec,
     Spec,
     load,
+    load_series,
     parse,
     with_seed,
 )
 
 __all__ = ["ACCELERATORS", "DIRECTIONS", "MAX_NAME", "MAX_STEPS", "OPTUNA_PRUNERS", "PRECISIONS",
            "PRUNERS", "SAMPLERS", "SEED_MAX", "TOP_KEYS", "Budget", "Cadence", "PrunerSpec",
-           "Resolver", "SamplerSpec", "Spec", "load", "parse", "with_seed"]
+           "Resolver", "SamplerSpec", "Spec", "load", "load_series", "parse", "with_seed"]

@@ -25,7 +25,9 @@ from tuner.core.errors import SpecError
 from tuner.core.goal import Goal
 from tuner.core.space import PARAM_BOUNDS, Param
 from tuner.core.trial import Target
+from tuner.spec import series as series_mod
 from tuner.spec.cadence import eval_steps, share_interval
+from tuner.spec.series import Series
 from tuner.spec.optimizers import (
     GENERIC_PACKAGES,
     INTEGER_PARAMS,
@@ -72,7 +74,8 @@ LIGHTNING = "lightning"
 ARG_PREFIXES = ("module.", "datamodule.")
 
 TOP_KEYS = ("name", "description", "seed", "batch_sizes", "trials", "workload", "optimizer",
-            "search_space", "target", "budget", "eval", "sampler", "pruner", "trainer")
+            "search_space", "target", "budget", "eval", "sampler", "pruner", "trainer",
+            "series")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class Budget:
     scaling_power: float = 1.0  # ... times (reference_batch_size / B) ** scaling_power
     min_steps: int = 1
     divergence_factor: float = 100.0  # diverged when loss > this x the first loss
+    #: Every trial trains its whole budget, past the target (``tuner curve --quality``: the
+    #: best metric within any budget is then exact); no pruning.
+    train_to_budget: bool = False
 
     def steps_for(self, batch_size: int, n_train: int) -> int:
         """The budget in steps at ``batch_size`` (``n_train`` converts epochs)."""
@@ -166,6 +172,8 @@ class Spec:
     #: Extra goals (``[target] also``): trials train until they meet every one (or the budget
     #: ends), so re-scoring at each is exact; the lossless pruner is lossless for each.
     also: tuple[Goal, ...] = ()
+    #: The series this spec is a member of (``[series]``, :mod:`tuner.spec.series`), or None.
+    series: Series | None = None
     #: The workload instance once the spec is bound (:func:`tuner.run.specs.load`); None for a
     #: spec read without its workload (analysis).
     workload: Any = field(default=None, compare=False, repr=False)
@@ -213,7 +221,7 @@ class Spec:
             "search_space": {p.name: p.to_attr() for p in self.space},
             "target": dataclasses.asdict(self.target),
             **({"also": [str(g) for g in self.also]} if self.also else {}),
-            "budget": dataclasses.asdict(self.budget),
+            "budget": _budget_identity(self.budget),
             "eval_cadence": _cadence_identity(self.cadence),
             "sampler": dataclasses.asdict(self.sampler),
             "pruner": dataclasses.asdict(self.pruner),
@@ -543,7 +551,7 @@ def _target(t: _Table, workload: Any) -> Target:
 
 def _budget(t: _Table) -> Budget:
     t.only(["max_steps", "max_epochs", "reference_batch_size", "scaling_power", "min_steps",
-            "divergence_factor"])
+            "divergence_factor", "train_to_budget"])
     if ("max_steps" in t.data) == ("max_epochs" in t.data):
         raise t.error("max_steps", "give exactly one of max_steps or max_epochs")
     max_epochs = t.get("max_epochs", "number", None)
@@ -564,7 +572,17 @@ def _budget(t: _Table) -> Budget:
         scaling_power=t.get("scaling_power", "number", 1.0),
         min_steps=t.positive_int("min_steps", 1),
         divergence_factor=factor,
+        train_to_budget=t.get("train_to_budget", "boolean", False),
     )
+
+
+def _budget_identity(budget: Budget) -> dict[str, Any]:
+    """The budget's part of a spec's identity; ``train_to_budget`` only when set, so that
+    studies stored before it existed keep their fingerprint."""
+    out = dataclasses.asdict(budget)
+    if not out["train_to_budget"]:
+        del out["train_to_budget"]
+    return out
 
 
 def _cadence_identity(cadence: Cadence) -> dict[str, Any]:
@@ -657,8 +675,12 @@ def _optuna_options(options: _Table, cls: type) -> dict[str, Any]:
     return dict(options.data)
 
 
-def _pruner(t: _Table, target: Target, also: tuple[Goal, ...] = ()) -> PrunerSpec:
-    name = t.get("name", "string", "lossless", choices=PRUNERS)
+def _pruner(t: _Table, target: Target, also: tuple[Goal, ...] = (),
+            train_to_budget: bool = False) -> PrunerSpec:
+    name = t.get("name", "string", "none" if train_to_budget else "lossless", choices=PRUNERS)
+    if train_to_budget and name != "none":
+        raise t.error("name", f"{name!r} with [budget] train_to_budget = true: every trial "
+                      "trains its whole budget; allowed: 'none' (the default then)")
     t.only(["name", "slack", "lossless", "options"])
     slack = t.get("slack", "number", 1.0)
     if slack < 1.0:
@@ -694,6 +716,20 @@ def load(path: str | Path, resolve: Resolver | None = None) -> Spec:
         SpecError: the first problem found, naming file, key and what is allowed.
     """
     p = str(path)
+    specs = load_series(path, resolve)
+    if len(specs) > 1:
+        raise SpecError(p, "series", f"the file declares a series of {len(specs)} specs "
+                        f"({', '.join(x.name for x in specs)}); load it with load_series")
+    return specs[0]
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The TOML document and text of a spec file.
+
+    Raises:
+        SpecError: the file cannot be read or is not UTF-8 TOML.
+    """
+    p = str(path)
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -704,10 +740,44 @@ def load(path: str | Path, resolve: Resolver | None = None) -> Spec:
         raise SpecError(p, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
                         f"{exc.start}); allowed: a TOML file in UTF-8") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(p, "", f"not valid TOML: {exc}") from None
-    return parse(data, p, text, resolve)
+
+
+def load_series(path: str | Path, resolve: Resolver | None = None) -> list[Spec]:
+    """Every spec a file stands for: one for a plain spec, one per value for a ``[series]``
+    (:mod:`tuner.spec.series`), in the order the values are listed.
+
+    Raises:
+        SpecError: the first problem found; for a series member, the key names its value
+            (``series[train_size=2000].budget``).
+    """
+    data, text = _read(path)
+    p = str(path)
+    if "series" not in data:
+        return [parse(data, p, text, resolve)]
+    name = _name(_Table(p, "", data), p)
+    out = []
+    for member, doc, series in series_mod.members(data, p, name):
+        try:
+            spec = parse({**doc, "name": member}, p, text, resolve)
+        except SpecError as exc:
+            raise SpecError(p, f"series[{series.key.split('.')[1]}={series.value}]"
+                            f"{'.' + exc.key if exc.key else ''}", exc.message) from None
+        out.append(dataclasses.replace(spec, series=series))
+    return out
+
+
+def _name(top: _Table, path: str) -> str:
+    """The spec's ``name`` (default: the file's stem), checked."""
+    name = top.get("name", "string", Path(path).stem)
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise top.error("name", f"{name!r}; allowed: letters, digits, '_', '.', '-'")
+    if len(name) > MAX_NAME:
+        raise top.error("name", f"{len(name)} characters; allowed: at most {MAX_NAME} (study names "
+                        "are stored in a 512-character column)")
+    return name
 
 
 def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | None = None
@@ -716,12 +786,10 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
     ``resolve``, against its workload too."""
     top = _Table(path, "", data)
     top.only(TOP_KEYS)
-    name = top.get("name", "string", Path(path).stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise top.error("name", f"{name!r}; allowed: letters, digits, '_', '.', '-'")
-    if len(name) > MAX_NAME:
-        raise top.error("name", f"{len(name)} characters; allowed: at most {MAX_NAME} (study names "
-                        "are stored in a 512-character column)")
+    if "series" in data:
+        raise top.error("series", "a series stands for several specs; allowed: "
+                        "tuner.spec.load_series")
+    name = _name(top, path)
     seed = top.seed("seed", 0)
     batch_sizes = top.get("batch_sizes", "list of integers")
     if not batch_sizes:
@@ -758,7 +826,7 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
         optimizer=optimizer, schedule=schedule,
         fixed=fixed, space=space, target=target, budget=budget, cadence=cadence,
         sampler=_sampler(top.table("sampler"), seed),
-        pruner=_pruner(top.table("pruner"), target, also),
+        pruner=_pruner(top.table("pruner"), target, also, budget.train_to_budget),
         also=also,
         accelerator=trainer.get("accelerator", "string", "auto", choices=ACCELERATORS),
         precision=trainer.get("precision", "string", "32-true", choices=PRECISIONS),
@@ -766,6 +834,10 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
     )
     if workload is None:
         return spec
+    if budget.train_to_budget and wname != LIGHTNING and not callable(
+            getattr(workload, "build_model", None)):
+        raise SpecError(path, "budget.train_to_budget", f"workload {wname!r} is not trained "
+                        "(its curve is computed, not measured); allowed: false")
     if spec.devices > 1:
         if wname != LIGHTNING and not callable(getattr(workload, "build_model", None)):
             # neither a TrainedWorkload nor a LightningModule: nothing to train

@@ -57,6 +57,8 @@ def record(t: Trialish, target_metric: str | None = None, curve: bool = True) ->
         steps_to_target=a.get("steps_to_target") if a.get("reached") else None,
         steps_after=a.get("steps_to_target_after"), stopped_at_step=a.get("stopped_at_step"),
         wall_seconds=a.get("wall_seconds"), slot=slot_of(t),
+        eval_seconds=a.get("eval_seconds"), step_seconds=a.get("step_seconds"),
+        device=a.get("device"),
         value=t.value if t.state == TrialState.COMPLETE else None,
         curve=curve_of(t, target_metric) if curve else None,
     )
@@ -65,7 +67,8 @@ def record(t: Trialish, target_metric: str | None = None, curve: bool = True) ->
 #: The trial user attrs analysis reads (:func:`record`, :func:`has_result`, :func:`slot_of`,
 #: :func:`curve_of`, :func:`outcome_of`): the SQL reader reads only these.
 ANALYSIS_ATTRS = ("reached", "diverged", "steps_to_target", "steps_to_target_after",
-                  "stopped_at_step", "wall_seconds", "slot", "retry_of")
+                  "stopped_at_step", "wall_seconds", "eval_seconds", "step_seconds", "device",
+                  "slot", "retry_of")
 #: ... and for re-scoring, the stored curve (the largest attr by far).
 CURVE_ATTRS = ("curve",)
 
@@ -169,14 +172,59 @@ def load(storage: optuna.storages.BaseStorage | Reader, spec_arg: str, seed: int
         UsageError: no such spec in storage, several seeds and none chosen, or the spec file
             differs from the one the studies were stored from.
     """
-    name, spec = spec_arg, None
-    if spec_arg.endswith(".toml") or Path(spec_arg).is_file():
+    spec = None
+    if is_file_arg(spec_arg):
         spec = spec_mod.load(spec_arg)  # the file alone: no workload import, no data
+    return load_spec(storage, spec or spec_arg, seed, curves)
+
+
+def is_file_arg(spec_arg: str) -> bool:
+    """Whether a SPEC argument names a spec file (else it is a stored spec name)."""
+    return spec_arg.endswith(".toml") or Path(spec_arg).is_file()
+
+
+def load_all(storage: optuna.storages.BaseStorage | Reader, spec_arg: str,
+             seed: int | None = None, curves: bool = True) -> list[SpecStudies]:
+    """:func:`load` for a SPEC argument that may stand for a series (``[series]``,
+    :mod:`tuner.spec.series`): its file, or its name as stored (the study attr
+    ``series.name``); one entry per member in the file's order (stored: by value). Any other
+    argument gives one entry.
+
+    Raises:
+        UsageError: as :func:`load`, for any member.
+    """
+    if is_file_arg(spec_arg):
+        return [load_spec(storage, m, seed, curves) for m in spec_mod.load_series(spec_arg)]
+    everything = storage.get_all_studies()
+    if any(s.user_attrs.get("spec_name") == spec_arg for s in everything):
+        return [load_spec(storage, spec_arg, seed, curves)]
+    member = {s.user_attrs["spec_name"]: s.user_attrs["series"] for s in everything
+              if isinstance(s.user_attrs.get("series"), dict)
+              and s.user_attrs["series"].get("name") == spec_arg and "spec_name" in s.user_attrs}
+    if not member:
+        return [load_spec(storage, spec_arg, seed, curves)]  # its error names what is stored
+
+    def order(name: str) -> tuple[int, Any, str]:
+        v = member[name].get("value")
+        return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+    return [load_spec(storage, n, seed, curves) for n in sorted(member, key=order)]
+
+
+def load_spec(storage: optuna.storages.BaseStorage | Reader, spec: Any, seed: int | None = None,
+              curves: bool = True) -> SpecStudies:
+    """:func:`load` for a spec read from its file (a :class:`tuner.spec.Spec`: its name and
+    seed select the studies, which must come from the same file) or a stored spec name."""
+    name = spec
+    if not isinstance(spec, str):
         if seed is not None and seed != spec.seed:
             spec = spec_mod.with_seed(spec, seed)
         name, seed = spec.name, spec.seed
+    else:
+        spec = None
     everything = storage.get_all_studies()
     summaries = [s for s in everything if s.user_attrs.get("spec_name") == name]
+    spec_arg = name if spec is None else spec.path if not spec.series else f"{spec.path} ({name})"
     if not summaries:
         known = sorted({s.user_attrs.get("spec_name", "?") for s in everything})
         raise UsageError(f"{spec_arg}: no studies of spec {name!r} in this storage; stored specs: "

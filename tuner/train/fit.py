@@ -37,7 +37,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch.utils.data import DataLoader, IterableDataset
 
-from tuner.core.trial import Reporter, TrialRequest, TrialResult
+from tuner.core.trial import (
+    WARMUP_STEPS,
+    Reporter,
+    TrialRequest,
+    TrialResult,
+    steady_step_seconds,
+)
 from tuner.spec.cadence import resolution
 from tuner.train.loop import CHECK_EVERY, first_bad_loss
 from tuner.train.optim import build_optimizer, build_schedule
@@ -85,6 +91,8 @@ class Outcome:
     pruned: bool = False
     best_metric: float | None = None
     eval_seconds: float = 0.0
+    t_warm: float | None = None  # when step WARMUP_STEPS ended (TrialResult.step_seconds)
+    eval_at_warm: float = 0.0
 
 
 def validation_metrics(trainer: Trainer, before: dict[str, Any]) -> dict[str, float]:
@@ -135,6 +143,10 @@ class TrialCallback(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         self.out.step += 1
+        if self.out.step == WARMUP_STEPS:  # steady-state timing starts here
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+            self.out.t_warm, self.out.eval_at_warm = time.perf_counter(), self.out.eval_seconds
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):  # manual optimization may return nothing
             self._pending.append(loss.detach().float().reshape(()))
@@ -195,7 +207,7 @@ class TrialCallback(Callback):
         if not out.reached and target.reached(value):
             out.reached, out.steps_to_target = True, step
         self._unmet = [g for g in self._unmet if not g.met(metrics.get(g.metric))]
-        if (out.reached and not self._unmet) or stop:
+        if (out.reached and not self._unmet and not self.req.train_to_budget) or stop:
             out.pruned = stop and not out.reached
             trainer.should_stop = True
             return
@@ -297,6 +309,9 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
         pass
     out = cb.out
     reached = out.reached
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.synchronize(trainer.strategy.root_device)
+    t_end = time.perf_counter()
     return TrialResult(
         reached=reached,
         steps_to_target=out.steps_to_target,
@@ -310,4 +325,6 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
         steps_after=resolution(req.eval_steps, out.steps_to_target) if reached else None,
         eval_seconds=out.eval_seconds,
         device=str(trainer.strategy.root_device),
+        step_seconds=steady_step_seconds(out.t_warm, t_end, out.eval_seconds - out.eval_at_warm,
+                                         out.step),
     )

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING
 import torch
 from lightning import LightningModule
 
-from tuner.core.trial import Reporter, TrialRequest, TrialResult
+from tuner.core.trial import (
+    WARMUP_STEPS,
+    Reporter,
+    TrialRequest,
+    TrialResult,
+    steady_step_seconds,
+)
 from tuner.spec.cadence import resolution
 from tuner.train.optim import build_optimizer, build_schedule
 
@@ -102,6 +108,8 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
     steps_to_target: int | None = None
     unmet = list(req.also)  # [target] also goals not met yet
     step = 0
+    t_warm: float | None = None
+    eval_at_warm = 0.0
     while step < req.max_steps:
         # A batch of B indices from the permutation, wrapping into a fresh one at epoch ends.
         if pos + req.batch_size <= n:
@@ -130,6 +138,10 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
         if schedule is not None:
             schedule.step()
         step += 1
+        if step == WARMUP_STEPS:  # steady-state timing starts here (TrialResult.step_seconds)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_warm, eval_at_warm = time.perf_counter(), eval_seconds
 
         # Diverged: a loss that is not finite or above divergence_factor x the first loss. The
         # step it was computed at is where the trial stopped (its update is not counted).
@@ -172,13 +184,16 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
             if not reached and req.target.reached(value):
                 reached, steps_to_target = True, step
             unmet = [g for g in unmet if not g.met(metrics.get(g.metric))]
-            if reached and not unmet:  # the target, and every [target] also goal
+            if reached and not unmet and not req.train_to_budget:  # target and every goal met
                 break
             if stop:
                 pruned = not reached
                 break
             next_eval = next(eval_at, -1)
 
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t_end = time.perf_counter()
     return TrialResult(
         reached=reached,
         steps_to_target=steps_to_target,
@@ -192,4 +207,5 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
         steps_after=resolution(req.eval_steps, steps_to_target) if reached else None,
         eval_seconds=eval_seconds,
         device=str(device),
+        step_seconds=steady_step_seconds(t_warm, t_end, eval_seconds - eval_at_warm, step),
     )
