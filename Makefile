@@ -17,7 +17,7 @@ NQM_SPECS := nqm_sgd nqm_momentum nqm_precond_p025 nqm_precond_p050 nqm_precond_
 
 .PHONY: help install debian demo test digits-mlp fashion-mnist-cnn fashion-mnist-mlp nqm \
         charlm-kjv fashion-mnist-resnet8 optimizers optimizers-small \
-        $(NQM_SPECS) bench-nqm batch-science postgres dashboard clean soak lint test-optuna-floor
+        $(NQM_SPECS) bench-nqm batch-science report-controls postgres dashboard clean soak lint test-optuna-floor
 
 help:
 	@echo "make demo               a real small scaling study on digits (CPU, < 10 min)"
@@ -33,6 +33,7 @@ help:
 	@echo "make optimizers-small   SGD, momentum, AdamW, LAMB, Muon on one Fashion-MNIST MLP: curves, B_crit, profiles (~17 min)"
 	@echo "make optimizers         the same comparison at full size with LARS and SOAP too (for a GPU)"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
+	@echo "make report-controls    data-set-size series, fixed-epoch vs fixed-step quality, time to target: one report (CPU)"
 	@echo "make batch-science      import Google's published studies (BATCH_SCIENCE=DIR, downloaded first) and report on them"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
@@ -148,6 +149,20 @@ optimizers optimizers-small: $(STAMP) debian $(NQM_MODEL)
 
 bench-nqm: $(STAMP)
 	$(BIN)/python benchmarks/nqm_speed.py
+
+# The paper's experimental controls at CPU size (studies/controls/): a data-set-size series
+# (B_crit against the training-set size), fixed-epoch vs fixed-step solution quality (trials
+# trained to their whole budget), and the time to target per batch size; one report.
+CONTROLS := studies/controls/fmnist_datasize_small.toml studies/controls/digits_quality.toml
+report-controls: $(STAMP) debian
+	@mkdir -p results/controls
+	for s in $(CONTROLS); do $(TUNER) run $$s --storage $(STORAGE) --quiet --no-summary || exit 1; done
+	$(TUNER) curve studies/controls/fmnist_datasize_small.toml --storage $(STORAGE) --n-boot 200 \
+	  --plot results/controls/datasize_curves.png --series-plot results/controls/bcrit_vs_train_size.png
+	$(TUNER) curve studies/controls/digits_quality.toml --storage $(STORAGE) --n-boot 200
+	$(TUNER) curve studies/controls/digits_quality.toml --storage $(STORAGE) --quality --max-epochs 3
+	$(TUNER) curve studies/controls/digits_quality.toml --storage $(STORAGE) --quality --max-steps 100
+	$(TUNER) report $(CONTROLS) --storage $(STORAGE) --n-boot 200 --no-dashboard --out results/controls
 
 # Google's published batch_science data (Shallue et al. 2018: 454 studies). Download and unpack
 # it first (~802 MB; no network is assumed here):

@@ -25,7 +25,7 @@ from tuner.analysis.profiles import profile_json, profile_notes, profile_rows, p
 from tuner.analysis.records import SpecStudies, stored_metrics
 from tuner.analysis.rescore import Goal, rescore
 from tuner.analysis.quality import quality as quality_of
-from tuner.analysis.quality import quality_json
+from tuner.analysis.quality import quality_json, trains_to_budget
 from tuner.analysis.sensitivity import sensitivity as sens
 from tuner.analysis.series import series_curves
 from tuner.analysis.summary import (
@@ -635,7 +635,10 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
     st, loaded = _load(specs, storage, seed, dashboard, targets, max_steps, max_examples)
     cmds = _run_cmds(storage, loaded)
     curves = [spec_curve(s, n_boot, cmd) for s, cmd in zip(loaded, cmds)]
-    page = report_mod.write(Path(out), loaded, curves)
+    # solution quality needs the stored curves: read them for the specs that train to budget
+    full = [s for s in loaded if trains_to_budget(s) and not s.studies[0].attrs.get("rescored")]
+    with_curves = [_load((s.name,), storage, s.seed, curves=True)[1][0] for s in full]
+    page = report_mod.write(Path(out), loaded, curves, with_curves)
     click.echo(f"wrote {page}")
     if dashboard and getattr(st, "read_only", False):
         click.echo("skipped the optuna-dashboard attachments: the storage is read-only "

@@ -82,6 +82,11 @@ def test_trials_train_their_whole_budget_and_quality_is_exact(tmp_path: Path, ca
                               "--n-boot", "0", "--target", "error<=0.12"], capsys)
     assert code == 0, err
     assert all(p["best_bound"] == "exact" for p in json.loads(out)["points"])
+    code, _, err = run_cli(["report", str(path), "--storage", url, "--out",
+                            str(tmp_path / "rep"), "--n-boot", "20", "--no-dashboard"], capsys)
+    assert code == 0, err
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Solution quality: tb" in page and "200 steps" in page
 
 
 def test_quality_of_trials_that_stopped_at_the_target_is_a_bound(tmp_path: Path, capsys) -> None:

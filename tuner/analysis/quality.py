@@ -113,3 +113,25 @@ def quality_json(s: SpecStudies, points: list[QualityPoint], metric: str, budget
     """``tuner curve --quality --format json``: ``{"spec", "metric", "budget", "points"}``."""
     return {"spec": s.name, "metric": metric, "budget": budget,
             "points": [dict(p.__dict__) for p in points]}
+
+
+def trains_to_budget(s: SpecStudies) -> bool:
+    """Whether the spec's trials train their whole budget (``[budget] train_to_budget``)."""
+    return bool(s.attrs.get("budget", {}).get("train_to_budget"))
+
+
+def standard_budgets(s: SpecStudies) -> list[tuple[str, dict[str, Any]]]:
+    """The budgets the report compares: fixed epochs (a tenth, a third and all of the spec's
+    ``max_epochs``, when its budget is in epochs and its training-set size is stored) and fixed
+    steps (a third and all of the smallest budget of any batch size): (label, keyword
+    arguments of :func:`quality`)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    epochs = s.attrs.get("spec_identity", {}).get("budget", {}).get("max_epochs")
+    if epochs and s.attrs.get("data", {}).get("n_train"):
+        for e in sorted({epochs / 10, epochs / 3, float(epochs)}):
+            out.append((f"{e:.3g} epochs", {"max_epochs": e}))
+    least = min((st.max_steps for st in s.studies if st.max_steps), default=None)
+    if least:
+        for n in sorted({max(1, least // 3), least}):
+            out.append((f"{n} steps", {"max_steps": n}))
+    return out

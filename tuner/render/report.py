@@ -13,6 +13,7 @@ import optuna
 from tuner.analysis.curves import Curve
 from tuner.analysis.families import compare
 from tuner.analysis.profiles import TAU_MAX, profile_notes, profile_rows, profiles
+from tuner.analysis.quality import quality, standard_budgets
 from tuner.analysis.records import SpecStudies
 from tuner.analysis.sensitivity import sensitivity
 from tuner.analysis.series import series_curves
@@ -131,7 +132,34 @@ def _series(curves: Sequence[Curve]) -> list[str]:
     return parts
 
 
-def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
+def _quality(with_curves: Sequence[SpecStudies]) -> list[str]:
+    """Fixed-epoch vs fixed-step solution quality, for the specs that train to their budget."""
+    parts = []
+    for s in with_curves:
+        metric, direction = s.target["metric"], s.target.get("direction", "minimize")
+        budgets = standard_budgets(s)
+        results = [(label, metric, quality(s, metric, direction, **kw)) for label, kw in budgets]
+        epochs = [r for r, (_, kw) in zip(results, budgets) if "max_epochs" in kw]
+        steps = [r for r, (_, kw) in zip(results, budgets) if "max_steps" in kw]
+        parts += [f"<h2>Solution quality: {html.escape(s.name)}</h2>",
+                  "<p>The best validation " + html.escape(metric) + " reached within a budget, "
+                  "per batch size (every trial trained its whole budget, so it is exact). A "
+                  "fixed number of epochs gives large batches fewer steps; a fixed number of "
+                  "steps gives them more examples: the two measure different things (Shallue "
+                  "et al. section 4.7).</p>"]
+        for group, what in ((epochs, "fixed epochs"), (steps, "fixed steps")):
+            if not group:
+                continue
+            parts.append(_img(plots.quality(group, what), f"quality at {what}"))
+            header = ["batch_size", *[label for label, _, _ in group]]
+            rows = [[p.batch_size, *[g[2][i].best_value for g in group]]
+                    for i, p in enumerate(group[0][2])]
+            parts.append(_table(header, rows))
+    return parts
+
+
+def render(specs: Sequence[SpecStudies], curves: Sequence[Curve],
+           with_curves: Sequence[SpecStudies] = ()) -> str:
     """The report page as HTML text."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Batch-size scaling report"
              f"</title><style>{CSS}</style></head><body>",
@@ -145,6 +173,7 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
         parts += [f"<h3>{html.escape(c.name)}</h3>", f"<p>{html.escape(fit_line(c))}</p>",
                   _table(*curve_rows(c))]
     parts += _series(curves)
+    parts += _quality(with_curves)
     parts += _profiles(specs, curves)
     parts += _model_vs_measurement(specs, curves)
     parts += ["<h2>Learning rate vs batch size</h2>",
@@ -171,12 +200,15 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> str:
     return "\n".join(parts)
 
 
-def write(out: Path, specs: Sequence[SpecStudies], curves: Sequence[Curve]) -> Path:
-    """Write ``out/index.html`` (whole file written to a temp name, then renamed)."""
+def write(out: Path, specs: Sequence[SpecStudies], curves: Sequence[Curve],
+          with_curves: Sequence[SpecStudies] = ()) -> Path:
+    """Write ``out/index.html`` (whole file written to a temp name, then renamed);
+    ``with_curves``: specs loaded with their stored curves, for the solution-quality
+    sections (specs that train to their budget)."""
     out.mkdir(parents=True, exist_ok=True)
     page = out / "index.html"
     tmp = out / ".index.html.tmp"
-    tmp.write_text(render(specs, curves))
+    tmp.write_text(render(specs, curves, with_curves))
     tmp.replace(page)
     return page
 
