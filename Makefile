@@ -33,7 +33,7 @@ help:
 	@echo "make optimizers-small   SGD, momentum, AdamW, LAMB, Muon on one Fashion-MNIST MLP: curves, B_crit, profiles (~17 min)"
 	@echo "make optimizers         the same comparison at full size with LARS and SOAP too (for a GPU)"
 	@echo "make bench-nqm          time one NQM trial's exact steps-to-target"
-	@echo "make report-controls    data-set-size series, fixed-epoch vs fixed-step quality, time to target: one report (CPU)"
+	@echo "make report-controls    data-set-size series, fixed-epoch vs fixed-step quality, time to target, seed confirmation: one report (CPU)"
 	@echo "make batch-science      import Google's published studies (BATCH_SCIENCE=DIR, downloaded first) and report on them"
 	@echo "make postgres           a throwaway PostgreSQL server on 127.0.0.1 (prints its URL)"
 	@echo "make bench              steps/s: raw PyTorch vs our trial loop vs Lightning Trainer"
@@ -152,7 +152,9 @@ bench-nqm: $(STAMP)
 
 # The paper's experimental controls at CPU size (studies/controls/): a data-set-size series
 # (B_crit against the training-set size), fixed-epoch vs fixed-step solution quality (trials
-# trained to their whole budget), and the time to target per batch size; one report.
+# trained to their whole budget), the time to target per batch size, and the best
+# configurations re-run with fresh seeds (seed noise, test error and sharpness at the target);
+# one report.
 CONTROLS := studies/controls/fmnist_datasize_small.toml studies/controls/digits_quality.toml
 report-controls: $(STAMP) debian
 	@mkdir -p results/controls
@@ -162,6 +164,7 @@ report-controls: $(STAMP) debian
 	$(TUNER) curve studies/controls/digits_quality.toml --storage $(STORAGE) --n-boot 200
 	$(TUNER) curve studies/controls/digits_quality.toml --storage $(STORAGE) --quality --max-epochs 3
 	$(TUNER) curve studies/controls/digits_quality.toml --storage $(STORAGE) --quality --max-steps 100
+	$(TUNER) confirm studies/controls/fmnist_datasize_small.toml --storage $(STORAGE) --top 1 --seeds 4 --quiet
 	$(TUNER) report $(CONTROLS) --storage $(STORAGE) --n-boot 200 --no-dashboard --out results/controls
 
 # Google's published batch_science data (Shallue et al. 2018: 454 studies). Download and unpack

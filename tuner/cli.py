@@ -44,6 +44,7 @@ from tuner.render.tables import (
     fit_line,
     points_table,
     render,
+    confirm_rows,
     quality_rows,
     sensitivity_rows,
     series_rows,
@@ -638,7 +639,8 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
     # solution quality needs the stored curves: read them for the specs that train to budget
     full = [s for s in loaded if trains_to_budget(s) and not s.studies[0].attrs.get("rescored")]
     with_curves = [_load((s.name,), storage, s.seed, curves=True)[1][0] for s in full]
-    page = report_mod.write(Path(out), loaded, curves, with_curves)
+    page = report_mod.write(Path(out), loaded, curves, with_curves,
+                            _confirmed(storage, loaded))
     click.echo(f"wrote {page}")
     if dashboard and getattr(st, "read_only", False):
         click.echo("skipped the optuna-dashboard attachments: the storage is read-only "
@@ -646,6 +648,89 @@ def report(specs: tuple[str, ...], storage: str | None, seed: int | None, out: s
     elif dashboard:
         n = report_mod.attach_to_dashboard(st, loaded, curves)
         click.echo(f"attached the scaling figure to {n} studies (optuna-dashboard)", err=True)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Configurations per batch size: the best K reached trials.")
+@click.option("--seeds", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Fresh seeds per configuration.")
+@click.option("--batch-size", "-b", "batch_sizes", type=int, multiple=True,
+              help="Only these batch sizes (repeatable; default: every one with a best).")
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@click.option("--heartbeat", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Seconds between a running trial's heartbeats.")
+@FORMAT
+@click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
+def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
+            storage: str | None, seed: int | None, heartbeat: int, fmt: str, quiet: bool
+            ) -> None:
+    """Re-run the best K configurations of each batch size with S fresh seeds.
+
+    The best of N noisy trials is an optimistic draw. Each batch size gets a confirmation
+    study (spec NAME.confirm, so `tuner curve NAME.confirm` reads it too); its trials are
+    queued like any study's (resumable, shareable by several processes) and never pruned.
+    Reported per batch size and configuration: the original steps, the fresh seeds' steps
+    (mean, sd, a 95 % Student-t interval of the mean, the median counting misses), the
+    optimism (mean / original), and where the target was reached the validation metric, the
+    test metric (the only place the test split is evaluated; Fashion-MNIST has one, digits
+    not) and the sharpness (top Hessian eigenvalue of the training loss on 1,024 training
+    examples, power iteration on Hessian-vector products); then whether sharpness and test
+    metric depend on B at equal validation metric (Spearman).
+    """
+    from tuner.analysis.confirm import confirmation, confirmation_json, dependence
+    from tuner.run import confirm as confirm_mod  # the trial path: torch, the workload
+    from tuner.run import runner
+    from tuner.run import specs as spec_mod
+    from tuner.store.source import load_spec
+
+    members = spec_mod.load_series(spec_path)  # a [series]: each member in turn
+    if seed is not None:
+        members = [spec_mod.with_seed(m, seed) for m in members]
+    url = storage_mod.resolve_url(storage)
+    check_storage_exists(url)
+    chosen = {m.name: runner.select_batch_sizes(m, batch_sizes) for m in members}
+    stored = [load_spec(open_reader(url), m, curves=False) for m in members]
+    echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    configure(60)
+    objs, blocks, lines = [], [], []
+    for spec, st in zip(members, stored):
+        st = dataclasses.replace(st, studies=[x for x in st.studies
+                                              if x.batch_size in chosen[spec.name]])
+        for line in st.warnings:
+            click.echo(line, err=True)
+        confirm_mod.run(spec, url, st, top, seeds, echo, heartbeat)
+        got = load_spec(open_reader(url), confirm_mod.confirm_name(spec.name), spec.seed,
+                        curves=True)
+        got = dataclasses.replace(got, studies=[x for x in got.studies
+                                                if x.batch_size in chosen[spec.name]])
+        results = confirmation(got)
+        objs.append(confirmation_json(got, results))
+        blocks.append((f"{got.name}: {top} configuration(s) x {seeds} fresh seed(s) per batch "
+                       "size", *confirm_rows(results)))
+        lines += [f"{got.name}: {dependence(results, w)}" for w in ("sharpness", "test")]
+    _emit(fmt, blocks, objs[0] if len(objs) == 1 else objs)
+    if fmt == "table":
+        click.echo("\n" + "\n".join(lines))
+
+
+def _confirmed(storage: str | None, loaded: Sequence[SpecStudies]
+               ) -> list[tuple[SpecStudies, list]]:
+    """The ``tuner confirm`` results of the loaded specs that have confirmation studies."""
+    from tuner.analysis.confirm import confirmation
+    from tuner.store.source import load_spec
+
+    reader = open_reader(resolve_url(storage))
+    names = {s.user_attrs.get("spec_name") for s in reader.get_all_studies()}
+    out = []
+    for s in loaded:
+        name = s.name + ".confirm"
+        if name in names and not s.studies[0].attrs.get("rescored"):
+            got = load_spec(reader, name, s.seed, curves=True)
+            out.append((got, confirmation(got)))
+    return out
 
 
 @cli.group("import")

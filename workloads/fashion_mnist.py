@@ -7,7 +7,9 @@ layers of ``width`` units.
 Data comes from, in order: ``data_dir`` if set (IDX files, gzipped or not); torchvision's
 downloader when ``download = true`` (into ``data_dir`` or ``~/.cache/tuner``); otherwise Debian's
 ``dataset-fashion-mnist`` package in ``/usr/share/datasets/fashion-mnist``. Only the training file
-is read: a seeded ``val_size`` hold-out of it decides the target; the test set is never used.
+is read for training: a seeded ``val_size`` hold-out of it decides the target. The test file
+(``t10k``) is read only by :meth:`FashionMNIST.test_data`, for ``tuner confirm``'s test metric
+at the step a confirmation trial reached the target.
 """
 
 from __future__ import annotations
@@ -119,6 +121,35 @@ class FashionMNIST(TrainedWorkload):
         images = read_idx(find_idx(folder, "train-images-idx3-ubyte"))  # type: ignore[arg-type]
         labels = read_idx(find_idx(folder, "train-labels-idx1-ubyte"))  # type: ignore[arg-type]
         return images, labels
+
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 10,000 test images, standardised with the training split's mean and std."""
+        o = self.options
+        if o.download:
+            from torchvision.datasets import (
+                FashionMNIST as TV,  # heavy: torchvision, only when needed
+            )
+
+            ds = TV(root=o.data_dir or os.path.expanduser("~/.cache/tuner"), train=False,
+                    download=True)
+            images, labels = ds.data, ds.targets
+        else:
+            folder = Path(o.data_dir or DEBIAN_DIR)
+            images = read_idx(find_idx(folder, "t10k-images-idx3-ubyte"))  # type: ignore[arg-type]
+            labels = read_idx(find_idx(folder, "t10k-labels-idx1-ubyte"))  # type: ignore[arg-type]
+        mean, std = self._norm()
+        x = (images.reshape(len(images), -1).float() / 255.0 - mean) / std
+        return x, labels.long()
+
+    def _norm(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's mean and std (of images scaled to [0, 1])."""
+        o = self.options
+        images, _ = self._raw()
+        x = images.reshape(len(images), -1).float() / 255.0
+        tr, _ = split(len(x), o.val_size, o.data_seed)
+        if o.train_size:
+            tr = tr[:o.train_size]
+        return x[tr].mean(), x[tr].std()
 
     def load_data(self) -> Data:
         """Images scaled to [0, 1] then standardised with the training split's mean and std."""

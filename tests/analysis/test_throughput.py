@@ -44,3 +44,29 @@ def test_time_to_target_and_the_time_optimal_batch_size() -> None:
     assert times == pytest.approx({16: 1.0, 64: 0.6, 256: 1.6})
     assert c.time_optimal().batch_size == 64
     assert [p.examples_per_second for p in c.points] == pytest.approx([16000, 32000, 32000])
+
+
+def test_curve_shows_time_to_target_from_real_training(tmp_path, capsys) -> None:
+    import json
+
+    from conftest import SMALL_DIGITS, run_cli, write
+
+    path = write(tmp_path, SMALL_DIGITS, "t.toml")
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    assert run_cli(["run", str(path), "--storage", url, "-q"], capsys)[0] == 0
+    code, out, err = run_cli(["curve", str(path), "--storage", url, "--format", "json",
+                              "--n-boot", "0"], capsys)
+    assert code == 0, err
+    c = json.loads(out)
+    for p in c["points"]:
+        assert p["device"] == "cpu" and p["step_time_basis"] == "steady"
+        assert p["step_seconds"] > 0
+        assert p["examples_per_second"] == pytest.approx(p["batch_size"] / p["step_seconds"])
+        if p["best_steps"]:
+            assert p["time_to_target"] == pytest.approx(p["best_steps"] * p["step_seconds"])
+    best = min((p for p in c["points"] if p["time_to_target"]),
+               key=lambda p: p["time_to_target"])
+    assert c["time_optimal"]["batch_size"] == best["batch_size"]
+    code, out, _ = run_cli(["curve", str(path), "--storage", url, "--n-boot", "0"], capsys)
+    assert "time_to_target_s" in out
+    assert f"time-optimal batch size: B = {best['batch_size']}" in out

@@ -228,7 +228,7 @@ def test_ctrl_c_while_claiming_fails_the_claimed_trial_at_once(tmp_path: Path) -
     from functools import partial
 
     from tuner.store.locking import study_lock
-    from tuner.run.runner import _drain
+    from tuner.run.runner import drain
     from tuner.run.signals import stop_cleanly
 
     url = f"sqlite:///{tmp_path / 'cc.db'}"
@@ -259,7 +259,7 @@ def test_ctrl_c_while_claiming_fails_the_claimed_trial_at_once(tmp_path: Path) -
     threading.Thread(target=interrupt).start()
     ran = []
     with stop_cleanly(), pytest.raises(KeyboardInterrupt):
-        _drain(study, 2, lambda t: ran.append(t) or 1.0, lock, [], lambda s: None)
+        drain(study, 2, lambda t: ran.append(t) or 1.0, lock, [], lambda s: None)
     assert not ran
     [t, *rest] = study.get_trials()
     assert t.state == TrialState.FAIL and t.system_attrs["fail_reason"] == (

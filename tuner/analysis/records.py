@@ -29,6 +29,8 @@ class TrialRecord:
     eval_seconds: float | None = None
     step_seconds: float | None = None  # steady-state seconds per training step
     device: str | None = None  # e.g. "cpu", "cuda:0"
+    #: tuner confirm: test metrics and sharpness where the target was reached (attr at_target)
+    at_target: dict[str, Any] | None = None
     #: Every evaluation: ``{"steps": [...], "metrics": {name: [...]}}`` (the ``curve`` attr;
     #: for studies stored before it, the target metric's intermediate values). None: unknown.
     curve: dict[str, Any] | None = field(default=None, repr=False)

@@ -48,6 +48,9 @@ class TrialRequest:
     also: tuple[Goal, ...] = ()
     #: ``[budget] train_to_budget``: train the whole budget, past the target and every goal
     train_to_budget: bool = False
+    #: ``tuner confirm``: at the step the target is reached, evaluate the test split and the
+    #: sharpness (:attr:`TrialResult.at_target`)
+    measure: bool = False
 
 
 @dataclass
@@ -70,6 +73,10 @@ class TrialResult:
     #: the end, evaluation excluded (None: the trial stopped by then, or the workload does not
     #: train). What ``tuner curve``'s time to target multiplies.
     step_seconds: float | None = None
+    #: With :attr:`TrialRequest.measure`: ``{"step", "test": {metric: value} | None,
+    #: "sharpness", "sharpness_examples", "sharpness_iterations"}`` at the step the target was
+    #: reached (None: not reached, not asked, or the workload cannot measure it)
+    at_target: dict[str, Any] | None = None
 
 
 #: Training steps left out of :attr:`TrialResult.step_seconds` (the first steps pay for lazy

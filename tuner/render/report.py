@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import optuna
 
+from tuner.analysis.confirm import ConfigResult, dependence
 from tuner.analysis.curves import Curve
 from tuner.analysis.families import compare
 from tuner.analysis.profiles import TAU_MAX, profile_notes, profile_rows, profiles
@@ -25,7 +26,14 @@ from tuner.analysis.summary import (
     verdict,
 )
 from tuner.render import plots
-from tuner.render.tables import curve_rows, edge_rows, fit_line, sensitivity_rows, series_rows
+from tuner.render.tables import (
+    confirm_rows,
+    curve_rows,
+    edge_rows,
+    fit_line,
+    sensitivity_rows,
+    series_rows,
+)
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; max-width: 1300px; color: #222; }
@@ -158,8 +166,26 @@ def _quality(with_curves: Sequence[SpecStudies]) -> list[str]:
     return parts
 
 
+def _confirmations(confirmed: Sequence[tuple[SpecStudies, Sequence[ConfigResult]]]
+                   ) -> list[str]:
+    """The ``tuner confirm`` results of the specs that have them."""
+    parts = []
+    for s, results in confirmed:
+        parts += [f"<h2>Confirmation with fresh seeds: {html.escape(s.name)}</h2>",
+                  "<p>The best configurations of each batch size re-run with fresh seeds "
+                  "(<code>tuner confirm</code>): the original best-of-N steps against the "
+                  "seeds' mean (optimism = mean / original: above 1, the original was a lucky "
+                  "draw), with the seed noise of steps-to-target; where the target was reached, "
+                  "the validation and test metric and the sharpness.</p>",
+                  _table(*confirm_rows(results)),
+                  *(f"<p>{html.escape(dependence(results, w))}</p>"
+                    for w in ("sharpness", "test"))]
+    return parts
+
+
 def render(specs: Sequence[SpecStudies], curves: Sequence[Curve],
-           with_curves: Sequence[SpecStudies] = ()) -> str:
+           with_curves: Sequence[SpecStudies] = (),
+           confirmed: Sequence[tuple[SpecStudies, Sequence[ConfigResult]]] = ()) -> str:
     """The report page as HTML text."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Batch-size scaling report"
              f"</title><style>{CSS}</style></head><body>",
@@ -174,6 +200,7 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve],
                   _table(*curve_rows(c))]
     parts += _series(curves)
     parts += _quality(with_curves)
+    parts += _confirmations(confirmed)
     parts += _profiles(specs, curves)
     parts += _model_vs_measurement(specs, curves)
     parts += ["<h2>Learning rate vs batch size</h2>",
@@ -201,14 +228,15 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve],
 
 
 def write(out: Path, specs: Sequence[SpecStudies], curves: Sequence[Curve],
-          with_curves: Sequence[SpecStudies] = ()) -> Path:
+          with_curves: Sequence[SpecStudies] = (),
+          confirmed: Sequence[tuple[SpecStudies, Sequence[ConfigResult]]] = ()) -> Path:
     """Write ``out/index.html`` (whole file written to a temp name, then renamed);
     ``with_curves``: specs loaded with their stored curves, for the solution-quality
-    sections (specs that train to their budget)."""
+    sections (specs that train to their budget); ``confirmed``: ``tuner confirm``'s results."""
     out.mkdir(parents=True, exist_ok=True)
     page = out / "index.html"
     tmp = out / ".index.html.tmp"
-    tmp.write_text(render(specs, curves, with_curves))
+    tmp.write_text(render(specs, curves, with_curves, confirmed))
     tmp.replace(page)
     return page
 

@@ -168,3 +168,15 @@ def quality_rows(points: Sequence[Any]) -> Rows:
     rows = [[p.batch_size, p.cap, p.cap_examples, p.best_value, p.best_trial, p.at_step,
              p.n_trials, p.n_short, p.bound] for p in points]
     return header, rows
+
+
+def confirm_rows(results: Sequence[Any]) -> Rows:
+    """``tuner confirm``: one row per batch size and configuration
+    (:class:`tuner.analysis.confirm.ConfigResult`)."""
+    header = ["batch_size", "config", "trial", "original_steps", "seeds", "reached", "mean",
+              "sd", "mean_ci95", "median_all", "optimism", "val_at_target", "test_at_target",
+              "sharpness"]
+    rows = [[r.batch_size, r.config, r.trial, r.original_steps, r.n_seeds, r.n_reached, r.mean,
+             r.sd, ci_text(r.ci95), r.median_all, r.optimism, r.val, r.test, r.sharpness]
+            for r in results]
+    return header, rows

@@ -71,9 +71,10 @@ def steps_to_goals(curve: dict[str, Any], goals: tuple[Goal, ...]) -> dict[str, 
     return {str(g): steps_to(curve, g.metric, g.value, g.strict, g.direction) for g in goals}
 
 
-def make_objective(spec: Spec, batch_size: int, workload: Workload
+def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: bool = False
                    ) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective of one batch-size study."""
+    """The Optuna objective of one batch-size study (``measure``: ``tuner confirm``'s, which
+    also measures the test split and the sharpness where the target is reached)."""
     max_steps = spec.max_steps(batch_size)
     evals = spec.eval_steps(batch_size)
     target = spec.target
@@ -89,7 +90,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             batch_size=batch_size, max_steps=max_steps, eval_steps=evals, target=target,
             seed=seed, divergence_factor=spec.budget.divergence_factor,
             accelerator=spec.accelerator, precision=spec.precision, devices=spec.devices,
-            also=spec.also, train_to_budget=spec.budget.train_to_budget,
+            also=spec.also, train_to_budget=spec.budget.train_to_budget, measure=measure,
         )
         met: set[str | None] = set()  # goals met so far (None: the target)
         goals = GoalsPruner(spec.pruner.slack, [str(g) for g in spec.also]) if (
@@ -120,6 +121,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload
             "eval_seconds": r.eval_seconds,
             "eval_share": r.eval_seconds / r.wall_seconds if r.wall_seconds > 0 else 0.0,
             "step_seconds": r.step_seconds,
+            **({"at_target": r.at_target} if r.at_target is not None else {}),
             "best_metric": r.best_metric,
             "final_metrics": r.curve[-1][1] if r.curve else None,
             "curve": curve,

@@ -159,7 +159,7 @@ def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study
     objective = make_objective(spec, b, spec.workload)
     lock = partial(study_lock, url, study.study_name)
     if not spec.workload.buffered:
-        return _drain(study, n, objective, lock, [_progress(b, n, echo)], echo, heartbeat)
+        return drain(study, n, objective, lock, [progress(b, n, echo)], echo, heartbeat)
     assert live is not None
     return _blocks(study, storage, n, objective, lock, live, [], echo,
                    _reads_history(spec, study))
@@ -303,9 +303,11 @@ def _claim(storage: RDBStorage, sid: int, n: int, live: Liveness, echo: Callable
             live.ensure(lost=True)
 
 
-def _drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float],
-           lock: Callable[[], contextlib.AbstractContextManager], callbacks: list[Callback],
-           echo: Callable[[str], None], heartbeat: float = HEARTBEAT) -> bool:
+def drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float],
+          lock: Callable[[], contextlib.AbstractContextManager], callbacks: list[Callback],
+          echo: Callable[[str], None], heartbeat: float = HEARTBEAT) -> bool:
+    """Claim and run the study's trials (:func:`tuner.run.trialqueue.claim`) until none is left
+    to claim; True when it has ``n`` finished (also ``tuner confirm``'s loop)."""
     b = study.user_attrs.get("batch_size")
     while True:
         c: Claim | None = None
@@ -470,7 +472,8 @@ def _block_progress(b: int, total: int, echo: Callable[[str], None], known: dict
     return callback
 
 
-def _progress(b: int, total: int, echo: Callable[[str], None]) -> Callback:
+def progress(b: int, total: int, echo: Callable[[str], None]) -> Callback:
+    """The callback that prints a progress line per finished trial."""
     started = time.monotonic()
     best: list[int | None] = []
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning import LightningModule
@@ -38,6 +38,7 @@ from tuner.core.trial import (
 )
 from tuner.spec.cadence import resolution
 from tuner.train.optim import build_optimizer, build_schedule
+from tuner.train.sharpness import measure_at_target
 
 if TYPE_CHECKING:
     from tuner.workload.trained import (
@@ -110,6 +111,7 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
     step = 0
     t_warm: float | None = None
     eval_at_warm = 0.0
+    at_target: dict[str, Any] | None = None
     while step < req.max_steps:
         # A batch of B indices from the permutation, wrapping into a fresh one at epoch ends.
         if pos + req.batch_size <= n:
@@ -183,6 +185,11 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
             best_metric = value if best_metric is None else better(best_metric, value)
             if not reached and req.target.reached(value):
                 reached, steps_to_target = True, step
+                if req.measure and world == 1:  # tuner confirm: test split and sharpness
+                    t1 = time.perf_counter()
+                    at_target = measure_at_target(workload, model, net, train_x, train_y, step,
+                                                  req.seed)
+                    eval_seconds += time.perf_counter() - t1
             unmet = [g for g in unmet if not g.met(metrics.get(g.metric))]
             if reached and not unmet and not req.train_to_budget:  # target and every goal met
                 break
@@ -208,4 +215,5 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
         eval_seconds=eval_seconds,
         device=str(device),
         step_seconds=steady_step_seconds(t_warm, t_end, eval_seconds - eval_at_warm, step),
+        at_target=at_target,
     )

@@ -56,6 +56,12 @@ class TrainedWorkload(Workload):
     _data: Data | None = None
     _on_device: tuple[str, Data] | None = None
 
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The held-out test split (inputs, labels) prepared as the training data is, or None
+        when the workload has none. Only ``tuner confirm`` evaluates it, at the step a
+        confirmation trial reached the target; no target or pruning decision ever reads it."""
+        return None
+
     @abstractmethod
     def load_data(self) -> Data:
         """Load the training and validation split (CPU tensors). Called once per process."""
