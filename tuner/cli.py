@@ -23,9 +23,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from tuner.analysis.adequacy import UNDER_TUNED
 from tuner.analysis.profiles import profile_json, profile_notes, profile_rows, profiles
 from tuner.analysis.records import SpecStudies, stored_metrics
-from tuner.analysis.rescore import Goal, rescore
 from tuner.analysis.quality import quality as quality_of
 from tuner.analysis.quality import quality_json, trains_to_budget
+from tuner.analysis.rescore import Goal, rescore
 from tuner.analysis.sensitivity import sensitivity as sens
 from tuner.analysis.series import series_curves
 from tuner.analysis.summary import (
@@ -39,13 +39,13 @@ from tuner.analysis.summary import (
 from tuner.analysis.summary import adequacy as adequacy_of
 from tuner.core.errors import UsageError
 from tuner.render.tables import (
+    confirm_rows,
     curve_rows,
     edge_rows,
     fit_line,
     points_table,
-    render,
-    confirm_rows,
     quality_rows,
+    render,
     sensitivity_rows,
     series_rows,
     to_csv,

@@ -100,7 +100,9 @@ def confirmation(s: SpecStudies) -> list[ConfigResult]:
 def dependence(results: Sequence[ConfigResult], what: str) -> str:
     """In words, with the numbers: whether ``what`` (``sharpness`` or ``test``) depends on the
     batch size, over every confirmation trial that reached the target (Spearman's rank
-    correlation with B, two-sided p-value)."""
+    correlation with B, two-sided p-value at 0.05). The trials are not independent draws of the
+    effect of B (each batch size has its own tuned configuration, and its seeds share it), so
+    the p-value is a guide, and the text says so."""
     from scipy.stats import spearmanr  # heavy: scipy, only when needed
 
     pairs = [(r.batch_size, v) for r in results
@@ -120,7 +122,8 @@ def dependence(results: Sequence[ConfigResult], what: str) -> str:
                "shows no evidence of depending on the batch size")
     return (f"at the step the target was reached (equal validation metric), the {label} "
             f"{verdict} (Spearman rho = {rho:.2f}, p = {p:.2g}, {len(pairs)} trials; means "
-            f"{means})")
+            f"{means}; each B's configuration differs, and seeds of one configuration are not "
+            "independent draws, so p is indicative)")
 
 
 def confirmation_json(s: SpecStudies, results: Sequence[ConfigResult]) -> dict[str, Any]:
