@@ -52,6 +52,9 @@ def test_confirm_reruns_the_best_configs_with_fresh_seeds(tmp_path: Path, capsys
             assert c["test"] is None  # digits has no test split
             assert c["optimism"] == pytest.approx(c["mean"] / c["original_steps"])
     assert "not measured (the workload has no test split" in res["test"]
+    # the loss-landscape slices: the best configuration's first seed, where it reached
+    assert all(c["has_landscape"] == (c["config"] == 0 and c["n_reached"] > 0)
+               for c in res["configs"] if c["n_reached"] == c["n_seeds"])
     for b, configs in by_b.items():
         assert [c["config"] for c in configs] == [0, 1]
         original = optuna.load_study(study_name=f"d.B{b}.seed0", storage=url)
@@ -84,8 +87,8 @@ def test_confirm_reruns_the_best_configs_with_fresh_seeds(tmp_path: Path, capsys
     code, _, err = run_cli(["report", str(path), "--storage", url, "--out",
                             str(tmp_path / "rep"), "--n-boot", "0", "--no-dashboard"], capsys)
     assert code == 0, err
-    assert "Confirmation with fresh seeds: d.confirm" in (tmp_path / "rep" / "index.html"
-                                                          ).read_text()
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Confirmation with fresh seeds: d.confirm" in page and "Loss-landscape slices" in page
 
 
 def test_confirm_without_a_reached_trial_or_stored_studies(tmp_path: Path, capsys) -> None:
@@ -146,3 +149,27 @@ def test_confirm_measures_the_test_split_where_the_target_is_reached(tmp_path: P
     assert c["val"] <= 0.3
     assert 0 < c["test"] < 0.4 and abs(c["test"] - c["val"]) < 0.08  # the 10,000 t10k images
     assert c["sharpness"] > 0
+
+
+def test_landscape_slices_are_filter_normalised_and_leave_the_model_as_it_was() -> None:
+    from tuner.train.landscape import filter_normalised_direction, slices
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 4, generator=g, requires_grad=True)
+    bias = torch.randn(3, generator=g, requires_grad=True)
+    d = filter_normalised_direction([w, bias], torch.Generator().manual_seed(2))
+    assert torch.allclose(d[0].norm(dim=1), w.detach().norm(dim=1), rtol=1e-5)
+    assert not d[1].any()  # one-dimensional parameters: no direction (Li et al.)
+    before = w.detach().clone()
+
+    def loss() -> torch.Tensor:
+        return ((w - 1.0) ** 2).sum() + (bias ** 2).sum()
+
+    out = slices(loss, [w, bias], seed=0, points_1d=5, points_2d=3)
+    assert torch.equal(w.detach(), before)
+    assert out["alphas"] == [-1.0, -0.5, 0.0, 0.5, 1.0] and len(out["loss_2d"]) == 3
+    assert out["loss_1d"][2] == pytest.approx(float(loss()))
+    assert out["loss_2d"][1][1] == pytest.approx(float(loss()))
+    # a quadratic along a line: second differences are constant
+    y = out["loss_1d"]
+    assert y[0] - 2 * y[1] + y[2] == pytest.approx(y[2] - 2 * y[3] + y[4], rel=1e-4)

@@ -38,6 +38,9 @@ class ConfigResult:
     sharpness: float | None = None  # mean top Hessian eigenvalue there
     sharpness_values: list[float] = field(default_factory=list)
     test_values: list[float] = field(default_factory=list)
+    #: Loss-landscape slices where the first seed of the configuration reached the target
+    #: (tuner.train.landscape; measured for the best configuration only)
+    landscape: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def _t975(df: int) -> float:
@@ -86,6 +89,7 @@ def config_results(st: BatchStudy, metric: str) -> list[ConfigResult]:
                               and math.isfinite(a["sharpness"])]
         r.test_values = [a["test"][metric] for a in at if a.get("test") and metric in a["test"]]
         r.sharpness = statistics.fmean(r.sharpness_values) if r.sharpness_values else None
+        r.landscape = next((a["landscape"] for a in at if a.get("landscape")), None)
         r.test = statistics.fmean(r.test_values) if r.test_values else None
         out.append(r)
     return out
@@ -129,5 +133,6 @@ def dependence(results: Sequence[ConfigResult], what: str) -> str:
 def confirmation_json(s: SpecStudies, results: Sequence[ConfigResult]) -> dict[str, Any]:
     """``tuner confirm --format json``."""
     return {"spec": s.name, "target": s.target,
-            "configs": [dict(r.__dict__) for r in results],
+            "configs": [{k: v for k, v in r.__dict__.items() if k != "landscape"}
+                        | {"has_landscape": r.landscape is not None} for r in results],
             "sharpness": dependence(results, "sharpness"), "test": dependence(results, "test")}

@@ -51,6 +51,8 @@ class TrialRequest:
     #: ``tuner confirm``: at the step the target is reached, evaluate the test split and the
     #: sharpness (:attr:`TrialResult.at_target`)
     measure: bool = False
+    #: ... and the loss-landscape slices there (the first seed of the best configuration)
+    landscape: bool = False
 
 
 @dataclass

@@ -207,6 +207,32 @@ def quality(results: Sequence[tuple[str, str, Sequence[QualityPoint]]], budget: 
     return _png(fig)
 
 
+def landscapes(items: Sequence[tuple[int, dict]]) -> bytes:
+    """Left: the 1D filter-normalised loss slices, one line per batch size. Then one 2D contour
+    panel per batch size (Li et al. 2018), at the step the target was reached."""
+    n = len(items)
+    fig, axes = plt.subplots(1, n + 1, figsize=(4.2 * (n + 1), 3.8), squeeze=False)
+    ax = axes[0][0]
+    for i, (b, ls) in enumerate(items):
+        ax.plot(ls["alphas"], ls["loss_1d"], "-", color=f"C{i}", label=f"B = {b}")
+    ax.set_xlabel("step along a filter-normalised direction")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.set_title("1D slices at the target", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    for i, (b, ls) in enumerate(items):
+        a = axes[0][i + 1]
+        grid = ls["alphas_2d"]
+        z = [[math.log10(max(v, 1e-12)) for v in row] for row in ls["loss_2d"]]
+        cs = a.contour(grid, grid, z, levels=12, cmap="viridis")
+        a.clabel(cs, fontsize=6, fmt="%.1f")
+        a.plot([0], [0], "k+")
+        a.set_title(f"B = {b}: log10 training loss", fontsize=9)
+        a.set_aspect("equal")
+    return _png(fig)
+
+
 def series(groups: Sequence[SeriesCurve]) -> bytes:
     """Left: B_crit against the series value (its 95 % bootstrap interval as bars; hollow:
     the member's fit is unreliable). Right: S_min the same way."""

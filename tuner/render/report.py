@@ -180,6 +180,14 @@ def _confirmations(confirmed: Sequence[tuple[SpecStudies, Sequence[ConfigResult]
                   _table(*confirm_rows(results)),
                   *(f"<p>{html.escape(dependence(results, w))}</p>"
                     for w in ("sharpness", "test"))]
+        slices = [(r.batch_size, r.landscape) for r in results if r.landscape]
+        if slices:
+            parts += ["<p>Loss-landscape slices (Li et al. 2018) of the best configuration's "
+                      "first fresh seed where it reached the target: the training loss on the "
+                      "sharpness examples along one and two random filter-normalised "
+                      "directions (each filter of the direction scaled to that filter's norm "
+                      "in the model; biases left out), so batch sizes compare.</p>",
+                      _img(plots.landscapes(slices), "loss landscapes")]
     return parts
 
 

@@ -91,6 +91,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: boo
             seed=seed, divergence_factor=spec.budget.divergence_factor,
             accelerator=spec.accelerator, precision=spec.precision, devices=spec.devices,
             also=spec.also, train_to_budget=spec.budget.train_to_budget, measure=measure,
+            landscape=measure and a.get("config") == 0 and a.get("seed_index") == 0,
         )
         met: set[str | None] = set()  # goals met so far (None: the target)
         goals = GoalsPruner(spec.pruner.slack, [str(g) for g in spec.also]) if (

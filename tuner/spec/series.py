@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tuner.core.errors import SpecError
@@ -77,11 +76,3 @@ def members(data: dict[str, Any], path: str, name: str) -> list[tuple[str, dict[
         out.append((f"{name}.{leaf}{v}", doc, Series(name, key, v)))
     return out
 
-
-def is_series(path: str | Path) -> bool:
-    """Whether the spec file at ``path`` declares a ``[series]`` (False if it cannot be read:
-    loading it reports why)."""
-    try:
-        return bool(re.search(r"(?m)^\s*\[\s*series\s*\]", Path(path).read_text()))
-    except (OSError, UnicodeDecodeError):
-        return False

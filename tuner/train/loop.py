@@ -188,7 +188,7 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
                 if req.measure and world == 1:  # tuner confirm: test split and sharpness
                     t1 = time.perf_counter()
                     at_target = measure_at_target(workload, model, net, train_x, train_y, step,
-                                                  req.seed)
+                                                  req.seed, req.landscape)
                     eval_seconds += time.perf_counter() - t1
             unmet = [g for g in unmet if not g.met(metrics.get(g.metric))]
             if reached and not unmet and not req.train_to_budget:  # target and every goal met

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import torch
 
+from tuner.train.landscape import slices
+
 #: Training examples the Hessian is taken over (the first ones: the same for every trial), and
 #: the power iteration's budget and relative tolerance.
 EXAMPLES = 1024
@@ -45,12 +47,14 @@ def top_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tenso
 
 
 def measure_at_target(workload: Any, model: torch.nn.Module, net: torch.nn.Module,
-                      train_x: torch.Tensor, train_y: torch.Tensor, step: int, seed: int
-                      ) -> dict[str, Any]:
+                      train_x: torch.Tensor, train_y: torch.Tensor, step: int, seed: int,
+                      landscape: bool = False) -> dict[str, Any]:
     """What ``tuner confirm`` records at the step a trial reached the target: the test metrics
     (``None`` when the workload has no test split) and the sharpness on the first
     :data:`EXAMPLES` training examples (``model``: what evaluation calls; ``net``: what the
-    training loss calls). The model is left as it was (train mode, no grads)."""
+    training loss calls); with ``landscape``, also the loss-landscape slices there
+    (:mod:`tuner.train.landscape`, on the same examples). The model is left as it was (train
+    mode, no grads)."""
     out: dict[str, Any] = {"step": step, "test": None}
     test = workload.test_data()
     was_training = model.training
@@ -66,6 +70,10 @@ def measure_at_target(workload: Any, model: torch.nn.Module, net: torch.nn.Modul
                                 seed=seed)
     for p in params:
         p.grad = None
+    if landscape:
+        with torch.no_grad():
+            out["landscape"] = slices(lambda: workload.training_loss(net, x, y, step), params,
+                                      seed=seed)
     model.train(was_training)
     out.update(sharpness=lam, sharpness_examples=len(x), sharpness_iterations=iters)
     return out
