@@ -35,15 +35,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.analysis.records import param_from_attr
 from tuner.core.errors import UsageError
 from tuner.core.goal import Goal
 from tuner.interop import batch_science as bs
@@ -133,15 +129,7 @@ def default_goal(studies: list[Summary], metric: str | None = None) -> Goal:
 
 def distributions(space: dict[str, dict[str, Any]]) -> dict[str, BaseDistribution]:
     """Our ``search_space`` attr -> Optuna distributions."""
-    out: dict[str, BaseDistribution] = {}
-    for name, p in space.items():
-        if "choices" in p:
-            out[name] = CategoricalDistribution(p["choices"])
-        elif p.get("int"):
-            out[name] = IntDistribution(int(p["low"]), int(p["high"]), log=p["log"])
-        else:
-            out[name] = FloatDistribution(p["low"], p["high"], log=p["log"])
-    return out
+    return {k: param_from_attr(k, v).distribution() for k, v in space.items()}
 
 
 def widened(space: dict[str, dict[str, Any]], study: bs.Study
@@ -246,15 +234,15 @@ def identity(source: str, content: str, goal: Goal) -> dict[str, Any]:
             "content": content}
 
 
-def study_attrs(name: str, source: str, study: bs.Study, goal: Goal, budget: int,
+def study_attrs(name: str, source: str, study: bs.Study, content: str, goal: Goal, budget: int,
                 space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The study user attrs of docs/DESIGN.md's storage contract, filled from ``study.json``
     (plus ``imported_from`` and ``study_json``). ``spec_fingerprint`` (last) hashes the
-    study's content and the target."""
+    study's content (``content``: :func:`content_of` the study) and the target."""
     meta = study.meta
     steps = [s for t in study.trials for s in t.steps]
     n_evals = sorted(len(t.steps) for t in study.trials) or [0]
-    ident = identity(source, content_of(study), goal)
+    ident = identity(source, content, goal)
     return {
         "spec_name": name, "batch_size": study.batch_size, "seed": 0, "workload": WORKLOAD,
         "workload_options": {"dataset": meta["dataset"], "model": meta["model"],
@@ -382,7 +370,7 @@ def import_batch_science(storage: RDBStorage, work: list[Planned],
         for n in notes:
             echo(f"warning: {n}")
         budget = budget_of(st)
-        attrs = study_attrs(w.name, w.source, st, w.goal, budget, space)
+        attrs = study_attrs(w.name, w.source, st, s.content, w.goal, budget, space)
         if stale:  # a study a killed import left without its fingerprint: replace it
             optuna.delete_study(study_name=w.study_name(s), storage=storage)
         study = optuna.create_study(storage=storage, study_name=w.study_name(s),
