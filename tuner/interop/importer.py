@@ -45,7 +45,7 @@ from tuner.core.goal import Goal
 from tuner.interop import batch_science as bs
 from tuner.store.compat import study_id
 from tuner.store.persist import store_trials
-from tuner.store.storage import versions
+from tuner.store.storage import versions, write_study_attrs
 
 #: The workload attr of an imported study.
 WORKLOAD = "batch_science"
@@ -375,9 +375,7 @@ def import_batch_science(storage: RDBStorage, work: list[Planned],
             optuna.delete_study(study_name=w.study_name(s), storage=storage)
         study = optuna.create_study(storage=storage, study_name=w.study_name(s),
                                     direction="minimize")
-        for k, v in attrs.items():
-            if k != "spec_fingerprint":
-                study.set_user_attr(k, v)
+        write_study_attrs(study, attrs, fingerprint=False)
         dists = distributions(space)
         trials = [trial_of(st, t, w.goal, budget, dists) for t in st.trials]
         store_trials(storage, study_id(study), trials, {})

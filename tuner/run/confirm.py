@@ -32,7 +32,7 @@ from tuner.run.objective import make_objective
 from tuner.run.trialqueue import slots
 from tuner.spec import Spec
 from tuner.store.locking import study_lock
-from tuner.store.storage import open_storage, study_attrs, study_name
+from tuner.store.storage import open_storage, study_attrs, study_name, write_study_attrs
 
 SLOT_BASE = 1_000_000
 MAX_SEEDS = 1000
@@ -98,12 +98,7 @@ def prepare(spec: Spec, url: str, stored: SpecStudies, top: int, seeds: int,
                                               .get("seeds", 0)), "configs": configs,
                                  "slot_base": SLOT_BASE, "max_seeds": MAX_SEEDS}
             attrs["pruner"] = {"name": "none", "slack": None, "lossless": False, "options": {}}
-            have = study.user_attrs
-            for k in ("spec_name", *[k for k in attrs if k not in ("spec_name",
-                                                                   "spec_fingerprint")],
-                      "spec_fingerprint"):
-                if have.get(k) != attrs[k]:
-                    study.set_user_attr(k, attrs[k])
+            write_study_attrs(study, attrs)
             existing = slots(study.get_trials(deepcopy=False))
             for k, c in enumerate(configs[:top]):
                 for j in range(seeds):

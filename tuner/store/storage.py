@@ -195,6 +195,19 @@ def study_attrs(spec: Spec, batch_size: int) -> dict[str, Any]:
     }
 
 
+def write_study_attrs(study: optuna.Study, attrs: dict[str, Any],
+                      fingerprint: bool = True) -> None:
+    """Set the study attrs that differ from ``attrs``, ``spec_name`` first (what
+    :func:`check_ours` recognises) and ``spec_fingerprint`` last (what says the study is
+    complete); without ``fingerprint``, every attr but it (the caller writes it once the
+    study's trials are in)."""
+    have = study.user_attrs
+    keys = [k for k in attrs if k not in ("spec_name", "spec_fingerprint")]
+    for k in ("spec_name", *keys, *(["spec_fingerprint"] if fingerprint else [])):
+        if have.get(k) != attrs[k]:
+            study.set_user_attr(k, attrs[k])
+
+
 def changed_key(spec: Spec, stored_attrs: dict[str, Any]) -> str:
     """The first part of ``spec`` that differs from the study stored with ``stored_attrs``
     (its ``spec_identity`` attr); ``spec`` when no single part differs."""
@@ -285,13 +298,7 @@ def create_or_load(storage: RDBStorage, spec: Spec, batch_size: int,
     if stored is None:  # new, or half-created by a killed worker: write every attr
         check_ours(storage, next(x for x in storage.get_all_studies() if x.study_name == name),
                    spec)
-        have = study.user_attrs
-        # spec_name first (what check_ours recognises), spec_fingerprint last (what says done)
-        attrs = study_attrs(spec, batch_size)
-        for k in ("spec_name", *[k for k in attrs if k not in ("spec_name", "spec_fingerprint")],
-                  "spec_fingerprint"):
-            if have.get(k) != attrs[k]:
-                study.set_user_attr(k, attrs[k])
+        write_study_attrs(study, study_attrs(spec, batch_size))
     elif stored != spec.fingerprint():  # made meanwhile by a worker with another spec
         check_studies(storage, spec, (batch_size,))
     return study
