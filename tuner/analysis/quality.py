@@ -75,7 +75,8 @@ def cap_of(st: BatchStudy, max_steps: int | None = None, max_examples: int | Non
 
 def quality_point(st: BatchStudy, metric: str, direction: str, cap: int) -> QualityPoint:
     """One batch size's :class:`QualityPoint`."""
-    best: tuple[float, int, int] | None = None  # value, step, trial number
+    sign = 1.0 if direction == "minimize" else -1.0
+    best: tuple[float, int, int] | None = None  # sign x value, step, trial number: least wins
     n = short = 0
     for t in st.trials:
         if t.outcome in ("failed", "running"):
@@ -88,13 +89,12 @@ def quality_point(st: BatchStudy, metric: str, direction: str, cap: int) -> Qual
             short += 1
         if hit is None:
             continue
-        key = (hit[0] if direction == "minimize" else -hit[0], hit[1], t.number)
-        if best is None or key < (best[0] if direction == "minimize" else -best[0], best[1],
-                                  best[2]):
-            best = (hit[0], hit[1], t.number)
+        key = (sign * hit[0], hit[1], t.number)
+        if best is None or key < best:
+            best = key
     bound = "none" if best is None else ("bound" if short else "exact")
     return QualityPoint(st.batch_size, cap, cap * st.batch_size,
-                        best[0] if best else None, best[2] if best else None,
+                        sign * best[0] if best else None, best[2] if best else None,
                         best[1] if best else None, n, short, bound)
 
 

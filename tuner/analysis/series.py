@@ -8,9 +8,10 @@ name (and, re-scored, by the target: curves of one series at two targets are two
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import numpy as np
 
 from tuner.analysis.curves import Curve
 from tuner.core.goal import Goal
@@ -50,10 +51,7 @@ class SeriesCurve:
         if len(pts) < 2:
             return (f"too few reliable fits to say how B_crit moves with {self.key} "
                     f"({len(pts)} of {len(self.rows)}){why}")
-        xs, ys = [math.log(x) for x, _ in pts], [math.log(y) for _, y in pts]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else math.nan
+        slope = float(np.polyfit(np.log([x for x, _ in pts]), np.log([y for _, y in pts]), 1)[0])
         return (f"B_crit ~ {self.key}^{slope:.2f} over {len(pts)} reliable fits "
                 f"(log-log least squares){why}")
 

@@ -28,20 +28,10 @@ from tuner.analysis.records import SpecStudies
 from tuner.core.errors import UsageError
 from tuner.interop import batch_science as bs
 from tuner.interop.importer import WORKLOAD
+from tuner.store.source import outcome_of
 
 STATUS_OF = {"reached": "COMPLETE", "missed": "COMPLETE", "diverged": "INFEASIBLE",
              "pruned": "INCOMPLETE", "failed": "INCOMPLETE"}
-
-
-def _outcome(t: FrozenTrial) -> str | None:
-    if t.state == TrialState.PRUNED:
-        return "pruned"
-    if t.state == TrialState.FAIL:
-        return "failed"
-    if t.state != TrialState.COMPLETE:
-        return None
-    a = t.user_attrs
-    return "reached" if a.get("reached") else "diverged" if a.get("diverged") else "missed"
 
 
 def _trial(t: FrozenTrial, space: dict[str, Any]) -> bs.Trial | None:
@@ -53,8 +43,8 @@ def _trial(t: FrozenTrial, space: dict[str, Any]) -> bs.Trial | None:
     rows = [[curve["metrics"][c][i] for c in columns] for i in range(len(curve["steps"]))]
     if "metadata" in a and a.get("status") in bs.STATUSES:  # imported: as it was read
         return bs.Trial(a["metadata"], columns, list(curve["steps"]), rows)
-    outcome = _outcome(t)
-    if outcome is None:
+    outcome = outcome_of(t)
+    if outcome == "running":
         return None
     md = {"parameters": bs.their_params(space, t.params), "status": STATUS_OF[outcome],
           "steps": a.get("stopped_at_step") or max(curve["steps"], default=0),
