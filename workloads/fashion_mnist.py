@@ -141,14 +141,20 @@ class FashionMNIST(TrainedWorkload):
         x = (images.reshape(len(images), -1).float() / 255.0 - mean) / std
         return x, labels.long()
 
-    def _norm(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training split's mean and std (of images scaled to [0, 1])."""
+    def _scaled_split(self, images: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training-file images flattened and scaled to [0, 1], and the (train, validation)
+        indices: the seeded hold-out, then the optional ``train_size`` cut."""
         o = self.options
-        images, _ = self._raw()
         x = images.reshape(len(images), -1).float() / 255.0
-        tr, _ = split(len(x), o.val_size, o.data_seed)
+        tr, va = split(len(x), o.val_size, o.data_seed)
         if o.train_size:
             tr = tr[:o.train_size]
+        return x, tr, va
+
+    def _norm(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's mean and std (of images scaled to [0, 1])."""
+        x, tr, _ = self._scaled_split(self._raw()[0])
         return x[tr].mean(), x[tr].std()
 
     def load_data(self) -> Data:
@@ -159,11 +165,8 @@ class FashionMNIST(TrainedWorkload):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if o.val_size >= len(images):
             raise ValueError(f"val_size {o.val_size} >= {len(images)} training images")
-        x = images.reshape(len(images), -1).float() / 255.0
+        x, tr, va = self._scaled_split(images)
         y = labels.long()
-        tr, va = split(len(x), o.val_size, o.data_seed)
-        if o.train_size:
-            tr = tr[:o.train_size]
         mean, std = x[tr].mean(), x[tr].std()
         x = (x - mean) / std
         return Data(x[tr], y[tr], x[va], y[va])
