@@ -368,6 +368,11 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     might move it), the trials within 1.25x of the best (good) and the adequacy verdict
     (tuning: the rule of `tuner edges --help`). An under-tuned point makes the fit unreliable;
     the fit line then adds the fit without the under-tuned points.
+
+    The critical batch size three ways (JSON "cbs"): B_crit of the fit; B_20% (Zhang et
+    al.), where the measured steps are 20 % above perfect scaling from the smallest batch
+    size, interpolated, with a bootstrap interval; and B_simple, the gradient noise scale
+    stored by `tuner noise-scale`.
     """
     _check_output("--plot", plot)
     _check_output("--lr-plot", lr_plot)
@@ -388,6 +393,7 @@ def curve(specs: tuple[str, ...], storage: str | None, seed: int | None, fmt: st
     blocks = [(c.name if fmt == "csv" else fit_line(c), *curve_rows(c)) for c in curves]
     _emit(fmt, blocks, objs[0] if len(objs) == 1 else objs)
     if fmt == "table":
+        click.echo("\n" + "\n".join(f"{c.name}: {c.cbs.line()}" for c in curves))
         timed = [f"{c.name}: {line}" for c in curves if (line := time_optimal_line(c))]
         if timed:
             click.echo("\n" + "\n".join(timed))
@@ -714,6 +720,75 @@ def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
     _emit(fmt, blocks, objs[0] if len(objs) == 1 else objs)
     if fmt == "table":
         click.echo("\n" + "\n".join(lines))
+
+
+@cli.command("noise-scale")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--batch-size", "-b", "batch_size", type=click.IntRange(min=2), required=True,
+              help="The batch size B to train and measure at.")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Training steps (default: the best stored trial's steps-to-target at B, "
+              "else the spec's budget).")
+@click.option("--points", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Measured steps, spread evenly from step 0 (initialisation).")
+@click.option("--micro-batches", "-k", type=click.IntRange(min=2), default=4,
+              show_default=True, help="Micro-batches each measured batch is split into (the "
+              "estimator's small batch is B/k); must divide B.")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.5,
+              show_default=True, help="Decay of the moving averages of |G|^2 and tr(Sigma) "
+              "per measured point for each point's B_simple (0: none).")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+              help="A metaparameter's value (repeatable), over the best stored trial's.")
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@FORMAT
+@click.option("--no-store", is_flag=True, help="Print only; store nothing.")
+def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
+                micro_batches: int, ema: float, sets: tuple[str, ...], storage: str | None,
+                seed: int | None, fmt: str, no_store: bool) -> None:
+    """Predict the critical batch size: the gradient noise scale B_simple along one run.
+
+    Trains SPEC's workload at batch size B with fixed metaparameters (the best stored trial's
+    at B, else every searched one given with --set) and measures, before the update of
+    --points evenly spaced steps, |G|^2 and tr(Sigma) with McCandlish et al.'s unbiased
+    two-batch estimators: each batch split into k micro-batches, whose mean squared gradient
+    norm and the squared norm of their mean are |G_{B/k}|^2 and |G_B|^2 (App. A.1). B_simple
+    = tr(Sigma)/|G|^2; each point's uses moving averages (--ema), the run's is the ratio of
+    the means over all points. The NQM's is exact (closed form). Works on tensor workloads
+    and LightningModules (one device).
+
+    The result is appended to the study attr noise_scale of SPEC's study at B, when it is in
+    the storage: `tuner curve` then shows B_simple beside B_crit and B_20%.
+    """
+    from tuner.core.predict import SUMMARY
+    from tuner.run import predict  # the trial path: torch, the workload
+    from tuner.run import specs as spec_mod
+
+    spec = spec_mod.load(spec_path)
+    if seed is not None:
+        spec = spec_mod.with_seed(spec, seed)
+    url = resolve_url(storage)
+    overrides = predict.parse_set(spec, sets)
+    ns, stored = predict.measure(spec, url, batch_size, steps, points, micro_batches, ema,
+                                 overrides, store=not no_store)
+    obj = {"spec": spec.name, **ns.to_json(), "stored_in": stored}
+    rows = [[p.step, p.examples, p.grad_norm_sq, p.trace_sigma, p.b_simple] for p in ns.points]
+    if fmt == "json":
+        click.echo(json.dumps(obj, indent=2))
+        return
+    title = (f"{spec.name} at B = {batch_size}: {ns.steps} steps with {ns.params_from} "
+             f"({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in ns.params.items())})")
+    _emit(fmt, [(title, ["step", "examples", "grad_norm_sq", "trace_sigma", "b_simple"],
+                 rows)], obj)
+    if fmt == "table":
+        b = f"{ns.b_simple:.4g}" if ns.b_simple else "undefined (mean |G|^2 not positive)"
+        click.echo(f"\nB_simple = {b} ({SUMMARY}); {ns.method}")
+        if ns.diverged_at is not None:
+            click.echo(f"the loss was not finite at step {ns.diverged_at}: the run stopped "
+                       "there", err=True)
+        click.echo(f"stored in study {stored}" if stored else
+                   "not stored (--no-store, or no study of this spec at this batch size)",
+                   err=True)
 
 
 def _confirmed(storage: str | None, loaded: Sequence[SpecStudies]

@@ -46,11 +46,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from tuner.core.predict import NoiseScale, finish
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
 from workloads.nqm_terms import (
     TINY,
@@ -76,6 +77,9 @@ COARSE_FIRST = 256
 #: the largest entry of their D = Sigma_0 - Sigma* (the scale of q at small t) are evaluated by
 #: exact matrix powers instead.
 COND_MAX = 1e4
+#: How the NQM's noise scale is computed (NQM.noise_scale), in words.
+EXACT = ("exact (closed form): E|G|^2 = sum h_i^2 E x_i^2(t) from the second-moment "
+         "recursion, tr(Sigma) = sum h_i (per-example noise covariance H)")
 #: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
 _BLAS = ThreadpoolController()
 
@@ -522,6 +526,31 @@ def iterate(h: np.ndarray, lr: float, one_minus_momentum: float | None, batch_si
     return np.array(out)
 
 
+def second_moments(h: np.ndarray, lr: float, one_minus_momentum: float | None,
+                   batch_size: int, p: float, steps: Sequence[int]) -> np.ndarray:
+    """E x_i^2 at each of the increasing ``steps`` (one row each), exactly: the per-direction
+    affine recursion of docs/DESIGN.md on (E x^2, E u^2, E xu) (what :func:`iterate` applies
+    step by step) as a 4x4 matrix with the noise in its last column, raised to each gap between
+    steps by repeated squaring. The iterate x, not its moving average: the gradient is taken
+    there."""
+    m = 0.0 if one_minus_momentum is None else 1.0 - one_minus_momentum
+    a = lr * h ** (1.0 - p)
+    n = lr * lr * h ** (-2.0 * p) * h / batch_size
+    mat = np.zeros((len(h), 4, 4))
+    mat[:, 0, :] = np.stack([(1 - a) ** 2, np.full_like(a, m * m), 2 * m * (1 - a), n], 1)
+    mat[:, 1, :] = np.stack([a * a, np.full_like(a, m * m), -2 * m * a, n], 1)
+    mat[:, 2, :] = np.stack([-a * (1 - a), np.full_like(a, m * m), m * (1 - 2 * a), n], 1)
+    mat[:, 3, 3] = 1.0
+    v = np.zeros((len(h), 4, 1))
+    v[:, 0, 0] = v[:, 3, 0] = 1.0  # E x0^2 = 1, u0 = 0
+    out, t = [], 0
+    for s in steps:
+        v = np.linalg.matrix_power(mat, s - t) @ v
+        t = s
+        out.append(v[:, 0, 0].copy())
+    return np.array(out)
+
+
 class NQM(Workload):
     """The noisy quadratic model: each trial's steps-to-target computed exactly, in milliseconds."""
 
@@ -586,6 +615,24 @@ class NQM(Workload):
         omm = req.params.get("one_minus_momentum") if req.optimizer == "momentum" else None
         return Dynamics(self.curvatures(), float(req.params["learning_rate"]), omm,
                         req.batch_size, self.options.precondition_power, self.options.ema)
+
+    def noise_scale(self, request: TrialRequest, at: Sequence[int], micro_batches: int,
+                    ema: float) -> NoiseScale:
+        """B_simple(t) exactly: the true gradient is H x, so E|G|^2 = sum_i h_i^2 E x_i^2(t)
+        (:func:`second_moments`), and the per-example noise covariance is H, so tr(Sigma) =
+        sum_i h_i; B_simple(t) is their ratio (no estimator, no moving average:
+        ``micro_batches`` and ``ema`` are not used)."""
+        dyn = self.dynamics(request)
+        if dyn.diverged:  # an unstable step size: E x^2 grows without bound
+            return finish(request.batch_size, [], 0.0, method=EXACT, steps=0, diverged_at=0)
+        h = self.curvatures()
+        omm = request.params.get("one_minus_momentum") if request.optimizer == "momentum" \
+            else None
+        s = second_moments(h, float(request.params["learning_rate"]), omm, request.batch_size,
+                           self.options.precondition_power, sorted(at))
+        trace = float(h.sum())
+        raw = [(t, float((h * h) @ row), trace) for t, row in zip(sorted(at), s)]
+        return finish(request.batch_size, raw, 0.0, method=EXACT, steps=request.max_steps)
 
     def run(self, req: TrialRequest, report: Reporter) -> TrialResult:
         """Exact steps-to-target; the curve is L at the study's evaluation steps up to it.

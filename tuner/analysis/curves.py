@@ -90,6 +90,8 @@ class Curve:
     tuning: dict[int, Adequacy] = field(default_factory=dict)  # per batch size, when assessed
     #: ``{"name", "key", "value"}`` when the spec is a member of a series (tuner.spec.series)
     series: dict[str, Any] | None = None
+    #: the three critical batch sizes side by side (tuner.analysis.cbs.Definitions)
+    cbs: Any = None
 
     @property
     def under_tuned(self) -> list[int]:

@@ -249,6 +249,31 @@ def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[
     return {b: t.steps_to_target for b, t in found.items() if t is not None}
 
 
+def bootstrap_bests(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: int, seed: int
+                    ) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """``n_boot`` bootstrap resamples of the best steps: per resample, trials drawn with
+    replacement within each batch size (steps of reached trials, the rest never reaching),
+    and ``(batch sizes whose draw reached the target, their best steps)``, in the order of
+    ``trials_by_b``.
+    The same ``seed`` gives the same resamples (the fit and :mod:`tuner.analysis.cbs` share
+    them)."""
+    rng = np.random.default_rng(seed)
+    # per batch size: steps of reached trials, inf for the rest (resampling picks among all)
+    pools = {b: steps_pool(trials) for b, trials in trials_by_b.items()}
+    resamples = []
+    for _ in range(n_boot):
+        bs, ss = [], []
+        for b, pool in pools.items():
+            if len(pool) == 0:
+                continue
+            m = pool[rng.integers(0, len(pool), len(pool))].min()
+            if np.isfinite(m):
+                bs.append(b)
+                ss.append(float(m))
+        resamples.append((tuple(bs), tuple(ss)))
+    return resamples
+
+
 def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: int = 1000,
                        seed: int = 0) -> Fit | None:
     """Fit the best steps per batch size, with a 95 % percentile bootstrap interval.
@@ -262,21 +287,8 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
     f = fit(list(found), list(found.values()))
     if f is None:
         return None
-    rng = np.random.default_rng(seed)
-    # per batch size: steps of reached trials, inf for the rest (resampling picks among all)
-    pools = {b: steps_pool(trials) for b, trials in trials_by_b.items()}
     f.n_boot_requested = n_boot
-    resamples = []
-    for _ in range(n_boot):
-        bs, ss = [], []
-        for b, pool in pools.items():
-            if len(pool) == 0:
-                continue
-            m = pool[rng.integers(0, len(pool), len(pool))].min()
-            if np.isfinite(m):
-                bs.append(b)
-                ss.append(m)
-        resamples.append((tuple(bs), tuple(ss)))
+    resamples = bootstrap_bests(trials_by_b, n_boot, seed)
     # the distinct resamples (large studies repeat the same bests), fitted together per set of
     # batch sizes that reached the target
     groups: dict[tuple, set[tuple]] = {}

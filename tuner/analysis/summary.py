@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from tuner.analysis.adequacy import UNDER_TUNED, Adequacy, Rule, assess
+from tuner.analysis.cbs import definitions, noise_runs
 from tuner.analysis.curves import Curve, best, curve
 from tuner.analysis.edges import EdgeFinding, check_study
-from tuner.analysis.fit import regime, regimes
+from tuner.analysis.fit import best_steps_per_batch, regime, regimes
 from tuner.analysis.records import SpecStudies
 
 #: The default adequacy rule, in words.
@@ -29,8 +30,8 @@ def adequacy(s: SpecStudies, rule: Rule = Rule(), run_cmd: str = "tuner run SPEC
 
 def spec_curve(s: SpecStudies, n_boot: int = 1000, run_cmd: str = "tuner run SPEC") -> Curve:
     """The scaling curve of one spec's stored studies, each point with its adequacy."""
-    c = curve(s.name, s.target, s.attrs.get("optimizer", ""),
-              {st.batch_size: st.trials for st in s.studies},
+    trials_by_b = {st.batch_size: st.trials for st in s.studies}
+    c = curve(s.name, s.target, s.attrs.get("optimizer", ""), trials_by_b,
               s.attrs.get("fixed_params", {}), n_boot=n_boot, seed=s.seed,
               adequacy={a.batch_size: a for a in adequacy(s, run_cmd=run_cmd)})
     by_b = {st.batch_size: st for st in s.studies}
@@ -42,6 +43,9 @@ def spec_curve(s: SpecStudies, n_boot: int = 1000, run_cmd: str = "tuner run SPE
             p.best_bound = "exact"
     c.n_duplicates = s.n_duplicates
     c.series = s.attrs.get("series")
+    c.cbs = definitions(c.fit, trials_by_b, best_steps_per_batch(trials_by_b),
+                        noise_runs({st.batch_size: st.attrs for st in s.studies}),
+                        n_boot=n_boot, seed=s.seed)
     return c
 
 
@@ -65,7 +69,8 @@ def curve_json(c: Curve) -> dict[str, Any]:
             "reliable": c.reliable,
             "unreliable_because": "; ".join(c.unreliable_because) or None,
             "duplicate_trials_set_aside": c.n_duplicates,
-            "time_optimal": time_optimal_json(c)}
+            "time_optimal": time_optimal_json(c),
+            "cbs": c.cbs.to_json() if c.cbs else None}
 
 
 def time_optimal_json(c: Curve) -> dict[str, Any] | None:

@@ -56,6 +56,32 @@ def first_bad_loss(losses: list[float], bound: float) -> int | None:
     return next((i for i, v in enumerate(losses) if not math.isfinite(v) or v > bound), None)
 
 
+class Batches:
+    """The training batches' indices: B a step from a seeded permutation of the ``n`` examples,
+    wrapping into a fresh permutation at each epoch's end (every batch holds B examples)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device) -> None:
+        self.n, self.batch_size, self.device = n, batch_size, device
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen).to(device)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        """The next batch's B indices."""
+        n, b = self.n, self.batch_size
+        if self.pos + b <= n:
+            self.pos += b
+            return self.perm[self.pos - b:self.pos]
+        parts = [self.perm[self.pos:]]
+        need = b - (n - self.pos)
+        while need > 0:
+            self.perm = torch.randperm(n, generator=self.gen).to(self.device)
+            parts.append(self.perm[:need])
+            self.pos = min(need, n)
+            need -= self.pos
+        return torch.cat(parts)
+
+
 def make_fabric(accelerator: str, precision: str):  # noqa: ANN201 - lightning type
     """A single-device Fabric. ``auto`` picks a GPU when there is one."""
     from lightning.fabric import Fabric
@@ -94,9 +120,7 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
     net = model if isinstance(model.module, LightningModule) else model._forward_module
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    gen = torch.Generator(device="cpu").manual_seed(req.seed)
-    perm = torch.randperm(n, generator=gen).to(device)
-    pos = 0
+    batches = Batches(n, req.batch_size, req.seed, device)
     eval_at = iter(req.eval_steps)
     next_eval = next(eval_at)
 
@@ -113,19 +137,7 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
     eval_at_warm = 0.0
     at_target: dict[str, Any] | None = None
     while step < req.max_steps:
-        # A batch of B indices from the permutation, wrapping into a fresh one at epoch ends.
-        if pos + req.batch_size <= n:
-            idx = perm[pos:pos + req.batch_size]
-            pos += req.batch_size
-        else:
-            parts = [perm[pos:]]
-            need = req.batch_size - (n - pos)
-            while need > 0:
-                perm = torch.randperm(n, generator=gen).to(device)
-                parts.append(perm[:need])
-                pos = min(need, n)
-                need -= pos
-            idx = torch.cat(parts)
+        idx = batches.next()
         if world > 1:
             idx = idx[rank * shard:(rank + 1) * shard]
 

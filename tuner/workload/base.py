@@ -29,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
+from tuner.core.errors import UsageError
+from tuner.core.predict import NoiseScale
 from tuner.core.trial import Reporter, Target, TrialRequest, TrialResult
 
 __all__ = ["NoOptions", "Reporter", "Target", "TrialRequest", "TrialResult", "Workload"]
@@ -103,6 +105,20 @@ class Workload(ABC):
     def num_val_examples(self) -> int:
         """Size of the validation split one evaluation runs over (0: no validation pass)."""
         return 0
+
+    def noise_scale(self, request: TrialRequest, at: Sequence[int], micro_batches: int,
+                    ema: float) -> NoiseScale:
+        """Train ``request.max_steps`` steps with ``request``'s metaparameters and measure the
+        gradient noise scale before the update of each step in ``at`` (``tuner
+        noise-scale``): McCandlish's two-batch estimator over ``micro_batches`` micro-batches
+        of each batch, or exactly where the workload has a closed form; ``ema``: the moving
+        average's decay per measured point.
+
+        Raises:
+            UsageError: the workload cannot measure it.
+        """
+        raise UsageError(f"workload {self.name!r} cannot measure the gradient noise scale; "
+                         "allowed: trained workloads (tensors or a LightningModule) and the NQM")
 
     @abstractmethod
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:

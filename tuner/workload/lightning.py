@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from tuner.core.errors import one_line
+from tuner.core.errors import UsageError, one_line
+from tuner.core.predict import NoiseScale, finish, two_batch_method
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.workload.base import Workload
 from tuner.workload.registry import import_object
@@ -283,6 +284,33 @@ class LightningWorkload(Workload):
             return fit_ddp(self, request, report)
         return self.run_here(request, report)
 
+    def noise_scale(self, request: TrialRequest, at: Sequence[int], micro_batches: int,
+                    ema: float) -> NoiseScale:
+        """The two-batch estimator along one ``Trainer.fit`` of the module at fixed
+        metaparameters: :class:`tuner.train.noise.NoiseProbe` measures before each step in
+        ``at``; the fit itself is the module's own (one validation pass, at its end).
+
+        Raises:
+            UsageError: DDP (``devices`` > 1) or manual optimization, which this probe does
+                not measure.
+        """
+        from tuner.train.noise import NoiseProbe  # heavy: torch and lightning
+
+        if request.devices > 1:
+            raise UsageError("trainer.devices: the noise scale is measured on one device; "
+                             "allowed: 1")
+        module, dm, per_device = self.build(request)
+        if not module.automatic_optimization:
+            raise UsageError(f"workload.module: {type(module).__name__} uses manual "
+                             "optimization; the noise-scale probe needs automatic optimization")
+        probe = NoiseProbe(at, micro_batches, per_device)
+        r = self._fit(module, dm, per_device, request, lambda step, metrics: False,
+                      probes=(probe,))
+        b = request.batch_size
+        return finish(b, probe.points, ema, method=two_batch_method(b, micro_batches),
+                      small_batch=b // micro_batches, big_batch=b, steps=r.stopped_at_step,
+                      diverged_at=r.stopped_at_step if r.diverged else None)
+
     def run_here(self, request: TrialRequest, report: Reporter | None) -> TrialResult:
         """The trial (or, under DDP, this rank's part of it) in this process; ``report`` is
         None on the ranks that do not report (all but rank 0)."""
@@ -294,12 +322,13 @@ class LightningWorkload(Workload):
         return self._fit(module, dm, per_device, request, report)
 
     def _fit(self, module: LightningModule, dm: LightningDataModule | None, per_device: int,
-             request: TrialRequest, report: Reporter, **kw: Any) -> TrialResult:
-        """:func:`tuner.train.fit.fit_trial` with this spec's callbacks, clipping and optimizer
-        choice (``kw``: the pre-flight's limits)."""
+             request: TrialRequest, report: Reporter, probes: tuple[Any, ...] = (),
+             **kw: Any) -> TrialResult:
+        """:func:`tuner.train.fit.fit_trial` with this spec's callbacks (then ``probes``:
+        callbacks of ours), clipping and optimizer choice (``kw``: the pre-flight's limits)."""
         from tuner.train.fit import fit_trial  # heavy: torch and lightning
 
         return fit_trial(module, dm, request, report, per_device_batch=per_device,
-                         callbacks=self.callbacks(),
+                         callbacks=(*self.callbacks(), *probes),
                          gradient_clip_val=self.options.gradient_clip_val or None,
                          module_optimizers=request.optimizer == "module", **kw)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from tuner.core.errors import one_line as _one_line
+from tuner.core.predict import NoiseScale, finish, two_batch_method
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.spec.optimizers import state_tensors
 from tuner.workload.base import Workload
@@ -198,6 +199,16 @@ class TrainedWorkload(Workload):
         except Exception as exc:  # noqa: BLE001 - plug-in code
             return [("workload.name", f"evaluation failed: {_one_line(exc)}")], set()
         return [], set(metrics)
+
+    def noise_scale(self, request: TrialRequest, at: Sequence[int], micro_batches: int,
+                    ema: float) -> NoiseScale:
+        """The two-batch estimator along a run of the shared loop (:mod:`tuner.train.noise`)."""
+        from tuner.train.noise import measure  # heavy: torch and lightning
+
+        raw, steps, bad = measure(self, request, at, micro_batches)
+        b = request.batch_size
+        return finish(b, raw, ema, method=two_batch_method(b, micro_batches),
+                      small_batch=b // micro_batches, big_batch=b, steps=steps, diverged_at=bad)
 
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
         """Train with the shared Lightning loop."""

@@ -1,0 +1,150 @@
+"""The gradient noise scale of a trained workload, measured along one training run.
+
+McCandlish et al.'s two-batch estimator (:func:`tuner.core.predict.two_batch`) on one device: at
+each measured step, the batch of B examples about to be trained on is split into ``k``
+micro-batches of b = B / k; their gradients g_1..g_k (at the current parameters) give
+|G_b|^2 as the mean of |g_j|^2 and |G_B|^2 as |mean g_j|^2 -- what DDP's per-rank and all-reduced
+gradients would give with k ranks. Both paths measure before the step's update:
+
+- tensor path (:func:`measure`): a lean copy of :mod:`tuner.train.loop` (same batches, optimizer,
+  schedule and device); at a measured step the update uses the mean of the micro-batch gradients,
+  which is the batch's own gradient (the loss is a mean over examples), so the measurement costs
+  no extra forward or backward pass;
+- a user's LightningModule (:class:`NoiseProbe`): a callback in Lightning's own ``Trainer.fit``
+  that, at a measured step's ``on_train_batch_start``, runs ``training_step`` on each micro-batch
+  with ``self.log`` silenced and takes its gradients with ``torch.autograd.grad`` (nothing is
+  accumulated into ``.grad``; the fit's own update follows unchanged).
+
+Layers whose output depends on the batch as a whole (batch norm) see micro-batches of b: the
+estimate is then of the gradient at b, the usual caveat of this estimator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning_utilities.core.apply_func import apply_to_collection
+
+from tuner.core.predict import two_batch
+from tuner.core.trial import TrialRequest
+from tuner.train.loop import Batches, make_fabric
+from tuner.train.optim import build_optimizer, build_schedule
+
+if TYPE_CHECKING:
+    from tuner.workload.trained import TrainedWorkload
+
+#: (step, |G|^2, tr(Sigma)) of one measured point.
+Raw = tuple[int, float, float]
+
+
+def sq_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """The squared norm of a gradient given per parameter (None: no gradient), in float32."""
+    return sum((g.float() * g.float()).sum() for g in grads if g is not None)  # type: ignore[return-value]
+
+
+def estimate(micro_sq: list[float], mean_sq: float, batch_size: int, k: int) -> tuple[float, float]:
+    """``(|G|^2, tr(Sigma))`` from the ``k`` micro-batches' squared gradient norms and the
+    squared norm of their mean (the batch's gradient)."""
+    return two_batch(batch_size // k, batch_size, sum(micro_sq) / k, mean_sq)
+
+
+def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: int
+            ) -> tuple[list[Raw], int, int | None]:
+    """Train ``req.max_steps`` steps with ``req``'s metaparameters; at each step in ``at``
+    (before its update) measure |G|^2 and tr(Sigma) with ``k`` micro-batches.
+    ``(points, steps run, step whose loss was not finite or None)``."""
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormals slowed a small MLP ~10x on this CPU
+    fabric = make_fabric(req.accelerator, req.precision)
+    fabric.seed_everything(req.seed, verbose=False)
+    data = workload.data_on(fabric.device)
+    model = workload.build_model()
+    optimizer = build_optimizer(req.optimizer, model, req.params)
+    schedule = build_schedule(req.schedule, optimizer, req.params, req.max_steps)
+    model, optimizer = fabric.setup(model, optimizer)
+    model.train()
+    precision = fabric.strategy.precision
+    train_x = precision.convert_input(data.train_x)
+    net = model if isinstance(model.module, LightningModule) else model._forward_module
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    batches = Batches(len(train_x), req.batch_size, req.seed, fabric.device)
+    todo, b = set(at), req.batch_size // k
+    out: list[Raw] = []
+    for step in range(req.max_steps):
+        idx = batches.next()
+        x, y = train_x[idx], data.train_y[idx]
+        for p in params:
+            p.grad = None
+        if step in todo:
+            micro_sq, losses = [], []
+            for j in range(k):
+                with precision.forward_context():
+                    loss = precision.convert_output(
+                        workload.training_loss(net, x[j * b:(j + 1) * b], y[j * b:(j + 1) * b],
+                                               step))
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                micro_sq.append(sq_norm(grads))
+                losses.append(loss.detach())
+                for p, g in zip(params, grads):
+                    if g is not None:
+                        p.grad = g / k if p.grad is None else p.grad + g / k
+            loss = torch.stack(losses).mean()
+            mean_sq = float(sq_norm([p.grad for p in params]))
+            if not math.isfinite(float(loss)):
+                return out, step, step
+            out.append((step, *estimate(torch.stack(micro_sq).tolist(), mean_sq,
+                                        req.batch_size, k)))
+        else:
+            with precision.forward_context():
+                loss = precision.convert_output(workload.training_loss(net, x, y, step))
+            fabric.backward(loss)
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+    return out, req.max_steps, None
+
+
+def split(batch: Any, k: int) -> list[Any]:
+    """A batch (tensors, or dicts / lists / tuples of them, split along dimension 0) as ``k``
+    equal micro-batches; anything else is passed to each micro-batch whole."""
+    def part(j: int) -> Any:
+        return apply_to_collection(
+            batch, torch.Tensor, lambda t: t[j * (len(t) // k):(j + 1) * (len(t) // k)])
+    return [part(j) for j in range(k)]
+
+
+class NoiseProbe(Callback):
+    """Measures the two-batch estimator at chosen steps of a ``Trainer.fit`` (see the module
+    docstring): ``points`` collects ``(step, |G|^2, tr(Sigma))``."""
+
+    def __init__(self, at: Sequence[int], k: int, per_device_batch: int) -> None:
+        self.at, self.k, self.batch_size = set(at), k, per_device_batch
+        self.points: list[Raw] = []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """At a measured step: the micro-batches' gradients at the current parameters."""
+        step = trainer.global_step
+        if step not in self.at:
+            return
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in params]
+        micro_sq = []
+        pl_module.log = pl_module.log_dict = lambda *a, **kw: None  # the probe logs nothing
+        try:
+            with torch.enable_grad():
+                for micro in split(batch, self.k):
+                    out = pl_module.training_step(micro, batch_idx)
+                    loss = out["loss"] if isinstance(out, dict) else out
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    micro_sq.append(float(sq_norm(grads)))
+                    for t, g in zip(total, grads):
+                        if g is not None:
+                            t += g / self.k
+        finally:  # the class's own methods again
+            del pl_module.log, pl_module.log_dict
+        self.points.append((step, *estimate(micro_sq, float(sq_norm(total)), self.batch_size,
+                                            self.k)))
