@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -380,3 +381,22 @@ def test_a_module_with_its_own_dataloaders(tmp_path: Path,
     assert code == 0, err
     (t,) = trials_of(db)
     assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["max_steps"] == 90
+
+
+def test_a_lightning_module_noise_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    """The docs-style LitClassifier over the DigitsDataModule, unchanged: the probe measures
+    inside Trainer.fit with --set metaparameters and no storage at all."""
+    spec = lit_spec(tmp_path)
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    code, out, err = run_cli(["noise-scale", str(spec), "-b", "64", "--storage", url,
+                              "--set", "learning_rate=0.1", "--set", "one_minus_momentum=0.1",
+                              "--set", "module.dropout=0", "--steps", "40", "--points", "4",
+                              "--format", "json"], capsys)
+    assert code == 0, err
+    got = json.loads(out)
+    assert [p["step"] for p in got["points"]] == [0, 10, 20, 30]
+    assert got["small_batch"] == 16 and got["steps"] == 40
+    assert got["b_simple"] is not None and math.isfinite(got["b_simple"]) and got["b_simple"] > 0
+    assert all(p["trace_sigma"] > 0 for p in got["points"])
+    assert not (tmp_path / "none.db").exists()
