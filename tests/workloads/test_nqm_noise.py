@@ -99,3 +99,8 @@ def test_noise_scale_through_the_cli_is_stored_and_shown_by_curve(
     assert cbs["b_simple"][0]["b_simple"] == pytest.approx(got["b_simple"])
     code, out, err = run_cli(["curve", str(spec), "--storage", url], capsys)
     assert code == 0 and "B_simple (noise scale) = " in out and "(at B = 16" in out
+    code, out, err = run_cli(["report", str(spec), "--storage", url, "--out",
+                              str(tmp_path / "r"), "--no-dashboard"], capsys)
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert code == 0 and "The critical batch size, three ways" in page
+    assert "Zhang et al.&#x27;s critical batch size" in page and "(at B = 16," in page

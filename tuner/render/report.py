@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import optuna
 
+from tuner.analysis.cbs import MEANINGS
 from tuner.analysis.confirm import ConfigResult, dependence
 from tuner.analysis.curves import Curve
 from tuner.analysis.families import compare
@@ -123,6 +124,16 @@ def _model_vs_measurement(specs: Sequence[SpecStudies], curves: Sequence[Curve])
             _table(*comp.rows())]
 
 
+def _cbs(curves: Sequence[Curve]) -> list[str]:
+    """The three critical batch sizes of each curve, and what each means."""
+    parts = ["<h2>The critical batch size, three ways</h2>", "<ul>"]
+    parts += [f"<li>{html.escape(text)}</li>" for text in MEANINGS.values()]
+    parts.append("</ul>")
+    parts += [f"<p>{html.escape(c.name)}: {html.escape(c.cbs.line())}</p>"
+              for c in curves if c.cbs is not None]
+    return parts
+
+
 def _series(curves: Sequence[Curve]) -> list[str]:
     """A section for the series among the specs (e.g. the training-set size)."""
     groups = series_curves(curves)
@@ -206,6 +217,7 @@ def render(specs: Sequence[SpecStudies], curves: Sequence[Curve],
     for c in curves:
         parts += [f"<h3>{html.escape(c.name)}</h3>", f"<p>{html.escape(fit_line(c))}</p>",
                   _table(*curve_rows(c))]
+    parts += _cbs(curves)
     parts += _series(curves)
     parts += _quality(with_curves)
     parts += _confirmations(confirmed)
