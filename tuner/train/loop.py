@@ -89,6 +89,24 @@ def make_fabric(accelerator: str, precision: str):  # noqa: ANN201 - lightning t
     return Fabric(accelerator=accelerator, devices=1, precision=precision, loggers=[])
 
 
+def set_up(fabric, workload: TrainedWorkload, req: TrialRequest  # noqa: ANN001 - Fabric
+           ) -> tuple[Any, Any, Any, torch.nn.Module, list[torch.Tensor]]:
+    """A freshly built model with the request's optimizer and schedule, set up on ``fabric``
+    and in train mode: ``(model, optimizer, schedule, net, params)``. ``net`` is what the
+    training step calls: what Fabric's wrapper calls (see the module docstring), all of it
+    inside the precision's context as Trainer runs a training_step; a LightningModule keeps the
+    wrapper, which routes its training_step through DDP's forward. Evaluation goes through
+    ``model``, the wrapper. ``params``: every parameter the optimizer updates."""
+    model = workload.build_model()
+    optimizer = build_optimizer(req.optimizer, model, req.params)
+    schedule = build_schedule(req.schedule, optimizer, req.params, req.max_steps)
+    model, optimizer = fabric.setup(model, optimizer)
+    model.train()
+    net = model if isinstance(model.module, LightningModule) else model._forward_module
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return model, optimizer, schedule, net, params
+
+
 def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN001 - Fabric
              report: Reporter) -> TrialResult:
     """The loop, on a launched Fabric. Under DDP (world size > 1) every rank runs it: each takes
@@ -106,19 +124,10 @@ def train_on(fabric, workload: TrainedWorkload, req: TrialRequest,  # noqa: ANN0
     train_x, train_y, val_x, val_y = data.train_x, data.train_y, data.val_x, data.val_y
     n = len(train_x)
 
-    model = workload.build_model()
-    optimizer = build_optimizer(req.optimizer, model, req.params)
-    schedule = build_schedule(req.schedule, optimizer, req.params, req.max_steps)
-    model, optimizer = fabric.setup(model, optimizer)
-    model.train()
-    # The training step calls what Fabric's wrapper calls (see the module docstring), all of it
-    # inside the precision's context as Trainer runs a training_step; the training data is
-    # converted to the precision's input type once. A LightningModule keeps the wrapper, which
-    # routes its training_step through DDP's forward. Evaluation goes through the wrapper.
+    model, optimizer, schedule, net, params = set_up(fabric, workload, req)
+    # The training data is converted to the precision's input type once.
     precision = fabric.strategy.precision
     train_x = precision.convert_input(train_x)
-    net = model if isinstance(model.module, LightningModule) else model._forward_module
-    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     batches = Batches(n, req.batch_size, req.seed, device)
     eval_at = iter(req.eval_steps)

@@ -30,8 +30,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 
 from tuner.core.predict import two_batch
 from tuner.core.trial import TrialRequest
-from tuner.train.loop import Batches, make_fabric
-from tuner.train.optim import build_optimizer, build_schedule
+from tuner.train.loop import Batches, make_fabric, set_up
 
 if TYPE_CHECKING:
     from tuner.workload.trained import TrainedWorkload
@@ -61,15 +60,9 @@ def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: 
     fabric = make_fabric(req.accelerator, req.precision)
     fabric.seed_everything(req.seed, verbose=False)
     data = workload.data_on(fabric.device)
-    model = workload.build_model()
-    optimizer = build_optimizer(req.optimizer, model, req.params)
-    schedule = build_schedule(req.schedule, optimizer, req.params, req.max_steps)
-    model, optimizer = fabric.setup(model, optimizer)
-    model.train()
+    _, optimizer, schedule, net, params = set_up(fabric, workload, req)
     precision = fabric.strategy.precision
     train_x = precision.convert_input(data.train_x)
-    net = model if isinstance(model.module, LightningModule) else model._forward_module
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     batches = Batches(len(train_x), req.batch_size, req.seed, fabric.device)
     todo, b = set(at), req.batch_size // k
     out: list[Raw] = []
