@@ -41,7 +41,8 @@ help:
 	@echo "make bench-dataloader   steps/s over a DataLoader: raw PyTorch vs our LightningModule path"
 	@echo "make bench-adequacy     the tuning-adequacy rule vs the exact NQM optimum, and on digits"
 	@echo "make bench-analysis     curve/edges/sensitivity/report on 10,000 and 100,000 stored trials"
-	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader + bench-adequacy + bench-analysis (benchmarks/README.md)"
+	@echo "make bench-noise        B_simple (tuner noise-scale) against B_crit and B_20% on the NQM and digits (~3 min)"
+	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader + bench-adequacy + bench-analysis + bench-noise (benchmarks/README.md)"
 	@echo "make wheels             wheels/ for an offline install (NO_TORCH=1: without torch/lightning)"
 	@echo "make install-offline    .venv from wheels/, no network; uses an installed torch"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
@@ -195,7 +196,7 @@ dashboard: $(STAMP)
 # Speed (issue 6): side-by-side measurements, never part of `make test` (benchmarks/README.md),
 # and an offline install for GPU machines without a network.
 
-.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-adequacy bench-analysis bench-all wheels \
+.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-adequacy bench-analysis bench-noise bench-all wheels \
         install-offline
 
 bench: $(STAMP)
@@ -224,8 +225,11 @@ bench-analysis: $(STAMP) debian
 	$(BIN)/python benchmarks/analysis_speed.py --postgres
 	$(BIN)/python benchmarks/analysis_speed.py --trials 10000 --no-baseline
 
+bench-noise: $(STAMP)
+	$(BIN)/python benchmarks/noise_scale.py
+
 bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader \
-	bench-adequacy bench-analysis
+	bench-adequacy bench-analysis bench-noise
 
 # On a machine with a network: wheels/ gets this project's wheel and every dependency at the
 # versions of constraints.txt. NO_TORCH=1 leaves out torch, torchvision, lightning and their CUDA
