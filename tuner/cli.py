@@ -769,6 +769,7 @@ def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
         spec = spec_mod.with_seed(spec, seed)
     url = resolve_url(storage)
     overrides = predict.parse_set(spec, sets)
+    spec_mod.preflight(spec, [batch_size])  # a broken model or data: one line, before training
     ns, stored = predict.measure(spec, url, batch_size, steps, points, micro_batches, ema,
                                  overrides, store=not no_store)
     obj = {"spec": spec.name, **ns.to_json(), "stored_in": stored}
