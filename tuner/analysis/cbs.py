@@ -145,13 +145,16 @@ def definitions(fit: Fit | None, trials_by_b: dict[int, Sequence[TrialRecord]],
                 best_steps: Mapping[int, int], noise: list[NoiseRun], n_boot: int = 1000,
                 seed: int = 0, overhead: float = OVERHEAD) -> Definitions:
     """The three definitions from a spec's fit, trials (for the bootstrap: the fit's own
-    resamples, by ``seed``), best steps per batch size and stored noise-scale runs."""
+    resamples, made again by ``seed`` when there is no fit), best steps per batch size and
+    stored noise-scale runs."""
     bs = sorted(best_steps)
     value, how = overhead_cbs(bs, [best_steps[b] for b in bs], overhead)
     ci = None
     if n_boot and value is not None:
         vals = []
-        for rb, rs in bootstrap_bests(trials_by_b, n_boot, seed):
+        resamples = fit.resamples if fit is not None and len(fit.resamples) == n_boot else \
+            bootstrap_bests(trials_by_b, n_boot, seed)
+        for rb, rs in resamples:
             v, h = overhead_cbs(rb, rs, overhead)
             if h != "too few":
                 vals.append(math.inf if v is None else v)

@@ -45,6 +45,10 @@ class Fit:
     n_boot: int = 0  # usable resamples (a fit each)
     n_boot_requested: int = 0
     boot_dropped: dict[str, int] = field(default_factory=dict)  # reason -> resamples
+    #: the bootstrap's resamples of the best steps (:func:`bootstrap_bests`), kept for other
+    #: statistics over the same resamples (tuner.analysis.cbs); not part of the JSON
+    resamples: list[tuple[tuple[int, ...], tuple[float, ...]]] = field(
+        default_factory=list, repr=False)
 
     @property
     def n_points(self) -> int:
@@ -288,7 +292,7 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
     if f is None:
         return None
     f.n_boot_requested = n_boot
-    resamples = bootstrap_bests(trials_by_b, n_boot, seed)
+    resamples = f.resamples = bootstrap_bests(trials_by_b, n_boot, seed)
     # the distinct resamples (large studies repeat the same bests), fitted together per set of
     # batch sizes that reached the target
     groups: dict[tuple, set[tuple]] = {}
