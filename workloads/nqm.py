@@ -551,6 +551,11 @@ def second_moments(h: np.ndarray, lr: float, one_minus_momentum: float | None,
     return np.array(out)
 
 
+def _omm(req: TrialRequest) -> float | None:
+    """The request's 1 - momentum (None: plain SGD)."""
+    return req.params.get("one_minus_momentum") if req.optimizer == "momentum" else None
+
+
 class NQM(Workload):
     """The noisy quadratic model: each trial's steps-to-target computed exactly, in milliseconds."""
 
@@ -612,8 +617,7 @@ class NQM(Workload):
 
     def dynamics(self, req: TrialRequest) -> Dynamics:
         """The closed form for one trial's metaparameters."""
-        omm = req.params.get("one_minus_momentum") if req.optimizer == "momentum" else None
-        return Dynamics(self.curvatures(), float(req.params["learning_rate"]), omm,
+        return Dynamics(self.curvatures(), float(req.params["learning_rate"]), _omm(req),
                         req.batch_size, self.options.precondition_power, self.options.ema)
 
     def noise_scale(self, request: TrialRequest, at: Sequence[int], micro_batches: int,
@@ -626,10 +630,8 @@ class NQM(Workload):
         if dyn.diverged:  # an unstable step size: E x^2 grows without bound
             return finish(request.batch_size, [], 0.0, method=EXACT, steps=0, diverged_at=0)
         h = self.curvatures()
-        omm = request.params.get("one_minus_momentum") if request.optimizer == "momentum" \
-            else None
-        s = second_moments(h, float(request.params["learning_rate"]), omm, request.batch_size,
-                           self.options.precondition_power, sorted(at))
+        s = second_moments(h, float(request.params["learning_rate"]), _omm(request),
+                           request.batch_size, self.options.precondition_power, sorted(at))
         trace = float(h.sum())
         raw = [(t, float((h * h) @ row), trace) for t, row in zip(sorted(at), s)]
         return finish(request.batch_size, raw, 0.0, method=EXACT, steps=request.max_steps)

@@ -117,6 +117,15 @@ def finish(batch_size: int, raw: list[tuple[int, float, float]], ema: float, **k
     return NoiseScale(batch_size, points, ema=ema, **kw)
 
 
+def estimated(batch_size: int, micro_batches: int, raw: list[tuple[int, float, float]],
+              ema: float, steps: int, diverged_at: int | None) -> NoiseScale:
+    """:func:`finish` for a run measured by the two-batch estimator over ``micro_batches``
+    micro-batches of each batch."""
+    return finish(batch_size, raw, ema, method=two_batch_method(batch_size, micro_batches),
+                  small_batch=batch_size // micro_batches, big_batch=batch_size, steps=steps,
+                  diverged_at=diverged_at)
+
+
 def measure_steps(steps: int, points: int) -> list[int]:
     """``points`` distinct steps spread evenly over ``[0, steps)`` (step 0: at
     initialisation), each measured before that step's update."""

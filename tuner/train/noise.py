@@ -22,7 +22,7 @@ estimate is then of the gradient at b, the usual caveat of this estimator.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -44,10 +44,27 @@ def sq_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
     return sum((g.float() * g.float()).sum() for g in grads if g is not None)  # type: ignore[return-value]
 
 
-def estimate(micro_sq: list[float], mean_sq: float, batch_size: int, k: int) -> tuple[float, float]:
-    """``(|G|^2, tr(Sigma))`` from the ``k`` micro-batches' squared gradient norms and the
-    squared norm of their mean (the batch's gradient)."""
-    return two_batch(batch_size // k, batch_size, sum(micro_sq) / k, mean_sq)
+def micro_gradients(losses: Iterable[torch.Tensor], params: list[torch.Tensor], k: int
+                    ) -> tuple[list[float], list[torch.Tensor | None], torch.Tensor]:
+    """The ``k`` micro-batches' losses in turn -> their gradients' squared norms, their mean
+    gradient per parameter (the batch's gradient; None where no loss reached a parameter) and
+    their mean loss. Gradients come from ``torch.autograd.grad``: nothing touches ``.grad``."""
+    micro_sq, detached = [], []
+    mean: list[torch.Tensor | None] = [None] * len(params)
+    for loss in losses:
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        micro_sq.append(sq_norm(grads))
+        detached.append(loss.detach())
+        mean = [m if g is None else g / k if m is None else m + g / k
+                for m, g in zip(mean, grads)]
+    return torch.stack(micro_sq).tolist(), mean, torch.stack(detached).mean()
+
+
+def estimate(micro_sq: list[float], mean: list[torch.Tensor | None], batch_size: int, k: int
+             ) -> tuple[float, float]:
+    """``(|G|^2, tr(Sigma))`` from the ``k`` micro-batches' squared gradient norms and their
+    mean gradient (the batch's gradient)."""
+    return two_batch(batch_size // k, batch_size, sum(micro_sq) / k, float(sq_norm(mean)))
 
 
 def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: int
@@ -64,7 +81,7 @@ def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: 
     precision = fabric.strategy.precision
     train_x = precision.convert_input(data.train_x)
     batches = Batches(len(train_x), req.batch_size, req.seed, fabric.device)
-    todo, b = set(at), req.batch_size // k
+    todo = set(at)
     out: list[Raw] = []
     for step in range(req.max_steps):
         idx = batches.next()
@@ -72,24 +89,18 @@ def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: 
         for p in params:
             p.grad = None
         if step in todo:
-            micro_sq, losses = [], []
-            for j in range(k):
-                with precision.forward_context():
-                    loss = precision.convert_output(
-                        workload.training_loss(net, x[j * b:(j + 1) * b], y[j * b:(j + 1) * b],
-                                               step))
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                micro_sq.append(sq_norm(grads))
-                losses.append(loss.detach())
-                for p, g in zip(params, grads):
-                    if g is not None:
-                        p.grad = g / k if p.grad is None else p.grad + g / k
-            loss = torch.stack(losses).mean()
-            mean_sq = float(sq_norm([p.grad for p in params]))
+            def losses() -> Iterator[torch.Tensor]:
+                for mx, my in split((x, y), k):
+                    with precision.forward_context():
+                        loss = precision.convert_output(workload.training_loss(net, mx, my, step))
+                    yield loss
+
+            micro_sq, mean, loss = micro_gradients(losses(), params, k)
             if not math.isfinite(float(loss)):
                 return out, step, step
-            out.append((step, *estimate(torch.stack(micro_sq).tolist(), mean_sq,
-                                        req.batch_size, k)))
+            for p, g in zip(params, mean):
+                p.grad = g  # the update uses the batch's gradient: no extra pass
+            out.append((step, *estimate(micro_sq, mean, req.batch_size, k)))
         else:
             with precision.forward_context():
                 loss = precision.convert_output(workload.training_loss(net, x, y, step))
@@ -124,20 +135,16 @@ class NoiseProbe(Callback):
         if step not in self.at:
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
-        total = [torch.zeros_like(p) for p in params]
-        micro_sq = []
+
+        def losses() -> Iterator[torch.Tensor]:
+            for micro in split(batch, self.k):
+                out = pl_module.training_step(micro, batch_idx)
+                yield out["loss"] if isinstance(out, dict) else out
+
         pl_module.log = pl_module.log_dict = lambda *a, **kw: None  # the probe logs nothing
         try:
             with torch.enable_grad():
-                for micro in split(batch, self.k):
-                    out = pl_module.training_step(micro, batch_idx)
-                    loss = out["loss"] if isinstance(out, dict) else out
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
-                    micro_sq.append(float(sq_norm(grads)))
-                    for t, g in zip(total, grads):
-                        if g is not None:
-                            t += g / self.k
+                micro_sq, mean, _ = micro_gradients(losses(), params, self.k)
         finally:  # the class's own methods again
             del pl_module.log, pl_module.log_dict
-        self.points.append((step, *estimate(micro_sq, float(sq_norm(total)), self.batch_size,
-                                            self.k)))
+        self.points.append((step, *estimate(micro_sq, mean, self.batch_size, self.k)))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from tuner.core.errors import UsageError, one_line
-from tuner.core.predict import NoiseScale, finish, two_batch_method
+from tuner.core.predict import NoiseScale, estimated
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.workload.base import Workload
 from tuner.workload.registry import import_object
@@ -306,10 +306,8 @@ class LightningWorkload(Workload):
         probe = NoiseProbe(at, micro_batches, per_device)
         r = self._fit(module, dm, per_device, request, lambda step, metrics: False,
                       probes=(probe,))
-        b = request.batch_size
-        return finish(b, probe.points, ema, method=two_batch_method(b, micro_batches),
-                      small_batch=b // micro_batches, big_batch=b, steps=r.stopped_at_step,
-                      diverged_at=r.stopped_at_step if r.diverged else None)
+        return estimated(request.batch_size, micro_batches, probe.points, ema,
+                         r.stopped_at_step, r.stopped_at_step if r.diverged else None)
 
     def run_here(self, request: TrialRequest, report: Reporter | None) -> TrialResult:
         """The trial (or, under DDP, this rank's part of it) in this process; ``report`` is

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from tuner.core.errors import one_line as _one_line
-from tuner.core.predict import NoiseScale, finish, two_batch_method
+from tuner.core.predict import NoiseScale, estimated
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.spec.optimizers import state_tensors
 from tuner.workload.base import Workload
@@ -206,9 +206,7 @@ class TrainedWorkload(Workload):
         from tuner.train.noise import measure  # heavy: torch and lightning
 
         raw, steps, bad = measure(self, request, at, micro_batches)
-        b = request.batch_size
-        return finish(b, raw, ema, method=two_batch_method(b, micro_batches),
-                      small_batch=b // micro_batches, big_batch=b, steps=steps, diverged_at=bad)
+        return estimated(request.batch_size, micro_batches, raw, ema, steps, bad)
 
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
         """Train with the shared Lightning loop."""
