@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from tuner.analysis.fit import fit, fit_with_bootstrap, regime
+from tuner.analysis.fit import fit, fit_with_bootstrap, regime, sample_bests
 from tuner.analysis.records import TrialRecord
 
 S_MIN, B_NOISE = 120.0, 900.0
@@ -125,3 +127,19 @@ def test_a_target_met_at_step_0_has_no_fit_and_says_why() -> None:
     trials = {b: [TrialRecord(0, "reached", {}, steps_to_target=s)]
               for b, s in ((16, 0), (64, 10), (256, 4))}
     assert fit_with_bootstrap(trials, n_boot=10) is None
+
+
+def test_sample_bests_draws_the_best_of_a_resample() -> None:
+    """Drawing the best by inversion of its closed-form distribution gives the same distribution
+    as resampling the pool with replacement and taking the minimum (ties and inf included)."""
+    pool = np.array([130, 100, np.inf, 150, 100, 260, np.inf, 170, np.inf, 400], dtype=float)
+    rng = np.random.default_rng(3)
+    n = 200_000
+    direct = sample_bests(pool, n, rng)
+    brute = pool[rng.integers(0, len(pool), (n, len(pool)))].min(axis=1)
+    for v in [100, 130, 150, 170, 260, 400, np.inf]:
+        # each value's share within 4 standard errors of the brute-force share
+        p = (brute == v).mean()
+        assert abs((direct == v).mean() - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-4, v
+    assert set(np.unique(direct)) <= set(pool)
+    assert len(sample_bests(np.array([7.0]), 5, rng)) == 5

@@ -38,7 +38,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tuner.analysis.fit import steps_pool
+from tuner.analysis.fit import best_cdf, steps_pool
 from tuner.analysis.records import TrialRecord, best, good_trials
 from tuner.core.space import Param
 
@@ -101,7 +101,7 @@ def best_interval(steps: np.ndarray) -> tuple[float, float] | None:
     if n == 0 or not np.isfinite(steps.min()):
         return None
     x = np.sort(np.asarray(steps, dtype=float))
-    cdf = 1.0 - ((n - np.arange(1, n + 1)) / n) ** n  # P(best of a resample <= x_(k))
+    cdf = best_cdf(n)  # P(best of a resample <= x_(k))
     q_lo, q_hi = (float(x[min(n - 1, int(np.searchsorted(cdf, q)))]) for q in (0.025, 0.975))
     est = float(x[0])
     if est == 0:  # met at step 0 (imported data evaluate before training): no spread

@@ -253,29 +253,41 @@ def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[
     return {b: t.steps_to_target for b, t in found.items() if t is not None}
 
 
+def best_cdf(n: int) -> np.ndarray:
+    """P(the best of n values drawn with replacement from n values <= the k-th smallest of them),
+    for k = 1..n: ``1 - ((n - k) / n)^n``, the closed form of a resample's best."""
+    return 1.0 - ((n - np.arange(1, n + 1)) / n) ** n
+
+
+def sample_bests(pool: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` draws of the best (minimum) of a resample of ``pool`` with replacement.
+
+    Drawn from :func:`best_cdf` by inversion: one uniform number per resample instead of
+    ``len(pool)`` indices, the same distribution as resampling and taking the minimum.
+    """
+    x = np.sort(np.asarray(pool, dtype=float))
+    rank = np.searchsorted(best_cdf(len(x)), rng.random(n_boot), side="right")
+    return x[np.minimum(rank, len(x) - 1)]
+
+
 def bootstrap_bests(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: int, seed: int
                     ) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
     """``n_boot`` bootstrap resamples of the best steps: per resample, trials drawn with
     replacement within each batch size (steps of reached trials, the rest never reaching),
     and ``(batch sizes whose draw reached the target, their best steps)``, in the order of
-    ``trials_by_b``.
+    ``trials_by_b``. Each batch size's best is drawn directly (:func:`sample_bests`).
     The same ``seed`` gives the same resamples (the fit and :mod:`tuner.analysis.cbs` share
     them)."""
     rng = np.random.default_rng(seed)
     # per batch size: steps of reached trials, inf for the rest (resampling picks among all)
     pools = {b: steps_pool(trials) for b, trials in trials_by_b.items()}
-    resamples = []
-    for _ in range(n_boot):
-        bs, ss = [], []
-        for b, pool in pools.items():
-            if len(pool) == 0:
-                continue
-            m = pool[rng.integers(0, len(pool), len(pool))].min()
-            if np.isfinite(m):
-                bs.append(b)
-                ss.append(float(m))
-        resamples.append((tuple(bs), tuple(ss)))
-    return resamples
+    bs = [b for b, pool in pools.items() if len(pool)]
+    if not bs:
+        return [((), ())] * n_boot
+    bests = np.column_stack([sample_bests(pools[b], n_boot, rng) for b in bs])
+    reached = np.isfinite(bests)
+    return [(tuple(b for b, ok in zip(bs, row_ok) if ok), tuple(row[row_ok].tolist()))
+            for row, row_ok in zip(bests, reached)]
 
 
 def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: int = 1000,
