@@ -93,14 +93,33 @@ def cli() -> None:
 @click.option("--allow-large", is_flag=True,
               help="Run even where a trial's estimated memory exceeds what is free here, or it "
               "would evaluate more than 10,000 times.")
+@click.option("--adaptive", is_flag=True,
+              help="Measure only the batch sizes that move B_crit: a few log-spaced ones first, "
+              "each with trials in rounds until adequately tuned, then where the fit is least "
+              "sure, until B_crit is known (--ci-width, --predict-within) or the budget is spent "
+              "(--budget-examples). Prints the plan as it goes and why it stopped.")
+@click.option("--ci-width", type=click.FloatRange(min=1, min_open=True), default=1.5,
+              show_default=True, help="--adaptive: stop once B_crit's 95 % bootstrap interval "
+              "spans at most this factor (high / low) ...")
+@click.option("--predict-within", type=click.FloatRange(min=0, min_open=True), default=0.25,
+              show_default=True, help="--adaptive: ... and the fit before the last batch size "
+              "added predicted its steps within this relative error.")
+@click.option("--budget-examples", type=click.FloatRange(min=0, min_open=True),
+              help="--adaptive: stop once the trials have trained this many examples in all.")
+@click.option("--first", type=click.IntRange(min=3), default=4, show_default=True,
+              help="--adaptive: batch sizes measured first, log-spaced over the spec's.")
+@click.option("--round", "chunk", type=click.IntRange(min=1), default=8, show_default=True,
+              help="--adaptive: trials added per round within a batch size, until the "
+              "tuning-adequacy rule holds.")
 @click.option("--no-summary", is_flag=True, hidden=True,
               help="No summary table (the workers --workers starts: it prints the table).")
 @click.option("--no-preflight", is_flag=True, hidden=True,
               help="Skip the pre-flight trial (the workers --workers starts: it ran it).")
 def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storage: str | None,
         seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
-        storage_retry: float, quiet: bool, allow_large: bool, no_summary: bool,
-        no_preflight: bool) -> None:
+        storage_retry: float, quiet: bool, allow_large: bool, adaptive: bool, ci_width: float,
+        predict_within: float, budget_examples: float | None, first: int, chunk: int,
+        no_summary: bool, no_preflight: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
     Re-running a finished spec adds nothing. Progress goes to stderr; the summary table
@@ -125,6 +144,8 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     configure(storage_retry)  # this process and the local workers it starts
 
     members = spec_mod.load_series(spec_path)  # one spec, or one per value of a [series]
+    if adaptive:
+        _adaptive_allowed(spec_path, members, batch_sizes, workers, gpus)
     if seed is not None:
         members = [spec_mod.with_seed(m, seed) for m in members]
     chosen = {m.name: runner.select_batch_sizes(m, batch_sizes) for m in members}
@@ -144,6 +165,20 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
             echo = _first(echo, f"pre-flight{f' of {m.name}' if m.series else ''} at B = "
                           f"{at}: ok ({time.perf_counter() - t0:.1f} s); metrics: "
                           f"{', '.join(sorted(metrics))}")
+    if adaptive:
+        from tuner.analysis.adaptive import Plan
+        from tuner.analysis.curves import point
+        from tuner.run.adaptive import run_adaptive
+
+        if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
+            raise UsageError(f"--adaptive: an in-memory storage ({url}) is gone between rounds; "
+                             "allowed: a SQLite file or a PostgreSQL URL")
+        plan = Plan(first, chunk, ci_width, predict_within, budget_examples)
+        m = members[0]
+        r = run_adaptive(m, url, plan, lambda s: click.echo(s, err=True), echo, trials, heartbeat)
+        if not no_summary:
+            click.echo(points_table(m, [point(b, t) for b, t in sorted(r.trials.items())]))
+        return
     if n_workers == 1 and not gpu_ids:
         for m in members:
             if m.series is not None:
@@ -169,6 +204,18 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         raise SystemExit(code)
     for m, studies in zip(members, prepared):
         click.echo(points_table(m, runner.points(studies)))
+
+
+def _adaptive_allowed(spec_path: str, members: list, batch_sizes: tuple[int, ...],
+                      workers: int | None, gpus: str | None) -> None:
+    """Refuse what ``--adaptive`` does not combine with, in one line."""
+    clash = ("--batch-size" if batch_sizes else "--workers" if (workers or 1) > 1
+             else "--gpus" if gpus else f"{spec_path}: [series]" if len(members) > 1
+             or members[0].series is not None else None)
+    if clash:
+        raise UsageError(f"--adaptive: cannot be combined with {clash} (it chooses the batch "
+                         "sizes itself and runs one worker on one spec); allowed: a plain spec, "
+                         "one worker")
 
 
 def _first(echo: Callable[[str], None], line: str) -> Callable[[str], None]:

@@ -49,6 +49,8 @@ class Fit:
     #: statistics over the same resamples (tuner.analysis.cbs); not part of the JSON
     resamples: list[tuple[tuple[int, ...], tuple[float, ...]]] = field(
         default_factory=list, repr=False)
+    #: the usable resamples' fits, ``(s_min, b_noise)`` per row; not part of the JSON
+    samples: np.ndarray = field(default_factory=lambda: np.empty((0, 2)), repr=False)
 
     @property
     def n_points(self) -> int:
@@ -324,6 +326,7 @@ def fit_with_bootstrap(trials_by_b: dict[int, Sequence[TrialRecord]], n_boot: in
         else:
             samples.append((g[0], g[1], g[0] * g[1]))
     if samples:
+        f.samples = np.array(samples)[:, :2]
         # The basic (reverse-percentile) interval est^2 / q: a resample's best-of-n can only be
         # worse than the sample's, so plain percentiles sit above the estimate; reflecting them
         # carries that bias over to the other side, where the true curve lies.

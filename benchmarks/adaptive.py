@@ -1,0 +1,98 @@
+"""``tuner run --adaptive`` against the full grid: B_crit and trained examples, side by side.
+
+For each spec: the full grid (every batch size, the spec's trials: what ``tuner run`` does) and
+the adaptive measurement (``tuner.run.adaptive.run_adaptive`` with the default plan, or the one
+given here) into fresh SQLite files; then B_crit of each (the McCandlish fit with its 95 %
+bootstrap interval), their ratio, and the trained examples of each (steps every finished trial
+ran, times its batch size) and their ratio. Goal (issue 14): B_crit within +-25 % of the full
+grid's at <= 0.2x the trained examples.
+
+    .venv/bin/python benchmarks/adaptive.py [SPEC ...] [--round 8] [--plateau 0.05]
+        [--patience 2] [--first 4] [--ci-width 1.5] [--predict-within 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from tuner.analysis.adaptive import Plan, trained_examples
+from tuner.analysis.fit import fit_with_bootstrap
+from tuner.run import runner
+from tuner.run import specs as spec_mod
+from tuner.run.adaptive import run_adaptive
+from tuner.store.rows import open_reader
+from tuner.store.source import load_spec
+
+SPECS = ["studies/nqm_sgd.toml", "studies/nqm_momentum.toml", "studies/nqm_precond_p025.toml",
+         "studies/nqm_precond_p050.toml", "studies/nqm_precond_p075.toml",
+         "studies/digits_mlp.toml"]
+
+
+def full_grid(spec: spec_mod.Spec, url: str) -> tuple[dict, float]:
+    """Every batch size at the spec's trials; (trials by batch size, seconds)."""
+    t0 = time.perf_counter()
+    runner.run(spec, url, spec.batch_sizes, spec.trials, summary=False)
+    seconds = time.perf_counter() - t0
+    reader = open_reader(url)
+    try:
+        return {s.batch_size: s.trials for s in load_spec(reader, spec, curves=False).studies}, \
+            seconds
+    finally:
+        reader.engine.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("specs", nargs="*", default=SPECS)
+    d = Plan()
+    ap.add_argument("--first", type=int, default=d.first)
+    ap.add_argument("--round", type=int, default=d.chunk)
+    ap.add_argument("--plateau", type=float, default=d.plateau)
+    ap.add_argument("--patience", type=int, default=d.patience)
+    ap.add_argument("--ci-width", type=float, default=d.width)
+    ap.add_argument("--predict-within", type=float, default=d.predict_within)
+    args = ap.parse_args()
+    plan = Plan(args.first, args.round, args.plateau, args.patience, args.ci_width,
+                args.predict_within)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; plan: {plan.text()}")
+    rows = []
+    for path in args.specs:
+        spec = spec_mod.load(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            full, full_s = full_grid(spec, f"sqlite:///{Path(tmp) / 'full.db'}")
+            t0 = time.perf_counter()
+            r = run_adaptive(spec, f"sqlite:///{Path(tmp) / 'adaptive.db'}", plan,
+                             lambda s: None)
+            ada_s = time.perf_counter() - t0
+        f = fit_with_bootstrap(full)
+        full_x = sum(trained_examples(b, t) for b, t in full.items())
+        full_n = sum(len(t) for t in full.values())
+        ada_n = sum(len(t) for t in r.trials.values())
+        row = (spec.name, f, r, full_x, full_n, ada_n, full_s, ada_s)
+        rows.append(row)
+        print(f"{spec.name}: full {f.b_crit if f else None}, adaptive "
+              f"{r.fit.b_crit if r.fit else None}; {r.reason}", flush=True)
+    print()
+    print("| spec | B_crit full grid [95 %] | B_crit adaptive [95 %] | ratio | batch sizes | "
+          "trials (full) | trained examples ratio | wall s adaptive / full | stopped because |")
+    print("|---|---|---|---:|---|---:|---:|---|---|")
+
+    def bc(f: object) -> str:
+        if f is None:
+            return "no fit"
+        lo, hi = f.ci95.get("b_crit", (float("nan"),) * 2)  # type: ignore[attr-defined]
+        return f"{f.b_crit:.4g} [{lo:.4g}, {hi:.4g}]"  # type: ignore[attr-defined]
+
+    for name, f, r, full_x, full_n, ada_n, full_s, ada_s in rows:
+        ratio = r.fit.b_crit / f.b_crit if f and r.fit else float("nan")
+        print(f"| {name} | {bc(f)} | {bc(r.fit)} | {ratio:.2f} | "
+              f"{', '.join(map(str, sorted(r.progress.measured)))} | {ada_n} ({full_n}) | "
+              f"{r.progress.examples / full_x:.3f} | {ada_s:.1f} / {full_s:.1f} | {r.reason} |")
+
+
+if __name__ == "__main__":
+    main()

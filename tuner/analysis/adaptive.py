@@ -1,0 +1,215 @@
+"""Adaptive measurement of a scaling curve: which batch size to measure next, and when to stop.
+
+``tuner run SPEC --adaptive`` (:mod:`tuner.run.adaptive`) measures only some of the spec's batch
+sizes. The rules, as plain functions a reader can check against the printed plan:
+
+- **First**: ``first`` batch sizes of the spec, spread evenly in log space from the smallest to
+  the largest (:func:`first_batch_sizes`).
+- **Within a batch size**: trials in rounds of ``chunk`` (the spec's quasi-random sequence, so
+  the first trials cover the search space evenly), stopping at the first round after which the
+  tuning-adequacy rule (:class:`tuner.analysis.adequacy.Rule`: enough trials near the best and
+  a narrow bootstrap interval of the best) holds, or the last ``patience`` rounds improved the
+  best by less than ``plateau`` (relative), or the study has the spec's ``trials``
+  (:func:`study_stop`). The plateau rule is what makes it cheap, and what can leave a batch size
+  under-tuned where its good region is a sliver of the search space: the printed plan says
+  which rule stopped each batch size.
+- **Next**: of the unmeasured batch sizes in the knee (the diminishing-returns regime, 1/4 to 4
+  x B_crit, over B_crit's 95 % interval), the one where the fit's bootstrap resamples disagree
+  most about the steps (the widest 95 % range of log2 S(B) over the resamples' fits); the
+  whole grid once the knee is measured (:func:`next_batch_size`). Without a usable fit, the
+  batch size farthest (in log space) from every measured one.
+- **Stop** (:func:`stop_reason`), at the first of: every batch size of the spec is measured; the
+  trained examples reach the budget; (a) B_crit's 95 % bootstrap interval spans at most
+  ``width`` (high / low) and the last batch size added was predicted by the fit made before it
+  within ``predict_within`` (relative error of the steps); or (b) each of the last ``confirm``
+  batch sizes added was so predicted. The interval alone is tuning noise only; a prediction
+  checks the curve's form where it was not measured, so at least ``first + 1`` batch sizes are
+  always measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from tuner.analysis.adequacy import ADEQUATE, Adequacy, Rule
+from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW, Fit
+from tuner.analysis.records import TrialRecord
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The stopping rules of an adaptive measurement (see the module docstring)."""
+
+    first: int = 4
+    chunk: int = 8
+    plateau: float = 0.05
+    patience: int = 2
+    width: float = 1.5
+    predict_within: float = 0.25
+    confirm: int = 2
+    max_examples: float | None = None
+    rule: Rule = Rule()
+
+    def text(self) -> str:
+        """The plan in one line, for the run's first line of output."""
+        budget = f"{self.max_examples:.3g} trained examples" if self.max_examples else "none"
+        return (f"{self.first} batch sizes first, log-spaced; trials in rounds of {self.chunk} "
+                f"until adequate ({self.rule.text()}) or {self.patience} rounds improve the best "
+                f"by < {self.plateau:.0%}; then the batch size in the knee the fit is least sure "
+                f"of, until B_crit's 95 % interval spans <= {self.width:g}x and the last one "
+                f"added was predicted within {self.predict_within:.0%}, or the last "
+                f"{self.confirm} added were; budget: {budget}")
+
+
+@dataclass
+class Step:
+    """One batch size added: why, and what the fit before it predicted."""
+
+    batch_size: int
+    why: str
+    predicted: float | None = None  # steps, by the fit before this batch size was measured
+    measured: int | None = None  # best steps once measured (None: target never reached)
+    trials: int = 0
+
+    @property
+    def error(self) -> float | None:
+        """Relative error of the prediction (None without both)."""
+        if self.predicted is None or self.measured is None:
+            return None
+        return abs(self.predicted - self.measured) / self.measured
+
+
+@dataclass
+class Progress:
+    """What an adaptive measurement has done so far."""
+
+    steps: list[Step] = field(default_factory=list)
+    examples: float = 0.0  # trained so far
+
+    @property
+    def measured(self) -> list[int]:
+        """Batch sizes measured, in the order they were added."""
+        return [s.batch_size for s in self.steps]
+
+
+def first_batch_sizes(grid: Sequence[int], k: int) -> list[int]:
+    """``k`` batch sizes of ``grid`` spread evenly in log space, both ends included (all of
+    them when ``k >= len(grid)``)."""
+    grid = sorted(grid)
+    if k >= len(grid):
+        return grid
+    logs = np.log(grid)
+    chosen: list[int] = []
+    for t in np.linspace(logs[0], logs[-1], k):
+        free = [i for i in range(len(grid)) if grid[i] not in chosen]
+        chosen.append(grid[min(free, key=lambda i: abs(logs[i] - t))])
+    return sorted(chosen)
+
+
+def study_stop(plan: Plan, a: Adequacy, bests: Sequence[int | None], done: int, cap: int
+               ) -> str | None:
+    """Why one batch size's study stops after a round (None: another round): ``a`` is its
+    adequacy now, ``bests`` its best steps after each earlier round (None: none reached the
+    target yet), ``done`` its finished trials of at most ``cap``."""
+    if a.status == ADEQUATE:
+        return "adequate"
+    ago = bests[-plan.patience] if len(bests) >= plan.patience else None
+    if a.best_steps is not None and ago is not None \
+            and a.best_steps >= ago / (1 + plan.plateau):
+        return (f"a plateau: the last {plan.patience} round(s) improved the best by "
+                f"{ago / a.best_steps - 1:.1%} (< {plan.plateau:.0%})")
+    if done >= cap:
+        return f"{a.status} at the cap of {cap} trials: {'; '.join(a.reasons) or 'no point'}"
+    return None
+
+
+def log2_spread(fit: Fit, batch_size: float) -> float:
+    """Width of the 95 % range of log2 S(batch_size) over the fit's bootstrap resamples (0
+    without resamples)."""
+    if not len(fit.samples):
+        return 0.0
+    s, bn = fit.samples[:, 0], fit.samples[:, 1]
+    pred = np.log2(s) + np.log2(1.0 + bn / batch_size)
+    lo, hi = np.percentile(pred, [2.5, 97.5])
+    return float(hi - lo)
+
+
+def knee(fit: Fit) -> tuple[float, float]:
+    """The batch sizes where the curve bends, as far as the fit knows: the diminishing-returns
+    regime (``PERFECT_BELOW`` .. ``MAXIMAL_ABOVE`` x B_crit) stretched over B_crit's 95 %
+    interval."""
+    lo, hi = fit.ci95.get("b_crit", (fit.b_crit, fit.b_crit))
+    return PERFECT_BELOW * min(lo, fit.b_crit), MAXIMAL_ABOVE * max(hi, fit.b_crit)
+
+
+def next_batch_size(fit: Fit | None, measured: Sequence[int], grid: Sequence[int]
+                    ) -> tuple[int, str] | None:
+    """The unmeasured batch size to measure next and why; None when all are measured.
+
+    With a fit: of the unmeasured batch sizes in the :func:`knee` (all of them when none is
+    there), the one where the bootstrap resamples' fits disagree most about the steps.
+    Without one: the batch size farthest (in log space) from every measured one.
+    """
+    left = [b for b in sorted(grid) if b not in measured]
+    if not left:
+        return None
+    if fit is not None and len(fit.samples):
+        lo, hi = knee(fit)
+        near = [b for b in left if lo <= b <= hi]
+        spreads = {b: log2_spread(fit, b) for b in near or left}
+        b = max(spreads, key=lambda x: (spreads[x], -abs(math.log(x / fit.b_crit))))
+        where = (f"in the knee ({lo:.4g} .. {hi:.4g})" if near
+                 else f"none left in the knee ({lo:.4g} .. {hi:.4g})")
+        return b, (f"{where}, where the fit's resamples disagree most (95 % range of log2 steps "
+                   f"{spreads[b]:.3f})")
+
+    def gap(x: int) -> float:
+        return min(abs(math.log2(x / m)) for m in measured) if measured else math.inf
+
+    b = max(left, key=gap)
+    return b, f"no usable fit; farthest from the measured batch sizes ({gap(b):.1f} octaves)"
+
+
+def trained_examples(batch_size: int, trials: Sequence[TrialRecord]) -> float:
+    """Examples the finished trials trained: steps each ran (to the target, the pruning step,
+    divergence or the budget) times the batch size."""
+    return float(sum((t.stopped_at_step or 0) * batch_size for t in trials
+                     if t.outcome not in ("running", "failed")))
+
+
+def interval_span(fit: Fit | None) -> float:
+    """High / low of B_crit's 95 % bootstrap interval (inf without one)."""
+    if fit is None or "b_crit" not in fit.ci95:
+        return math.inf
+    lo, hi = fit.ci95["b_crit"]
+    return hi / lo if lo > 0 else math.inf
+
+
+def stop_reason(plan: Plan, fit: Fit | None, progress: Progress, grid: Sequence[int]
+                ) -> str | None:
+    """Why to stop now (one line), or None to go on."""
+    if all(b in progress.measured for b in grid):
+        return f"every batch size of the spec is measured ({len(grid)})"
+    if plan.max_examples is not None and progress.examples >= plan.max_examples:
+        return (f"the budget is spent: {progress.examples:.3g} trained examples >= "
+                f"{plan.max_examples:.3g}")
+    span = interval_span(fit)
+    added = progress.steps[plan.first:]  # the batch sizes a fit predicted before they ran
+    last = added[-1] if added else None
+    if fit is not None and span <= plan.width and last is not None and last.error is not None \
+            and last.error <= plan.predict_within:
+        return (f"B_crit's 95 % interval spans {span:.3g}x (<= {plan.width:g}x) and B = "
+                f"{last.batch_size} was predicted within {last.error:.1%} (<= "
+                f"{plan.predict_within:.0%})")
+    recent = added[-plan.confirm:]
+    if fit is not None and len(recent) == plan.confirm and all(
+            s.error is not None and s.error <= plan.predict_within for s in recent):
+        return (f"the fit predicted each of the last {plan.confirm} batch sizes added (B = "
+                f"{', '.join(str(s.batch_size) for s in recent)}) within "
+                f"{max(s.error or 0 for s in recent):.1%} (<= {plan.predict_within:.0%}); "
+                f"B_crit's 95 % interval spans {span:.3g}x")
+    return None
