@@ -110,7 +110,11 @@ def cli() -> None:
               help="--adaptive: batch sizes measured first, log-spaced over the spec's.")
 @click.option("--round", "chunk", type=click.IntRange(min=1), default=8, show_default=True,
               help="--adaptive: trials added per round within a batch size, until the "
-              "tuning-adequacy rule holds.")
+              "tuning-adequacy rule holds or a plateau (--plateau).")
+@click.option("--plateau", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="--adaptive: a batch size also stops once its last 2 rounds improved its "
+              "best steps by less than this (relative); 0: only the adequacy rule or the "
+              "trials cap stop it.")
 @click.option("--no-summary", is_flag=True, hidden=True,
               help="No summary table (the workers --workers starts: it prints the table).")
 @click.option("--no-preflight", is_flag=True, hidden=True,
@@ -119,6 +123,7 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
         storage_retry: float, quiet: bool, allow_large: bool, adaptive: bool, ci_width: float,
         predict_within: float, budget_examples: float | None, first: int, chunk: int,
+        plateau: float,
         no_summary: bool, no_preflight: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
@@ -173,7 +178,8 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
             raise UsageError(f"--adaptive: an in-memory storage ({url}) is gone between rounds; "
                              "allowed: a SQLite file or a PostgreSQL URL")
-        plan = Plan(first, chunk, ci_width, predict_within, budget_examples)
+        plan = Plan(first=first, chunk=chunk, plateau=plateau, width=ci_width,
+                    predict_within=predict_within, max_examples=budget_examples)
         m = members[0]
         r = run_adaptive(m, url, plan, lambda s: click.echo(s, err=True), echo, trials, heartbeat)
         if not no_summary:

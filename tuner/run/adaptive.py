@@ -17,6 +17,7 @@ from tuner.analysis.adaptive import (Plan, Progress, Step, first_batch_sizes, in
 from tuner.analysis.adequacy import assess
 from tuner.analysis.fit import Fit, fit_with_bootstrap
 from tuner.analysis.records import TrialRecord
+from tuner.core.errors import UsageError
 from tuner.run import runner
 from tuner.spec import Spec
 from tuner.store.rows import open_reader
@@ -42,24 +43,38 @@ def _trials(spec: Spec, url: str) -> dict[int, list[TrialRecord]]:
         reader.engine.dispose()
 
 
+def first_slots(trials: list[TrialRecord], n: int) -> list[TrialRecord]:
+    """The first ``n`` finished trials in the study's sequence (slot, else trial number): what
+    the study held after the round that brought it to ``n``."""
+    done = [t for t in trials if t.outcome not in ("running", "failed")]
+    return sorted(done, key=lambda t: (t.slot is None, t.slot or 0, t.number))[:n]
+
+
 def measure(spec: Spec, url: str, b: int, plan: Plan, cap: int, say: Callable[[str], None],
             echo: Callable[[str], None], heartbeat: int) -> list[TrialRecord]:
-    """Top up B's study in rounds of ``plan.chunk`` trials until the adequacy rule holds or it
-    has ``cap`` trials; its trials. ``say`` prints the plan, ``echo`` the runner's progress."""
+    """Top up B's study in rounds of ``plan.chunk`` trials until :func:`study_stop` stops it
+    (at most ``cap`` trials); its stored trials. Each round is judged on the study's first
+    trials (:func:`first_slots`), so a resumed run replays the rounds already stored and adds
+    trials only where the run stopped. ``say`` prints the plan, ``echo`` the runner's
+    progress."""
     n, bests = 0, []
+    try:
+        trials = _trials(spec, url).get(b, [])
+    except UsageError:  # nothing stored yet (the runner refuses a changed spec itself)
+        trials = []
     while True:
         n = min(n + plan.chunk, cap)
-        runner.run(spec, url, (b,), n, _quieter(echo), heartbeat, summary=False)
-        trials = _trials(spec, url)[b]
-        a = assess(b, trials, spec.space, plan.rule)
-        done = len([t for t in trials if t.outcome not in ("running", "failed")])
-        why = study_stop(plan, a, bests, done, cap)
+        if len(first_slots(trials, n)) < n:
+            runner.run(spec, url, (b,), n, _quieter(echo), heartbeat, summary=False)
+            trials = _trials(spec, url)[b]
+        judged = first_slots(trials, n)
+        a = assess(b, judged, spec.space, plan.rule)
+        why = study_stop(plan, a, bests, len(judged), cap)
         if why is not None:
-            say(f"  B = {b}: {done} trials, best "
+            say(f"  B = {b}: {len(judged)} trials, best "
                 f"{a.best_steps if a.best_steps is not None else '-'} steps ({why})")
             return trials
         bests.append(a.best_steps)
-        n = max(n, done)
 
 
 def _quieter(echo: Callable[[str], None]) -> Callable[[str], None]:

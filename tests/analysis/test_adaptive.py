@@ -1,0 +1,91 @@
+"""The adaptive measurement's rules (tuner.analysis.adaptive), on plain records and fits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuner.analysis.adaptive import (Plan, Progress, Step, first_batch_sizes, knee, log2_spread,
+                                     next_batch_size, stop_reason, study_stop, trained_examples)
+from tuner.analysis.adequacy import assess
+from tuner.analysis.fit import Fit, fit_with_bootstrap
+from tuner.analysis.records import TrialRecord
+
+GRID = [4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576]
+
+
+def test_first_batch_sizes_are_log_spaced_with_both_ends() -> None:
+    assert first_batch_sizes(GRID, 4) == [4, 256, 16384, 1048576]
+    assert first_batch_sizes([8, 16, 32, 64, 128, 256, 512, 1024], 4) == [8, 32, 256, 1024]  # log2 3, 5.3, 7.7, 10
+    assert first_batch_sizes([1024, 8, 64], 3) == [8, 64, 1024]
+    assert first_batch_sizes([8, 64], 4) == [8, 64]
+
+
+def _trials(steps: list[int | None]) -> list[TrialRecord]:
+    return [TrialRecord(i, "reached" if s else "missed", {"learning_rate": 0.1}, s,
+                        stopped_at_step=s or 1000) for i, s in enumerate(steps)]
+
+
+def test_a_study_stops_when_adequate_on_a_plateau_or_at_the_cap() -> None:
+    plan = Plan(patience=2, plateau=0.05)
+    tight = _trials([100, 101, 102, 103, 104, 105, 106, 107])
+    assert study_stop(plan, assess(64, tight), [], 8, 100) == "adequate"
+    sharp = _trials([100] + [None] * 15)  # one reached trial: never adequate
+    a = assess(64, sharp)
+    assert study_stop(plan, a, [], 16, 100) is None
+    assert study_stop(plan, a, [None], 16, 100) is None  # one earlier round: too soon
+    assert study_stop(plan, a, [120, 200], 24, 100) is None  # 2 rounds ago 120: 20 % better now
+    assert "plateau" in study_stop(plan, a, [104, 200], 24, 100)  # 4 % < 5 %
+    assert "cap of 16" in study_stop(plan, a, [], 16, 16)
+
+
+def _curve_trials(b_crit: float, s_min: float, grid: list[int]) -> dict[int, list[TrialRecord]]:
+    """Trials whose best steps lie on S = s_min (1 + b_crit / B), with a spread of worse ones."""
+    out = {}
+    for b in grid:
+        s = s_min * (1 + b_crit / b)
+        out[b] = _trials([round(s * f) for f in (1.0, 1.05, 1.1, 1.3, 1.6, 2.0)] + [None, None])
+    return out
+
+
+def test_next_batch_size_is_in_the_knee_where_the_resamples_disagree_most() -> None:
+    measured = [4, 256, 16384, 1048576]
+    f = fit_with_bootstrap(_curve_trials(1000.0, 5000.0, measured))
+    assert f is not None and len(f.samples) == f.n_boot > 0
+    lo, hi = knee(f)
+    assert lo <= 250 and hi >= 4000
+    b, why = next_batch_size(f, measured, GRID)
+    assert lo <= b <= hi and b not in measured and "knee" in why
+    left = [x for x in GRID if x not in measured and lo <= x <= hi]
+    assert log2_spread(f, b) == max(log2_spread(f, x) for x in left)
+    # the knee measured: the largest disagreement anywhere
+    b2, why2 = next_batch_size(f, measured + left, GRID)
+    assert "none left in the knee" in why2 and b2 not in measured + left
+    assert next_batch_size(f, GRID, GRID) is None
+    # no fit: the batch size farthest from the measured ones
+    assert next_batch_size(None, [4, 1048576], GRID)[0] in (1024, 4096)
+
+
+def test_stop_reasons() -> None:
+    f = Fit(5000.0, 1000.0, ci95={"b_crit": (900.0, 1200.0)}, samples=np.ones((1, 2)))
+    plan = Plan(first=4, width=1.5, predict_within=0.25, confirm=2, max_examples=1e9)
+    p = Progress([Step(b, "first") for b in (4, 256, 16384, 1048576)], examples=1e6)
+    assert stop_reason(plan, f, p, GRID) is None  # nothing predicted yet
+    p.steps.append(Step(1024, "knee", predicted=10_000, measured=9_000))  # 11 % off
+    assert "spans 1.33x" in stop_reason(plan, f, p, GRID)
+    wide = Fit(5000.0, 1000.0, ci95={"b_crit": (300.0, 3000.0)})
+    assert stop_reason(plan, wide, p, GRID) is None  # one prediction, a wide interval
+    p.steps.append(Step(4096, "knee", predicted=6_000, measured=7_000))  # 14 % off
+    assert "last 2 batch sizes added (B = 1024, 4096)" in stop_reason(plan, wide, p, GRID)
+    p.steps.append(Step(64, "knee", predicted=60_000, measured=90_000))  # 33 % off
+    assert stop_reason(plan, wide, p, GRID) is None
+    p.examples = 2e9
+    assert "budget is spent" in stop_reason(plan, wide, p, GRID)
+    p.examples = 0
+    p.steps += [Step(b, "rest") for b in GRID if b not in p.measured]
+    assert "every batch size" in stop_reason(plan, wide, p, GRID)
+
+
+def test_trained_examples_count_every_finished_trial_at_its_stopping_step() -> None:
+    trials = _trials([100, None]) + [TrialRecord(9, "pruned", {}, None, stopped_at_step=40),
+                                      TrialRecord(10, "running", {}, None, stopped_at_step=7)]
+    assert trained_examples(32, trials) == 32 * (100 + 1000 + 40)

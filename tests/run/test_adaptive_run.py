@@ -1,0 +1,56 @@
+"""``tuner run --adaptive`` on the exact NQM against the full grid, resuming, and its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+SPEC = str(Path(__file__).parents[2] / "studies" / "nqm_precond_p050.toml")
+
+
+def _b_crit(url: str, capsys: pytest.CaptureFixture[str]) -> tuple[float, int]:
+    code, out, _ = run_cli(["curve", SPEC, "--storage", url, "--format", "json"], capsys)
+    assert code == 0
+    d = json.loads(out)
+    return d["fit"]["b_crit"], sum(p["n_trials"] for p in d["points"])
+
+
+def test_adaptive_reproduces_the_full_grid_b_crit_on_the_nqm(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ada, full = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'f.db'}"
+    code, out, err = run_cli(["run", SPEC, "--adaptive", "--storage", ada, "-q"], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0].startswith("adaptive: 4 batch sizes first, log-spaced")
+    assert [x for x in lines if x.startswith("adaptive: B = ")][:4] == [
+        f"adaptive: B = {b}: first 4, log-spaced over the spec's 10"
+        for b in (4, 256, 16384, 1048576)]
+    assert any("predicted" in x and "% off" in x for x in lines)
+    assert lines[-1].startswith("adaptive: stop: ")
+    assert "best_steps" in out  # the summary table of the measured batch sizes
+    assert run_cli(["run", SPEC, "--storage", full, "-q"], capsys)[0] == 0
+    b_ada, n_ada = _b_crit(ada, capsys)
+    b_full, n_full = _b_crit(full, capsys)
+    assert n_full == 1000 and n_ada < 0.5 * n_full
+    # the NQM is exact and the sequence seeded: this is a measurement, not luck
+    assert 0.75 <= b_ada / b_full <= 1.25, (b_ada, b_full)
+    # run again: everything is stored, the same plan is re-derived and nothing is added
+    code, _, err2 = run_cli(["run", SPEC, "--adaptive", "--storage", ada, "-q"], capsys)
+    assert code == 0 and err2.splitlines()[-1] == lines[-1]
+    assert _b_crit(ada, capsys) == (b_ada, n_ada)
+
+
+@pytest.mark.parametrize("extra, clash", [
+    (["-b", "4"], "--batch-size"), (["--workers", "2"], "--workers"),
+    (["--storage", "sqlite://"], "in-memory")])
+def test_adaptive_refuses_what_it_cannot_combine_with(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], clash: str) -> None:
+    db = tmp_path / "x.db"
+    args = ["run", SPEC, "--adaptive", "--storage", f"sqlite:///{db}", *extra]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and clash in err and "allowed:" in err
+    assert not db.exists()
