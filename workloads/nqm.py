@@ -51,6 +51,8 @@ from typing import ClassVar, Sequence
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from tuner.core.branching import LR_RULES, Branch, Checkpoint, LocalCBS
+from tuner.core.errors import UsageError
 from tuner.core.predict import NoiseScale, finish
 from tuner.workload import Reporter, TrialRequest, TrialResult, Workload
 from workloads.nqm_terms import (
@@ -80,6 +82,9 @@ COND_MAX = 1e4
 #: How the NQM's noise scale is computed (NQM.noise_scale), in words.
 EXACT = ("exact (closed form): E|G|^2 = sum h_i^2 E x_i^2(t) from the second-moment "
          "recursion, tr(Sigma) = sum h_i (per-example noise covariance H)")
+#: How the NQM's branches are computed (NQM.branch), in words.
+BRANCHED = ("exact (closed form): expected losses from the second-moment recursion, carried "
+            "from the reference run into each branch")
 #: Window products are small matrices: one BLAS thread (no waiting on a descheduled second one).
 _BLAS = ThreadpoolController()
 
@@ -526,13 +531,11 @@ def iterate(h: np.ndarray, lr: float, one_minus_momentum: float | None, batch_si
     return np.array(out)
 
 
-def second_moments(h: np.ndarray, lr: float, one_minus_momentum: float | None,
-                   batch_size: int, p: float, steps: Sequence[int]) -> np.ndarray:
-    """E x_i^2 at each of the increasing ``steps`` (one row each), exactly: the per-direction
-    affine recursion of docs/DESIGN.md on (E x^2, E u^2, E xu) (what :func:`iterate` applies
-    step by step) as a 4x4 matrix with the noise in its last column, raised to each gap between
-    steps by repeated squaring. The iterate x, not its moving average: the gradient is taken
-    there."""
+def moment_matrix(h: np.ndarray, lr: float, one_minus_momentum: float | None, batch_size: int,
+                  p: float) -> np.ndarray:
+    """One step of the per-direction affine recursion of docs/DESIGN.md on (E x^2, E u^2,
+    E xu, 1) (what :func:`iterate` applies step by step) as a 4x4 matrix per direction, the
+    noise in its last column."""
     m = 0.0 if one_minus_momentum is None else 1.0 - one_minus_momentum
     a = lr * h ** (1.0 - p)
     n = lr * lr * h ** (-2.0 * p) * h / batch_size
@@ -541,14 +544,64 @@ def second_moments(h: np.ndarray, lr: float, one_minus_momentum: float | None,
     mat[:, 1, :] = np.stack([a * a, np.full_like(a, m * m), -2 * m * a, n], 1)
     mat[:, 2, :] = np.stack([-a * (1 - a), np.full_like(a, m * m), m * (1 - 2 * a), n], 1)
     mat[:, 3, 3] = 1.0
-    v = np.zeros((len(h), 4, 1))
-    v[:, 0, 0] = v[:, 3, 0] = 1.0  # E x0^2 = 1, u0 = 0
+    return mat
+
+
+def initial_moments(k: int) -> np.ndarray:
+    """(E x0^2, E u0^2, E x0 u0, 1) per direction: x0 ~ N(0, I), u0 = 0."""
+    v = np.zeros((k, 4, 1))
+    v[:, 0, 0] = v[:, 3, 0] = 1.0
+    return v
+
+
+def second_moments(h: np.ndarray, lr: float, one_minus_momentum: float | None,
+                   batch_size: int, p: float, steps: Sequence[int]) -> np.ndarray:
+    """E x_i^2 at each of the increasing ``steps`` (one row each), exactly:
+    :func:`moment_matrix` raised to each gap between steps by repeated squaring. The iterate
+    x, not its moving average: the gradient is taken there."""
+    mat = moment_matrix(h, lr, one_minus_momentum, batch_size, p)
+    v = initial_moments(len(h))
     out, t = [], 0
     for s in steps:
         v = np.linalg.matrix_power(mat, s - t) @ v
         t = s
         out.append(v[:, 0, 0].copy())
     return np.array(out)
+
+
+def branch_losses(h: np.ndarray, lr: float, one_minus_momentum: float | None, b0: int,
+                  p: float, at: Sequence[int], factors: Sequence[int], lr_rule: str,
+                  horizon: int) -> list[Checkpoint]:
+    """Merrill et al.'s branches, exactly: the second moments of the reference run (``lr``
+    at ``b0``) at each step in ``at``; from there, the reference ``horizon`` steps on, and a
+    branch per factor k at k ``b0`` with the learning rate times ``LR_RULES[lr_rule](k)``,
+    ``horizon / k`` steps on; the expected loss at each end (None for a branch whose step
+    size is unstable). Momentum is carried over as PyTorch's buffer is (lr-free), so the
+    displacement u = x_t - x_(t-1) scales with the learning rate: E u^2 by r^2, E xu by r."""
+    m = 0.0 if one_minus_momentum is None else 1.0 - one_minus_momentum
+    ref = moment_matrix(h, lr, one_minus_momentum, b0, p)
+    v, t = initial_moments(len(h)), 0
+    out = []
+    for s in sorted(at):
+        v = np.linalg.matrix_power(ref, s - t) @ v
+        t = s
+        c = Checkpoint(s, s * b0, float(0.5 * h @ v[:, 0, 0]),
+                       float(0.5 * h @ (np.linalg.matrix_power(ref, horizon) @ v)[:, 0, 0]))
+        for k in factors:
+            r = LR_RULES[lr_rule](k)
+            lr_k, steps = lr * r, horizon // k
+            unstable = bool(np.any(lr_k * h ** (1.0 - p) >= 2.0 * (1.0 + m)))
+            loss = None
+            if not unstable:
+                w = v.copy()
+                w[:, 1, 0] *= r * r
+                w[:, 2, 0] *= r
+                mat = moment_matrix(h, lr_k, one_minus_momentum, k * b0, p)
+                value = float(0.5 * h @ (np.linalg.matrix_power(mat, steps) @ w)[:, 0, 0])
+                loss = value if math.isfinite(value) else None
+            c.branches.append(Branch(k, k * b0, lr_k, steps, loss))
+        out.append(c)
+    return out
 
 
 def _omm(req: TrialRequest) -> float | None:
@@ -635,6 +688,23 @@ class NQM(Workload):
         trace = float(h.sum())
         raw = [(t, float((h * h) @ row), trace) for t, row in zip(sorted(at), s)]
         return finish(request.batch_size, raw, 0.0, method=EXACT, steps=request.max_steps)
+
+    def branch(self, request: TrialRequest, at: Sequence[int], factors: Sequence[int],
+               lr_rule: str, horizon: int) -> LocalCBS:
+        """Merrill et al.'s branches computed exactly from the closed-form second moments
+        (:func:`branch_losses`): expected losses, no sampling noise. Not with ``ema`` (the
+        loss is then measured at the average, whose state a branch would have to carry)."""
+        if self.options.ema > 0.0:
+            raise UsageError("workload.ema: the local critical batch size is computed without "
+                             "an average of the iterates; allowed: ema = 0")
+        if self.dynamics(request).diverged:
+            raise UsageError(f"learning_rate {request.params['learning_rate']}: the reference "
+                             f"run is unstable at B = {request.batch_size}")
+        checkpoints = branch_losses(self.curvatures(), float(request.params["learning_rate"]),
+                                    _omm(request), request.batch_size,
+                                    self.options.precondition_power, at, factors, lr_rule,
+                                    horizon)
+        return LocalCBS(request.batch_size, lr_rule, 0.0, horizon, BRANCHED, checkpoints)
 
     def run(self, req: TrialRequest, report: Reporter) -> TrialResult:
         """Exact steps-to-target; the curve is L at the study's evaluation steps up to it.

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 from tuner.core.errors import UsageError
+from tuner.core.branching import LocalCBS
 from tuner.core.predict import NoiseScale
 from tuner.core.trial import Reporter, Target, TrialRequest, TrialResult
 
@@ -119,6 +120,22 @@ class Workload(ABC):
         """
         raise UsageError(f"workload {self.name!r} cannot measure the gradient noise scale; "
                          "allowed: trained workloads (tensors or a LightningModule) and the NQM")
+
+    def branch(self, request: TrialRequest, at: Sequence[int], factors: Sequence[int],
+               lr_rule: str, horizon: int) -> LocalCBS:
+        """Merrill et al.'s branched measurement (``tuner local-cbs``): a reference run with
+        ``request``'s metaparameters at ``request.batch_size``; from each step in ``at``,
+        branches at ``factors`` x that batch size with the learning rate scaled by ``lr_rule``
+        (:data:`tuner.core.branching.LR_RULES`), each for ``horizon`` / factor steps, and the
+        reference for ``horizon`` more steps; the losses at their ends (the result's
+        ``tolerance`` and local critical batch sizes are the caller's:
+        :func:`tuner.core.branching.finish`).
+
+        Raises:
+            UsageError: the workload cannot branch.
+        """
+        raise UsageError(f"workload {self.name!r} cannot measure the local critical batch "
+                         "size; allowed: the NQM")
 
     @abstractmethod
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
