@@ -845,6 +845,103 @@ def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
                    err=True)
 
 
+
+def _factors(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 2:
+        raise click.BadParameter(f"{value!r}: allowed: comma-separated integers >= 2, e.g. "
+                                 "2,4,8,16")
+    return sorted(set(out))
+
+
+@cli.command("local-cbs")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--reference-batch-size", "-b", "batch_size", type=click.IntRange(min=1),
+              required=True, help="B0: the reference run's batch size.")
+@click.option("--factors", default="2,4,8,16,32,64", show_default=True, callback=_factors,
+              help="Branch at these multiples k of B0.")
+@click.option("--lr-rule", type=click.Choice(["linear", "sqrt", "constant"]), default="linear",
+              show_default=True, help="A branch's learning rate: the reference's times k, "
+              "sqrt(k) or 1.")
+@click.option("--horizon", type=click.IntRange(min=1),
+              help="Reference steps each comparison covers (a branch trains horizon / k steps, "
+              "the same examples); every factor must divide it (default: a tenth of the "
+              "reference run, rounded up to a multiple of the largest factor).")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="A branch keeps up when its loss is at most (1 + this) x the reference's.")
+@click.option("--points", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Checkpoints, spread evenly from step 0 to the reference's last step that "
+              "leaves a horizon.")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="The reference run's length (default: the best stored trial's "
+              "steps-to-target at B0, else the spec's budget).")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+              help="A metaparameter's value (repeatable), over the best stored trial's.")
+@click.option("--storage", help=STORAGE_HELP)
+@SEED
+@FORMAT
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write the local CBS against examples seen (PNG).")
+@click.option("--no-store", is_flag=True, help="Print only; store nothing.")
+def local_cbs(spec_path: str, batch_size: int, factors: list[int], lr_rule: str,
+              horizon: int | None, tolerance: float, points: int, steps: int | None,
+              sets: tuple[str, ...], storage: str | None, seed: int | None, fmt: str,
+              plot: str | None, no_store: bool) -> None:
+    """The local critical batch size along training (Merrill et al. 2025), by branching.
+
+    One reference run at B0 with fixed metaparameters (the best stored trial's at B0, else
+    every searched one given with --set). From --points checkpoints along it, branches train
+    at k x B0 with the learning rate scaled by --lr-rule, horizon / k steps each (the same
+    examples as the reference's next --horizon steps), from the reference's state (the
+    optimizer's included). The local CBS at a checkpoint is the largest k x B0 whose loss then
+    is within --tolerance of the reference's, every smaller k included. The NQM's is exact
+    (expected losses, closed form); tensor workloads compare the validation loss of one run
+    each.
+
+    The result is appended to the study attr local_cbs of SPEC's study at B0, when it is in
+    the storage.
+    """
+    from tuner.run import branching  # the trial path: torch, the workload
+    from tuner.run import predict
+    from tuner.run import specs as spec_mod
+
+    spec = spec_mod.load(spec_path)
+    if seed is not None:
+        spec = spec_mod.with_seed(spec, seed)
+    _check_output("--plot", plot)
+    url = resolve_url(storage)
+    overrides = predict.parse_set(spec, sets)
+    spec_mod.preflight(spec, [batch_size])  # a broken model or data: one line, before training
+    r, stored = branching.measure(spec, url, batch_size, steps, points, factors, lr_rule,
+                                  horizon, tolerance, overrides, store=not no_store)
+    obj = {"spec": spec.name, **r.to_json(), "stored_in": stored}
+    if fmt == "json":
+        click.echo(json.dumps(obj, indent=2))
+    else:
+        head = ["step", "examples", "loss", "reference_loss", *[f"loss_B{k * batch_size}"
+                                                               for k in factors], "local_cbs"]
+        rows = [[c.step, c.examples, c.loss, c.reference_loss,
+                 *[b.loss if b.loss is not None else "diverged" for b in c.branches],
+                 c.local_cbs] for c in r.checkpoints]
+        title = (f"{spec.name}: branches from B0 = {batch_size} ({r.params_from}), lr rule "
+                 f"{lr_rule}, horizon {r.horizon} reference steps, tolerance {tolerance:g}")
+        _emit(fmt, [(title, head, rows)], obj)
+    if plot:
+        from tuner.render import plots  # heavy: matplotlib, only for --plot
+
+        Path(plot).write_bytes(plots.local_cbs(
+            [c.examples for c in r.checkpoints], [c.local_cbs for c in r.checkpoints],
+            batch_size, max(factors) * batch_size, f"{spec.name}: local CBS, B0 = {batch_size}"))
+    if fmt == "table":
+        click.echo(f"\n{r.method}; loss_B<k B0> = the branch's loss at the same examples as "
+                   f"reference_loss (loss: the reference's at the checkpoint)")
+        click.echo(f"stored in study {stored}" if stored else
+                   "not stored (--no-store, or no study of this spec at this batch size)",
+                   err=True)
+
 def _confirmed(storage: str | None, loaded: Sequence[SpecStudies]
                ) -> list[tuple[SpecStudies, list]]:
     """The ``tuner confirm`` results of the loaded specs that have confirmation studies."""

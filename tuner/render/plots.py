@@ -403,3 +403,21 @@ def axis_plots(study: BatchStudy) -> bytes:
     fig.suptitle(f"B = {study.batch_size}: steps vs each parameter")
     fig.tight_layout()
     return _png(fig, tight=False)
+
+
+def local_cbs(examples: Sequence[int], cbs: Sequence[int], b0: int, largest: int,
+              title: str) -> bytes:
+    """The local critical batch size against examples seen (``tuner local-cbs --plot``): B0
+    and the largest branch drawn as the range it can show."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(examples, cbs, "o-", color="tab:blue", label="local CBS")
+    ax.axhline(b0, color="tab:gray", ls=":", lw=1, label=f"B0 = {b0} (no branch kept up)")
+    ax.axhline(largest, color="tab:red", ls=":", lw=1, label=f"largest branch, {largest}")
+    ax.set_yscale("log", base=2)
+    _log2_axis(ax.yaxis)
+    ax.set_xlabel("examples seen by the reference run")
+    ax.set_ylabel("local critical batch size")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig, tight=False)

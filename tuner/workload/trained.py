@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from tuner.core.errors import one_line as _one_line
+from tuner.core.branching import LocalCBS
 from tuner.core.predict import NoiseScale, estimated
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.spec.optimizers import state_tensors
@@ -207,6 +208,13 @@ class TrainedWorkload(Workload):
 
         raw, steps, bad = measure(self, request, at, micro_batches)
         return estimated(request.batch_size, micro_batches, raw, ema, steps, bad)
+
+    def branch(self, request: TrialRequest, at: Sequence[int], factors: Sequence[int],
+               lr_rule: str, horizon: int) -> LocalCBS:
+        """The reference run and its branches on the shared loop (:mod:`tuner.train.branching`)."""
+        from tuner.train.branching import branch  # heavy: torch and lightning
+
+        return branch(self, request, at, factors, lr_rule, horizon)
 
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
         """Train with the shared Lightning loop."""

@@ -1,0 +1,135 @@
+"""Merrill et al.'s branched local critical batch size on the tensor path (``tuner local-cbs``).
+
+One reference run at B0 with the request's metaparameters (the shared loop's set-up: Fabric,
+the workload's model, optimizer and data on the device). At each checkpoint the model's and the
+optimizer's state are kept; each branch starts from them, trains ``horizon / k`` steps at k B0
+with the learning rate of every parameter group times the rule's factor (the optimizer's state,
+momentum buffers included, carried over as it is), on its own seeded data order, and is
+evaluated on the validation set; then the reference's state is put back and the reference
+trains on, undisturbed, and is evaluated ``horizon`` steps after each checkpoint, at the same
+examples as its branches (the run lasts to the last checkpoint plus ``horizon``). What is compared is the validation loss (the workload's ``loss``
+metric, else the target metric when it is minimised).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from tuner.core.branching import LR_RULES, Branch, Checkpoint, LocalCBS
+from tuner.core.errors import UsageError
+from tuner.core.trial import TrialRequest
+from tuner.train.loop import Batches, make_fabric, set_up
+
+if TYPE_CHECKING:
+    from tuner.workload.trained import TrainedWorkload  # a type only
+
+#: The branches' data orders: seed + this x (checkpoint index + 1) + factor.
+BRANCH_SEED = 7919
+
+
+def compared_metric(request: TrialRequest, metrics: dict[str, float]) -> str:
+    """``loss`` when the workload's evaluation gives it, else the target metric when it is
+    minimised.
+
+    Raises:
+        UsageError: neither.
+    """
+    if "loss" in metrics:
+        return "loss"
+    if request.target.direction == "minimize" and request.target.metric in metrics:
+        return request.target.metric
+    raise UsageError(f"target.metric {request.target.metric!r}: the branches compare a "
+                     f"validation loss; allowed: a workload whose evaluation gives 'loss' or a "
+                     f"minimised target metric (it gives: {', '.join(sorted(metrics))})")
+
+
+def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
+           factors: Sequence[int], lr_rule: str, horizon: int) -> LocalCBS:
+    """The reference run and its branches (see the module docstring)."""
+    if req.schedule != "constant":
+        raise UsageError(f"optimizer.schedule {req.schedule!r}: a branch at k B0 would need its "
+                         "schedule re-timed; allowed: constant")
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormals slowed a small MLP ~10x on this CPU
+    fabric = make_fabric(req.accelerator, req.precision)
+    fabric.seed_everything(req.seed, verbose=False)
+    data = workload.data_on(fabric.device)
+    model, optimizer, _, net, params = set_up(fabric, workload, req)
+    precision = fabric.strategy.precision
+    train_x = precision.convert_input(data.train_x)
+    n = len(train_x)
+    base_lr = [g["lr"] for g in optimizer.param_groups]
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            metrics = workload.evaluate(model, data.val_x, data.val_y)
+        model.train()
+        return metrics
+
+    def train(batches: Batches, steps: int, start: int) -> bool:
+        """``steps`` steps; False when a loss was not finite (diverged)."""
+        for step in range(start, start + steps):
+            idx = batches.next()
+            for p in params:
+                p.grad = None
+            with precision.forward_context():
+                loss = precision.convert_output(
+                    workload.training_loss(net, train_x[idx], data.train_y[idx], step))
+            if not math.isfinite(float(loss.detach())):
+                return False
+            fabric.backward(loss)
+            optimizer.step()
+        return True
+
+    def loss_now(metric: str) -> float | None:
+        v = evaluate()[metric]
+        return v if math.isfinite(v) else None
+
+    metric = compared_metric(req, evaluate())
+    checkpoints = sorted(set(at))
+    ends = {s + horizon: s for s in checkpoints}  # where the reference is compared
+    batches = Batches(n, req.batch_size, req.seed, fabric.device)
+    found: dict[int, tuple[float, list[Branch]]] = {}
+    reference: dict[int, float] = {}
+    step = 0
+    for e in sorted(set(checkpoints) | set(ends)):
+        if not train(batches, e - step, step):
+            break  # the reference diverged: no later checkpoint or comparison
+        step = e
+        if e in ends and ends[e] in found:
+            v = loss_now(metric)
+            if v is None:
+                break
+            reference[ends[e]] = v
+        if e not in checkpoints:
+            continue
+        at_loss = loss_now(metric)
+        if at_loss is None:
+            break
+        kept = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        branches = []
+        for k in factors:
+            r = LR_RULES[lr_rule](k)
+            for g, lr in zip(optimizer.param_groups, base_lr):
+                g["lr"] = lr * r
+            mine = Batches(n, k * req.batch_size,
+                           req.seed + BRANCH_SEED * (checkpoints.index(e) + 1) + k, fabric.device)
+            ok = train(mine, horizon // k, e)
+            branches.append(Branch(k, k * req.batch_size, base_lr[0] * r, horizon // k,
+                                   loss_now(metric) if ok else None))
+            model.load_state_dict(kept[0])
+            # a copy: the optimizer keeps the loaded state tensors as they are (no copy when
+            # dtype and device match) and updates them in place, so the next branch would
+            # start from this one's momentum
+            optimizer.load_state_dict(copy.deepcopy(kept[1]))  # the reference's lr back too
+        found[e] = (at_loss, branches)
+    out = [Checkpoint(s, s * req.batch_size, found[s][0], reference[s], found[s][1])
+           for s in checkpoints if s in reference]
+    return LocalCBS(req.batch_size, lr_rule, 0.0, horizon,
+                    f"trained: one reference run and its branches, compared on the validation "
+                    f"{metric} (one seed each: the comparison carries the runs' noise)", out)
