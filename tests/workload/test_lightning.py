@@ -400,3 +400,29 @@ def test_a_lightning_module_noise_scale(tmp_path: Path, capsys: pytest.CaptureFi
     assert got["b_simple"] is not None and math.isfinite(got["b_simple"]) and got["b_simple"] > 0
     assert all(p["trace_sigma"] > 0 for p in got["points"])
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_lightning_module_local_cbs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    """The same LitClassifier and DigitsDataModule, unchanged: a reference Trainer.fit and one
+    Trainer.fit per branch, started from the reference's state (momentum buffers included)."""
+    spec = lit_spec(tmp_path)
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    code, out, err = run_cli(["local-cbs", str(spec), "-b", "16", "--storage", url,
+                              "--set", "learning_rate=0.05", "--set", "one_minus_momentum=0.1",
+                              "--set", "module.dropout=0", "--steps", "40", "--points", "3",
+                              "--horizon", "8", "--factors", "2,4", "--format", "json"], capsys)
+    assert code == 0, err
+    got = json.loads(out)
+    assert "Trainer.fit" in got["method"] and "val_loss" in got["method"]
+    assert [c["step"] for c in got["checkpoints"]] == [0, 16, 32]
+    assert got["checkpoints"][0]["loss"] is None  # Trainer.fit validates after steps only
+    for c in got["checkpoints"]:
+        assert [b["steps"] for b in c["branches"]] == [4, 2]
+        assert all(b["loss"] is not None and math.isfinite(b["loss"]) for b in c["branches"])
+        assert c["local_cbs"] in (16, 32, 64)
+    assert got["checkpoints"][1]["loss"] > got["checkpoints"][2]["loss"]
+    # the branches from step 32 start trained: a few steps from a fresh model would not do
+    assert all(b["loss"] < got["checkpoints"][1]["loss"]
+               for b in got["checkpoints"][2]["branches"])
+    assert not (tmp_path / "none.db").exists()

@@ -47,7 +47,7 @@ class Checkpoint:
 
     step: int  # of the reference run
     examples: int  # seen by then
-    loss: float  # the reference's, at the checkpoint
+    loss: float | None  # the reference's, at the checkpoint (None: not evaluated there)
     reference_loss: float  # the reference's, ``horizon`` steps later
     branches: list[Branch] = field(default_factory=list)
     local_cbs: int = 0  # set by :func:`finish`

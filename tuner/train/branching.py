@@ -1,4 +1,6 @@
-"""Merrill et al.'s branched local critical batch size on the tensor path (``tuner local-cbs``).
+"""Merrill et al.'s branched local critical batch size on trained workloads (``tuner local-cbs``).
+
+The tensor path (:func:`branch`):
 
 One reference run at B0 with the request's metaparameters (the shared loop's set-up: Fabric,
 the workload's model, optimizer and data on the device). At each checkpoint the model's and the
@@ -9,15 +11,24 @@ evaluated on the validation set; then the reference's state is put back and the 
 trains on, undisturbed, and is evaluated ``horizon`` steps after each checkpoint, at the same
 examples as its branches (the run lasts to the last checkpoint plus ``horizon``). What is compared is the validation loss (the workload's ``loss``
 metric, else the target metric when it is minimised).
+
+A LightningModule (:class:`tuner.workload.lightning.LightningWorkload`): the reference is one
+``Trainer.fit`` of the user's module and DataModule, validated at the checkpoints and ``horizon``
+steps after each, with :class:`Snapshot` keeping the module's and optimizers' state at each
+checkpoint; each branch is another ``Trainer.fit`` of a module and DataModule built at k B0,
+started from that state by :class:`Restore` (learning rates scaled), validated after
+``horizon / k`` steps. Compared: the first of :data:`LIGHTNING_LOSSES` the module logs in
+``validation_step``, else the target metric when it is minimised.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from tuner.core.branching import LR_RULES, Branch, Checkpoint, LocalCBS
 from tuner.core.errors import UsageError
@@ -133,3 +144,55 @@ def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
     return LocalCBS(req.batch_size, lr_rule, 0.0, horizon,
                     f"trained: one reference run and its branches, compared on the validation "
                     f"{metric} (one seed each: the comparison carries the runs' noise)", out)
+
+
+#: Metrics a LightningModule's branches are compared on, in order of preference (else the
+#: target metric, when it is minimised).
+LIGHTNING_LOSSES = ("val_loss", "loss", "val/loss")
+
+
+def lightning_metric(request: TrialRequest, logged: Sequence[str]) -> str:
+    """The validation metric a LightningModule's branches are compared on.
+
+    Raises:
+        UsageError: none of :data:`LIGHTNING_LOSSES` is logged and the target is maximised.
+    """
+    for name in LIGHTNING_LOSSES:
+        if name in logged:
+            return name
+    if request.target.direction == "minimize":
+        return request.target.metric
+    raise UsageError(f"target.metric {request.target.metric!r}: the branches compare a "
+                     f"validation loss; allowed: a module that logs one of "
+                     f"{', '.join(LIGHTNING_LOSSES)} in validation_step, or a minimised target "
+                     f"metric (it logs: {', '.join(sorted(logged))})")
+
+
+class Snapshot(Callback):
+    """Keeps the module's and its optimizers' state before the update of each step in ``at``
+    (what a branch from that step starts from)."""
+
+    def __init__(self, at: Sequence[int]) -> None:
+        self.at = set(at)
+        self.kept: dict[int, tuple[dict, list[dict]]] = {}
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        step = trainer.global_step
+        if step in self.at and step not in self.kept:
+            self.kept[step] = (copy.deepcopy(pl_module.state_dict()),
+                               [copy.deepcopy(o.state_dict()) for o in trainer.optimizers])
+
+
+class Restore(Callback):
+    """Starts a fit from a :class:`Snapshot`'s state, every learning rate times ``scale``."""
+
+    def __init__(self, state: tuple[dict, list[dict]], scale: float) -> None:
+        self.state, self.scale = state, scale
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.load_state_dict(self.state[0])
+        for opt, saved in zip(trainer.optimizers, self.state[1]):
+            opt.load_state_dict(copy.deepcopy(saved))  # a copy: see branch()
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * self.scale

@@ -135,7 +135,7 @@ class Workload(ABC):
             UsageError: the workload cannot branch.
         """
         raise UsageError(f"workload {self.name!r} cannot measure the local critical batch "
-                         "size; allowed: the NQM and tensor workloads")
+                         "size; allowed: the NQM, tensor workloads and LightningModules")
 
     @abstractmethod
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from tuner.core.errors import UsageError, one_line
+from tuner.core.branching import LR_RULES, Branch, Checkpoint, LocalCBS
 from tuner.core.predict import NoiseScale, estimated
 from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.workload.base import Workload
@@ -309,6 +310,71 @@ class LightningWorkload(Workload):
         return estimated(request.batch_size, micro_batches, probe.points, ema,
                          r.stopped_at_step, r.stopped_at_step if r.diverged else None)
 
+    def branch(self, request: TrialRequest, at: Sequence[int], factors: Sequence[int],
+               lr_rule: str, horizon: int) -> LocalCBS:
+        """Merrill et al.'s branches with ``Trainer.fit`` (:mod:`tuner.train.branching`): one
+        fit of the reference, validated at the checkpoints and ``horizon`` steps after each,
+        its state kept at each checkpoint; one fit per branch, built at k B0 and started from
+        that state.
+
+        Raises:
+            UsageError: DDP, manual optimization, a schedule other than constant, or no
+                validation loss to compare.
+        """
+        import dataclasses
+
+        from tuner.train.branching import (BRANCH_SEED, Restore, Snapshot,  # heavy: lightning
+                                           lightning_metric)
+
+        if request.devices > 1:
+            raise UsageError("trainer.devices: branches run on one device; allowed: 1")
+        if request.schedule != "constant":
+            raise UsageError(f"optimizer.schedule {request.schedule!r}: a branch at k B0 would "
+                             "need its schedule re-timed; allowed: constant")
+        points = sorted(set(at))
+        ends = {s + horizon: s for s in points}
+        evals = sorted({s for s in points if s > 0} | set(ends))
+        seen: dict[int, dict[str, float]] = {}
+        ref = dataclasses.replace(request, max_steps=evals[-1], eval_steps=tuple(evals),
+                                  train_to_budget=True)
+        module, dm, per_device = self.build(ref)
+        if not module.automatic_optimization:
+            raise UsageError(f"workload.module: {type(module).__name__} uses manual "
+                             "optimization; branching needs automatic optimization")
+        snap = Snapshot(points)
+        self._fit(module, dm, per_device, ref, _recorder(seen), probes=(snap,))
+        if not seen:
+            raise UsageError(f"the reference run at B = {request.batch_size} diverged before "
+                             "its first validation")
+        metric = lightning_metric(request, sorted(next(iter(seen.values()))))
+        out = []
+        for i, s in enumerate(points):
+            if s not in snap.kept or s + horizon not in seen:
+                break  # the reference diverged before this checkpoint or its comparison
+            branches = []
+            for k in factors:
+                r = LR_RULES[lr_rule](k)
+                req_k = dataclasses.replace(
+                    request, batch_size=k * request.batch_size, max_steps=horizon // k,
+                    eval_steps=(horizon // k,), seed=request.seed + BRANCH_SEED * (i + 1) + k,
+                    train_to_budget=True)
+                got: dict[int, dict[str, float]] = {}
+                mod_k, dm_k, per_k = self.build(req_k)
+                res = self._fit(mod_k, dm_k, per_k, req_k, _recorder(got),
+                                probes=(Restore(snap.kept[s], r),))
+                v = got.get(horizon // k, {}).get(metric)
+                lr = request.params.get("learning_rate")
+                branches.append(Branch(k, k * request.batch_size,
+                                       float(lr) * r if lr is not None else float("nan"),
+                                       horizon // k,
+                                       v if v is not None and not res.diverged else None))
+            out.append(Checkpoint(s, s * request.batch_size, seen.get(s, {}).get(metric),
+                                  seen[s + horizon][metric], branches))
+        return LocalCBS(request.batch_size, lr_rule, 0.0, horizon,
+                        f"trained (Trainer.fit of the LightningModule): one reference run and "
+                        f"its branches, compared on the validation {metric} (one seed each: "
+                        f"the comparison carries the runs' noise)", out)
+
     def run_here(self, request: TrialRequest, report: Reporter | None) -> TrialResult:
         """The trial (or, under DDP, this rank's part of it) in this process; ``report`` is
         None on the ranks that do not report (all but rank 0)."""
@@ -330,3 +396,12 @@ class LightningWorkload(Workload):
                          callbacks=(*self.callbacks(), *probes),
                          gradient_clip_val=self.options.gradient_clip_val or None,
                          module_optimizers=request.optimizer == "module", **kw)
+
+
+def _recorder(into: dict[int, dict[str, float]]) -> Reporter:
+    """A reporter that keeps every evaluation's metrics in ``into`` and never prunes."""
+    def report(step: int, metrics: dict[str, float]) -> bool:
+        into[step] = metrics
+        return False
+
+    return report
