@@ -42,7 +42,8 @@ help:
 	@echo "make bench-adequacy     the tuning-adequacy rule vs the exact NQM optimum, and on digits"
 	@echo "make bench-analysis     curve/edges/sensitivity/report on 10,000 and 100,000 stored trials"
 	@echo "make bench-noise        B_simple (tuner noise-scale) against B_crit and B_20% on the NQM and digits (~3 min)"
-	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader + bench-adequacy + bench-analysis + bench-noise (benchmarks/README.md)"
+	@echo "make bench-adaptive     tuner run --adaptive against the full grid: B_crit and trained examples (~5 min)"
+	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader + bench-adequacy + bench-analysis + bench-noise + bench-adaptive (benchmarks/README.md)"
 	@echo "make wheels             wheels/ for an offline install (NO_TORCH=1: without torch/lightning)"
 	@echo "make install-offline    .venv from wheels/, no network; uses an installed torch"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
@@ -196,7 +197,7 @@ dashboard: $(STAMP)
 # Speed (issue 6): side-by-side measurements, never part of `make test` (benchmarks/README.md),
 # and an offline install for GPU machines without a network.
 
-.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-adequacy bench-analysis bench-noise bench-all wheels \
+.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-adequacy bench-analysis bench-noise bench-adaptive bench-all wheels \
         install-offline
 
 bench: $(STAMP)
@@ -228,8 +229,11 @@ bench-analysis: $(STAMP) debian
 bench-noise: $(STAMP)
 	$(BIN)/python benchmarks/noise_scale.py
 
+bench-adaptive: $(STAMP)
+	$(BIN)/python benchmarks/adaptive.py
+
 bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader \
-	bench-adequacy bench-analysis bench-noise
+	bench-adequacy bench-analysis bench-noise bench-adaptive
 
 # On a machine with a network: wheels/ gets this project's wheel and every dependency at the
 # versions of constraints.txt. NO_TORCH=1 leaves out torch, torchvision, lightning and their CUDA
