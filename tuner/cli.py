@@ -784,9 +784,10 @@ def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
               "else the spec's budget).")
 @click.option("--points", type=click.IntRange(min=1), default=20, show_default=True,
               help="Measured steps, spread evenly from step 0 (initialisation).")
-@click.option("--micro-batches", "-k", type=click.IntRange(min=2), default=4,
-              show_default=True, help="Micro-batches each measured batch is split into (the "
-              "estimator's small batch is B/k); must divide B.")
+@click.option("--micro-batches", "-k", type=click.IntRange(min=2),
+              help="Micro-batches each measured batch is split into (the estimator's small "
+              "batch is B/k); must divide B. Default 4; under DDP ([trainer] devices = N) the "
+              "N ranks' shards, from the per-rank and all-reduced gradients.")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.5,
               show_default=True, help="Decay of the moving averages of |G|^2 and tr(Sigma) "
               "per measured point for each point's B_simple (0: none).")
@@ -797,7 +798,7 @@ def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
 @FORMAT
 @click.option("--no-store", is_flag=True, help="Print only; store nothing.")
 def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
-                micro_batches: int, ema: float, sets: tuple[str, ...], storage: str | None,
+                micro_batches: int | None, ema: float, sets: tuple[str, ...], storage: str | None,
                 seed: int | None, fmt: str, no_store: bool) -> None:
     """Predict the critical batch size: the gradient noise scale B_simple along one run.
 
@@ -808,7 +809,8 @@ def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
     norm and the squared norm of their mean are |G_{B/k}|^2 and |G_B|^2 (App. A.1). B_simple
     = tr(Sigma)/|G|^2; each point's uses moving averages (--ema), the run's is the ratio of
     the means over all points. The NQM's is exact (closed form). Works on tensor workloads
-    and LightningModules (one device).
+    (also under DDP, [trainer] devices = N: the N ranks' gradients and their all-reduced
+    mean, one all-reduce as DDP's) and LightningModules (one device).
 
     The result is appended to the study attr noise_scale of SPEC's study at B, when it is in
     the storage: `tuner curve` then shows B_simple beside B_crit and B_20%.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import tomllib
@@ -75,3 +76,29 @@ def test_an_error_in_report_stops_every_rank_and_is_raised() -> None:
     with pytest.raises(RuntimeError, match="storage went away"):
         train(spec.workload, req, report)
     assert calls == [req.eval_steps[0]]
+
+
+def test_noise_scale_under_ddp_equals_micro_batches_on_one_device(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two gloo ranks, each its half of every batch: the per-rank and all-reduced gradients
+    give the same estimates as one device splitting each batch into the same two halves (the
+    same data, initialisation and updates), and a -k other than the ranks is refused."""
+    one = write(tmp_path, SMALL_DIGITS, "one.toml")
+    two = write(tmp_path, DDP, "two.toml")
+    args = ["-b", "32", "--storage", f"sqlite:///{tmp_path / 'none.db'}", "--steps", "30",
+            "--points", "3", "--set", "learning_rate=0.1", "--set", "one_minus_momentum=0.1",
+            "--format", "json", "--no-store"]
+    code, out, err = run_cli(["noise-scale", str(two), *args], capsys)
+    assert code == 0, err
+    ddp = json.loads(out)
+    code, out, err = run_cli(["noise-scale", str(one), *args, "-k", "2"], capsys)
+    assert code == 0, err
+    single = json.loads(out)
+    assert "under DDP" in ddp["method"] and "2 ranks" in ddp["method"]
+    assert ddp["small_batch"] == single["small_batch"] == 16
+    assert [p["step"] for p in ddp["points"]] == [p["step"] for p in single["points"]]
+    for a, b in zip(ddp["points"], single["points"]):
+        assert a["grad_norm_sq"] == pytest.approx(b["grad_norm_sq"], rel=1e-3, abs=1e-6)
+        assert a["trace_sigma"] == pytest.approx(b["trace_sigma"], rel=1e-3)
+    code, out, err = run_cli(["noise-scale", str(two), *args, "-k", "4"], capsys)
+    assert code == 2 and "allowed: 2 (trainer.devices)" in err

@@ -41,8 +41,13 @@ def two_batch(small: int, big: int, small_sq: float, big_sq: float) -> tuple[flo
     return grad_sq, trace
 
 
-def two_batch_method(batch_size: int, micro_batches: int) -> str:
-    """The estimator of a run, in words."""
+def two_batch_method(batch_size: int, micro_batches: int, ddp: bool = False) -> str:
+    """The estimator of a run, in words (``ddp``: the micro-batches are the ranks' shards)."""
+    if ddp:
+        return (f"two-batch estimator (McCandlish et al. 2018, App. A.1) under DDP: the "
+                f"per-rank gradients of {micro_batches} ranks ({batch_size // micro_batches} "
+                f"examples each) and their all-reduced mean ({batch_size}), measured before "
+                f"the step's update")
     return (f"two-batch estimator (McCandlish et al. 2018, App. A.1): each batch of "
             f"{batch_size} split into {micro_batches} micro-batches of "
             f"{batch_size // micro_batches}, measured before the step's update")
@@ -118,10 +123,10 @@ def finish(batch_size: int, raw: list[tuple[int, float, float]], ema: float, **k
 
 
 def estimated(batch_size: int, micro_batches: int, raw: list[tuple[int, float, float]],
-              ema: float, steps: int, diverged_at: int | None) -> NoiseScale:
+              ema: float, steps: int, diverged_at: int | None, ddp: bool = False) -> NoiseScale:
     """:func:`finish` for a run measured by the two-batch estimator over ``micro_batches``
-    micro-batches of each batch."""
-    return finish(batch_size, raw, ema, method=two_batch_method(batch_size, micro_batches),
+    micro-batches of each batch (``ddp``: the ranks' shards)."""
+    return finish(batch_size, raw, ema, method=two_batch_method(batch_size, micro_batches, ddp),
                   small_batch=batch_size // micro_batches, big_batch=batch_size, steps=steps,
                   diverged_at=diverged_at)
 

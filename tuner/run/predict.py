@@ -25,6 +25,8 @@ from tuner.store.urls import sqlite_file
 
 #: The study attr the measurements are appended to.
 ATTR = "noise_scale"
+#: Micro-batches per measured batch on one device, unless given.
+DEFAULT_MICRO = 4
 
 
 @dataclass
@@ -127,13 +129,20 @@ def request(spec: Spec, batch_size: int, p: Plan) -> TrialRequest:
 
 
 def measure(spec: Spec, url: str, batch_size: int, steps: int | None, points: int,
-            micro_batches: int, ema: float, overrides: dict[str, Any], store: bool = True
+            micro_batches: int | None, ema: float, overrides: dict[str, Any], store: bool = True
             ) -> tuple[NoiseScale, str | None]:
-    """Run and measure; ``(result, the study it was stored in or None)``.
+    """Run and measure; ``(result, the study it was stored in or None)``. ``micro_batches``:
+    default 4 on one device; under DDP (``[trainer] devices`` > 1) the ranks' shards.
 
     Raises:
-        UsageError: a batch size the micro-batches do not divide, or as :func:`plan`.
+        UsageError: a batch size the micro-batches do not divide, micro-batches other than the
+            ranks under DDP, or as :func:`plan`.
     """
+    if spec.devices > 1 and micro_batches not in (None, spec.devices):
+        raise UsageError(f"--micro-batches {micro_batches}: under DDP the small batch is each "
+                         f"rank's shard; allowed: {spec.devices} (trainer.devices), or leave it "
+                         "out")
+    micro_batches = micro_batches or (spec.devices if spec.devices > 1 else DEFAULT_MICRO)
     if batch_size < 2 or batch_size % micro_batches:
         raise UsageError(f"--micro-batches {micro_batches}: must divide the batch size "
                          f"{batch_size} into micro-batches of at least one example")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.nn.parallel import DistributedDataParallel
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from tuner.core.predict import two_batch
@@ -70,14 +71,51 @@ def estimate(micro_sq: list[float], mean: list[torch.Tensor | None], batch_size:
 def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: int
             ) -> tuple[list[Raw], int, int | None]:
     """Train ``req.max_steps`` steps with ``req``'s metaparameters; at each step in ``at``
-    (before its update) measure |G|^2 and tr(Sigma) with ``k`` micro-batches.
+    (before its update) measure |G|^2 and tr(Sigma): with ``k`` micro-batches on one device,
+    or from the per-rank and all-reduced gradients under DDP (``req.devices`` = ``k`` rank
+    processes, Fabric's ``ddp_spawn``; rank 0's result).
     ``(points, steps run, step whose loss was not finite or None)``."""
+    if req.devices == 1:
+        return measure_on(make_fabric(req.accelerator, req.precision), workload, req, at, k)
+    import pickle
+
+    from lightning.fabric import Fabric  # heavy: lightning, only when needed
+
+    fabric = Fabric(accelerator=req.accelerator, devices=req.devices, strategy="ddp_spawn",
+                    precision=req.precision, loggers=[])
+    # pickled: Fabric's launcher walks its arguments and refuses frozen dataclasses
+    return fabric.launch(_rank_main, pickle.dumps((workload, req, list(at))))
+
+
+def _rank_main(fabric: Any, job: bytes) -> tuple[list[Raw], int, int | None]:
+    import pickle
+
+    import torch.distributed
+
+    workload, req, at = pickle.loads(job)
+    out = measure_on(fabric, workload, req, at, fabric.world_size)
+    fabric.barrier()  # leave together (see tuner.train.ddp)
+    torch.distributed.destroy_process_group()
+    return out
+
+
+def measure_on(fabric: Any, workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
+               k: int) -> tuple[list[Raw], int, int | None]:
+    """:func:`measure` on a launched Fabric: one device (``k`` micro-batches), or this rank
+    of ``fabric.world_size`` (``k`` = the world size: each rank's shard is a micro-batch).
+
+    Under DDP a measured step's forward and backward go through the plain module (no DDP
+    reducer), the rank takes its shard's gradient with ``torch.autograd.grad``, and one
+    all-reduce of the gradients (what DDP's backward would do) plus one of two scalars give
+    the batch's gradient and the mean of the ranks' squared norms."""
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormals slowed a small MLP ~10x on this CPU
-    fabric = make_fabric(req.accelerator, req.precision)
+    rank, world = fabric.global_rank, fabric.world_size
+    shard = req.batch_size // world
     fabric.seed_everything(req.seed, verbose=False)
     data = workload.data_on(fabric.device)
     _, optimizer, schedule, net, params = set_up(fabric, workload, req)
+    plain = net.module if isinstance(net, DistributedDataParallel) else net
     precision = fabric.strategy.precision
     train_x = precision.convert_input(data.train_x)
     batches = Batches(len(train_x), req.batch_size, req.seed, fabric.device)
@@ -85,10 +123,22 @@ def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: 
     out: list[Raw] = []
     for step in range(req.max_steps):
         idx = batches.next()
+        if world > 1:
+            idx = idx[rank * shard:(rank + 1) * shard]
         x, y = train_x[idx], data.train_y[idx]
         for p in params:
             p.grad = None
-        if step in todo:
+        if step in todo and world > 1:
+            with precision.forward_context():
+                loss = precision.convert_output(workload.training_loss(plain, x, y, step))
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            mean, local_sq, loss = all_reduced(fabric, grads, sq_norm(grads), loss.detach())
+            if not math.isfinite(float(loss)):
+                return out, step, step
+            for p, g in zip(params, mean):
+                p.grad = g
+            out.append((step, *two_batch(shard, req.batch_size, local_sq, float(sq_norm(mean)))))
+        elif step in todo:
             def losses() -> Iterator[torch.Tensor]:
                 for mx, my in split((x, y), k):
                     with precision.forward_context():
@@ -109,6 +159,24 @@ def measure(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int], k: 
         if schedule is not None:
             schedule.step()
     return out, req.max_steps, None
+
+
+def all_reduced(fabric: Any, grads: Sequence[torch.Tensor | None], local_sq: torch.Tensor,
+                loss: torch.Tensor) -> tuple[list[torch.Tensor | None], float, torch.Tensor]:
+    """The ranks' mean gradient (one all-reduce of the flattened gradients, as DDP's), the
+    mean of their squared norms and their mean loss (one all-reduce of two scalars)."""
+    present = [g for g in grads if g is not None]
+    flat = fabric.all_reduce(torch.cat([g.reshape(-1) for g in present]), reduce_op="mean")
+    pair = fabric.all_reduce(torch.stack([local_sq.float(), loss.float()]), reduce_op="mean")
+    mean: list[torch.Tensor | None] = []
+    pos = 0
+    for g in grads:
+        if g is None:
+            mean.append(None)
+            continue
+        mean.append(flat[pos:pos + g.numel()].view_as(g).to(g.dtype))
+        pos += g.numel()
+    return mean, float(pair[0]), pair[1]
 
 
 def split(batch: Any, k: int) -> list[Any]:

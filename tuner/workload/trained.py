@@ -203,11 +203,14 @@ class TrainedWorkload(Workload):
 
     def noise_scale(self, request: TrialRequest, at: Sequence[int], micro_batches: int,
                     ema: float) -> NoiseScale:
-        """The two-batch estimator along a run of the shared loop (:mod:`tuner.train.noise`)."""
+        """The two-batch estimator along a run of the shared loop (:mod:`tuner.train.noise`):
+        ``micro_batches`` micro-batches on one device; under DDP the ranks' shards
+        (``micro_batches`` = ``request.devices``)."""
         from tuner.train.noise import measure  # heavy: torch and lightning
 
         raw, steps, bad = measure(self, request, at, micro_batches)
-        return estimated(request.batch_size, micro_batches, raw, ema, steps, bad)
+        return estimated(request.batch_size, micro_batches, raw, ema, steps, bad,
+                         ddp=request.devices > 1)
 
     def branch(self, request: TrialRequest, at: Sequence[int], factors: Sequence[int],
                lr_rule: str, horizon: int) -> LocalCBS:
