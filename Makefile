@@ -41,7 +41,7 @@ help:
 	@echo "make bench-dataloader   steps/s over a DataLoader: raw PyTorch vs our LightningModule path"
 	@echo "make bench-adequacy     the tuning-adequacy rule vs the exact NQM optimum, and on digits"
 	@echo "make bench-analysis     curve/edges/sensitivity/report on 10,000 and 100,000 stored trials"
-	@echo "make bench-noise        B_simple (tuner noise-scale) against B_crit and B_20% on the NQM and digits (~3 min)"
+	@echo "make bench-noise        B_simple (tuner noise-scale) against B_crit and B_20% on the NQM, digits and Fashion-MNIST (~6 min)"
 	@echo "make bench-adaptive     tuner run --adaptive against the full grid: B_crit and trained examples (~5 min)"
 	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader + bench-adequacy + bench-analysis + bench-noise + bench-adaptive (benchmarks/README.md)"
 	@echo "make wheels             wheels/ for an offline install (NO_TORCH=1: without torch/lightning)"
@@ -226,7 +226,7 @@ bench-analysis: $(STAMP) debian
 	$(BIN)/python benchmarks/analysis_speed.py --postgres
 	$(BIN)/python benchmarks/analysis_speed.py --trials 10000 --no-baseline
 
-bench-noise: $(STAMP)
+bench-noise: $(STAMP) debian
 	$(BIN)/python benchmarks/noise_scale.py
 
 bench-adaptive: $(STAMP)

@@ -8,7 +8,8 @@ found B_simple within an order of magnitude of B_crit, usually below it. Prints 
 per (spec, B) and the whole-process seconds of each noise-scale run.
 
     .venv/bin/python benchmarks/noise_scale.py [--storage URL] [--trials N]
-        [SPEC:B,B,... ...]   (default: the NQM SGD and momentum specs, and digits)
+        [SPEC:B,B,... ...]   (default: the NQM SGD and momentum specs, digits and the
+        Fashion-MNIST MLP at CPU size)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import time
 
 DEFAULT = ["studies/nqm_sgd.toml:16,256,4096", "studies/nqm_momentum.toml:16,256,4096",
-           "studies/digits_mlp.toml:16,64,256"]
+           "studies/digits_mlp.toml:16,64,256", "studies/controls/fmnist_mlp_small.toml:16,64,256"]
 
 
 def tuner(*args: str) -> str:
