@@ -775,6 +775,17 @@ def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
         click.echo("\n" + "\n".join(lines))
 
 
+def AT_FIXED_PARAMS(f):  # noqa: ANN001, ANN201, N802 - a click decorator
+    """``--set`` / ``--storage`` / ``--seed`` / ``--format``: a run at fixed metaparameters
+    (``noise-scale``, ``local-cbs``)."""
+    for option in (FORMAT, SEED, click.option("--storage", help=STORAGE_HELP),
+                   click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                                help="A metaparameter's value (repeatable), over the best "
+                                "stored trial's.")):
+        f = option(f)
+    return f
+
+
 @cli.command("noise-scale")
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--batch-size", "-b", "batch_size", type=click.IntRange(min=2), required=True,
@@ -791,11 +802,7 @@ def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.5,
               show_default=True, help="Decay of the moving averages of |G|^2 and tr(Sigma) "
               "per measured point for each point's B_simple (0: none).")
-@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
-              help="A metaparameter's value (repeatable), over the best stored trial's.")
-@click.option("--storage", help=STORAGE_HELP)
-@SEED
-@FORMAT
+@AT_FIXED_PARAMS
 @click.option("--no-store", is_flag=True, help="Print only; store nothing.")
 def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
                 micro_batches: int | None, ema: float, sets: tuple[str, ...], storage: str | None,
@@ -880,11 +887,7 @@ def _factors(ctx: click.Context, param: click.Parameter, value: str) -> list[int
 @click.option("--steps", type=click.IntRange(min=1),
               help="The reference run's length (default: the best stored trial's "
               "steps-to-target at B0, else the spec's budget).")
-@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
-              help="A metaparameter's value (repeatable), over the best stored trial's.")
-@click.option("--storage", help=STORAGE_HELP)
-@SEED
-@FORMAT
+@AT_FIXED_PARAMS
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write the local CBS against examples seen (PNG).")
 @click.option("--no-store", is_flag=True, help="Print only; store nothing.")

@@ -13,9 +13,8 @@ from typing import Any, Sequence
 
 from tuner.core.branching import LR_RULES, LocalCBS, checkpoint_steps, finish
 from tuner.core.errors import UsageError
-from tuner.run.predict import plan, request
+from tuner.run.predict import append, plan, request
 from tuner.spec import Spec
-from tuner.store.storage import open_storage
 
 #: The study attr the measurements are appended to.
 ATTR = "local_cbs"
@@ -58,8 +57,5 @@ def measure(spec: Spec, url: str, b0: int, steps: int | None, points: int,
     finish(result)
     if not store or p.study is None:
         return result, None
-    storage = open_storage(url)
-    study_id = storage.get_study_id_from_name(p.study.study_name)
-    runs = storage.get_study_user_attrs(study_id).get(ATTR, [])
-    storage.set_study_user_attr(study_id, ATTR, [*runs, result.to_json()])
+    append(url, p.study.study_name, ATTR, result.to_json())
     return result, p.study.study_name

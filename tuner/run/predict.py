@@ -156,9 +156,14 @@ def measure(spec: Spec, url: str, batch_size: int, steps: int | None, points: in
     ns.params, ns.params_from = dict(p.params), p.params_from
     if not store or p.study is None:
         return ns, None
-    storage = open_storage(url)
-    study_id = storage.get_study_id_from_name(p.study.study_name)
-    runs = storage.get_study_user_attrs(study_id).get(ATTR, [])
-    storage.set_study_user_attr(study_id, ATTR, [*runs, ns.to_json()])
+    append(url, p.study.study_name, ATTR, ns.to_json())
     return ns, p.study.study_name
+
+
+def append(url: str, study_name: str, attr: str, run: dict[str, Any]) -> None:
+    """Append ``run`` to the list in the study attr ``attr`` (newest last)."""
+    storage = open_storage(url)
+    study_id = storage.get_study_id_from_name(study_name)
+    runs = storage.get_study_user_attrs(study_id).get(attr, [])
+    storage.set_study_user_attr(study_id, attr, [*runs, run])
 
