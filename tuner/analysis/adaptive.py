@@ -18,8 +18,9 @@ sizes. The rules, as plain functions a reader can check against the printed plan
   most about the steps (the widest 95 % range of log2 S(B) over the resamples' fits); the
   whole grid once the knee is measured (:func:`next_batch_size`). Without a usable fit, the
   batch size farthest (in log space) from every measured one.
-- **Stop** (:func:`stop_reason`), at the first of: every batch size of the spec is measured; the
-  trained examples reach the budget; (a) B_crit's 95 % bootstrap interval spans at most
+- **Stop** (:func:`stop_reason`, after each batch size is measured), at the first of: every
+  batch size of the spec is measured; the trained examples reach the budget (so a run can pass
+  it by one batch size's trials); (a) B_crit's 95 % bootstrap interval spans at most
   ``width`` (high / low) and the last batch size added was predicted by the fit made before it
   within ``predict_within`` (relative error of the steps); or (b) each of the last ``confirm``
   batch sizes added was so predicted. The interval alone is tuning noise only; a prediction

@@ -120,7 +120,7 @@ def run_adaptive(spec: Spec, url: str, plan: Plan, say: Callable[[str], None],
             step.trials = len(trials_by_b[b])
             if step.error is not None:
                 say(f"  B = {b}: the fit before it predicted {step.predicted:.4g} steps, "
-                     f"measured {step.measured} ({step.error:.1%} off)")
+                    f"measured {step.measured} ({step.error:.1%} off)")
             progress.steps.append(step)
             progress.examples += trained_examples(b, trials_by_b[b])
         fit = _fit(trials_by_b, n_boot)
