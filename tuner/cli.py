@@ -903,8 +903,8 @@ def local_cbs(spec_path: str, batch_size: int, factors: list[int], lr_rule: str,
     examples as the reference's next --horizon steps), from the reference's state (the
     optimizer's included). The local CBS at a checkpoint is the largest k x B0 whose loss then
     is within --tolerance of the reference's, every smaller k included. The NQM's is exact
-    (expected losses, closed form); tensor workloads compare the validation loss of one run
-    each.
+    (expected losses, closed form); tensor workloads and LightningModules (a Trainer.fit per
+    branch) compare the validation loss of one run each. A constant schedule, one device.
 
     The result is appended to the study attr local_cbs of SPEC's study at B0, when it is in
     the storage.
