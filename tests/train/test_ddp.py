@@ -82,7 +82,8 @@ def test_noise_scale_under_ddp_equals_micro_batches_on_one_device(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Two gloo ranks, each its half of every batch: the per-rank and all-reduced gradients
     give the same estimates as one device splitting each batch into the same two halves (the
-    same data, initialisation and updates), and a -k other than the ranks is refused."""
+    same data, initialisation and updates), and a -k other than the ranks is refused, as are
+    branches (local-cbs) under DDP."""
     one = write(tmp_path, SMALL_DIGITS, "one.toml")
     two = write(tmp_path, DDP, "two.toml")
     args = ["-b", "32", "--storage", f"sqlite:///{tmp_path / 'none.db'}", "--steps", "30",
@@ -102,3 +103,5 @@ def test_noise_scale_under_ddp_equals_micro_batches_on_one_device(
         assert a["trace_sigma"] == pytest.approx(b["trace_sigma"], rel=1e-3)
     code, out, err = run_cli(["noise-scale", str(two), *args, "-k", "4"], capsys)
     assert code == 2 and "allowed: 2 (trainer.devices)" in err
+    code, out, err = run_cli(["local-cbs", str(two), *args, "--factors", "2"], capsys)
+    assert code == 2 and "branches run on one device" in err

@@ -60,7 +60,13 @@ def compared_metric(request: TrialRequest, metrics: dict[str, float]) -> str:
 
 def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
            factors: Sequence[int], lr_rule: str, horizon: int) -> LocalCBS:
-    """The reference run and its branches (see the module docstring)."""
+    """The reference run and its branches (see the module docstring).
+
+    Raises:
+        UsageError: DDP, or a schedule other than constant.
+    """
+    if req.devices > 1:
+        raise UsageError("trainer.devices: branches run on one device; allowed: 1")
     if req.schedule != "constant":
         raise UsageError(f"optimizer.schedule {req.schedule!r}: a branch at k B0 would need its "
                          "schedule re-timed; allowed: constant")
