@@ -923,6 +923,9 @@ def local_cbs(spec_path: str, batch_size: int, factors: list[int], lr_rule: str,
     r, stored = branching.measure(spec, url, batch_size, steps, points, factors, lr_rule,
                                   horizon, tolerance, overrides, store=not no_store)
     obj = {"spec": spec.name, **r.to_json(), "stored_in": stored}
+    if len(r.checkpoints) < r.planned:
+        click.echo(f"warning: the reference run diverged after step {r.checkpoints[-1].step}: "
+                   f"{len(r.checkpoints)} of {r.planned} checkpoints", err=True)
     if fmt == "json":
         click.echo(json.dumps(obj, indent=2))
     else:

@@ -89,3 +89,13 @@ def test_trained_examples_count_every_finished_trial_at_its_stopping_step() -> N
     trials = _trials([100, None]) + [TrialRecord(9, "pruned", {}, None, stopped_at_step=40),
                                       TrialRecord(10, "running", {}, None, stopped_at_step=7)]
     assert trained_examples(32, trials) == 32 * (100 + 1000 + 40)
+
+
+def test_plateau_zero_never_stops_a_study_and_a_spent_budget_does() -> None:
+    sharp = _trials([100] + [None] * 15)
+    a = assess(64, sharp)
+    assert study_stop(Plan(plateau=0.0), a, [100, 100], 24, 100) is None  # 0 % < 0 %: no
+    assert "plateau" in study_stop(Plan(plateau=0.05), a, [100, 100], 24, 100)
+    assert study_stop(Plan(plateau=0.0), a, [100, 100], 24, 100, budget_left=1.0) is None
+    assert study_stop(Plan(plateau=0.0), a, [100, 100], 24, 100, budget_left=0.0) == \
+        "the budget is spent"

@@ -54,3 +54,29 @@ def test_adaptive_refuses_what_it_cannot_combine_with(
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and clash in err and "allowed:" in err
     assert not db.exists()
+
+
+def test_an_interrupted_adaptive_run_resumes_to_what_one_run_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stopped by a small budget after its first batch sizes, then run again without one: the
+    stored studies end as an uninterrupted run leaves them (rounds replayed from the first
+    trials of each study, then continued)."""
+    once, twice = f"sqlite:///{tmp_path / 'o.db'}", f"sqlite:///{tmp_path / 't.db'}"
+    code, _, err1 = run_cli(["run", SPEC, "--adaptive", "--storage", once, "-q"], capsys)
+    assert code == 0
+    code, _, err = run_cli(["run", SPEC, "--adaptive", "--storage", twice, "-q",
+                            "--budget-examples", "1e9"], capsys)
+    assert code == 0 and "the budget is spent" in err
+    code, out, _ = run_cli(["curve", SPEC, "--storage", twice, "--format", "json"], capsys)
+    stopped = {p["batch_size"]: p["n_trials"] for p in json.loads(out)["points"]}
+    code, _, err2 = run_cli(["run", SPEC, "--adaptive", "--storage", twice, "-q"], capsys)
+    assert code == 0
+    points = {}
+    for url in (once, twice):
+        code, out, _ = run_cli(["curve", SPEC, "--storage", url, "--format", "json"], capsys)
+        d = json.loads(out)
+        points[url] = ([(p["batch_size"], p["n_trials"], p["best_steps"]) for p in d["points"]],
+                       d["fit"]["b_crit"])
+    assert points[twice] == points[once]
+    assert sum(stopped.values()) < sum(n for _, n, _ in points[once][0])
+    assert err2.splitlines()[-1] == err1.splitlines()[-1]  # the same stop, for the same reason

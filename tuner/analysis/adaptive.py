@@ -9,7 +9,7 @@ sizes. The rules, as plain functions a reader can check against the printed plan
   the first trials cover the search space evenly), stopping at the first round after which the
   tuning-adequacy rule (:class:`tuner.analysis.adequacy.Rule`: enough trials near the best and
   a narrow bootstrap interval of the best) holds, or the last ``patience`` rounds improved the
-  best by less than ``plateau`` (relative), or the study has the spec's ``trials``
+  best by less than ``plateau`` (relative; 0: never), or the study has the spec's ``trials``
   (:func:`study_stop`). The plateau rule is what makes it cheap, and what can leave a batch size
   under-tuned where its good region is a sliver of the search space: the printed plan says
   which rule stopped each batch size.
@@ -19,13 +19,13 @@ sizes. The rules, as plain functions a reader can check against the printed plan
   whole grid once the knee is measured (:func:`next_batch_size`). Without a usable fit, the
   batch size farthest (in log space) from every measured one.
 - **Stop** (:func:`stop_reason`, after each batch size is measured), at the first of: every
-  batch size of the spec is measured; the trained examples reach the budget (so a run can pass
-  it by one batch size's trials); (a) B_crit's 95 % bootstrap interval spans at most
+  batch size of the spec is measured; the trained examples reach the budget (checked after
+  every round too, so a run passes it by at most one round's trials); (a) B_crit's 95 % bootstrap interval spans at most
   ``width`` (high / low) and the last batch size added was predicted by the fit made before it
   within ``predict_within`` (relative error of the steps); or (b) each of the last ``confirm``
   batch sizes added was so predicted. The interval alone is tuning noise only; a prediction
-  checks the curve's form where it was not measured, so at least ``first + 1`` batch sizes are
-  always measured.
+  checks the curve's form where it was not measured, so (a) and (b) need at least ``first + 1``
+  batch sizes measured.
 """
 
 from __future__ import annotations
@@ -111,20 +111,22 @@ def first_batch_sizes(grid: Sequence[int], k: int) -> list[int]:
     return sorted(chosen)
 
 
-def study_stop(plan: Plan, a: Adequacy, bests: Sequence[int | None], done: int, cap: int
-               ) -> str | None:
+def study_stop(plan: Plan, a: Adequacy, bests: Sequence[int | None], done: int, cap: int,
+               budget_left: float | None = None) -> str | None:
     """Why one batch size's study stops after a round (None: another round): ``a`` is its
     adequacy now, ``bests`` its best steps after each earlier round (None: none reached the
-    target yet), ``done`` its finished trials of at most ``cap``."""
+    target yet), ``done`` its finished trials of at most ``cap``, ``budget_left`` the trained
+    examples the plan's budget has left (None: no budget)."""
     if a.status == ADEQUATE:
         return "adequate"
     ago = bests[-plan.patience] if len(bests) >= plan.patience else None
-    if a.best_steps is not None and ago is not None \
-            and a.best_steps >= ago / (1 + plan.plateau):
+    if a.best_steps is not None and ago is not None and ago / a.best_steps - 1 < plan.plateau:
         return (f"a plateau: the last {plan.patience} round(s) improved the best by "
                 f"{ago / a.best_steps - 1:.1%} (< {plan.plateau:.0%})")
     if done >= cap:
         return f"{a.status} at the cap of {cap} trials: {'; '.join(a.reasons) or 'no point'}"
+    if budget_left is not None and budget_left <= 0:
+        return "the budget is spent"
     return None
 
 

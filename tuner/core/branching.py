@@ -65,6 +65,8 @@ class LocalCBS:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     params_from: str = ""
+    #: checkpoints planned (more than ``checkpoints`` when the reference diverged on the way)
+    planned: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object stored (study attr ``local_cbs``) and printed."""

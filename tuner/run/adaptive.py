@@ -50,12 +50,14 @@ def first_slots(trials: list[TrialRecord], n: int) -> list[TrialRecord]:
     return sorted(done, key=lambda t: (t.slot is None, t.slot or 0, t.number))[:n]
 
 
-def measure(spec: Spec, url: str, b: int, plan: Plan, cap: int, say: Callable[[str], None],
-            echo: Callable[[str], None], heartbeat: int) -> list[TrialRecord]:
+def measure(spec: Spec, url: str, b: int, plan: Plan, cap: int, spent: float,
+            say: Callable[[str], None], echo: Callable[[str], None], heartbeat: int
+            ) -> list[TrialRecord]:
     """Top up B's study in rounds of ``plan.chunk`` trials until :func:`study_stop` stops it
-    (at most ``cap`` trials); its stored trials. Each round is judged on the study's first
-    trials (:func:`first_slots`), so a resumed run replays the rounds already stored and adds
-    trials only where the run stopped. ``say`` prints the plan, ``echo`` the runner's
+    (at most ``cap`` trials; ``spent``: examples the measurement trained before this batch
+    size, against the plan's budget); its stored trials. Each round is judged on the study's
+    first trials (:func:`first_slots`), so a resumed run replays the rounds already stored and
+    adds trials only where the run stopped. ``say`` prints the plan, ``echo`` the runner's
     progress."""
     n, bests = 0, []
     try:
@@ -69,7 +71,13 @@ def measure(spec: Spec, url: str, b: int, plan: Plan, cap: int, say: Callable[[s
             trials = _trials(spec, url)[b]
         judged = first_slots(trials, n)
         a = assess(b, judged, spec.space, plan.rule)
-        why = study_stop(plan, a, bests, len(judged), cap)
+        left = None if plan.max_examples is None else \
+            plan.max_examples - spent - trained_examples(b, trials)
+        why = study_stop(plan, a, bests, len(judged), cap, left)
+        if why is None and len(judged) < n == cap:
+            # the runner has the cap's slots finished, but some lack their results (stopped
+            # while being stored): another round would add nothing
+            why = f"{len(judged)} of the {cap} finished trials have results"
         if why is not None:
             say(f"  B = {b}: {len(judged)} trials, best "
                 f"{a.best_steps if a.best_steps is not None else '-'} steps ({why})")
@@ -112,9 +120,12 @@ def run_adaptive(spec: Spec, url: str, plan: Plan, say: Callable[[str], None],
              for b in first_batch_sizes(grid, plan.first)]
     while True:
         for b, why in queue:
+            if plan.max_examples is not None and progress.examples >= plan.max_examples:
+                break  # the budget is spent: the rest of the queue waits for a later run
             say(f"adaptive: B = {b}: {why}")
             step = Step(b, why, fit.steps(b) if fit is not None else None)
-            trials_by_b[b] = measure(spec, url, b, plan, cap, say, echo, heartbeat)
+            trials_by_b[b] = measure(spec, url, b, plan, cap, progress.examples, say, echo,
+                                     heartbeat)
             found = [t.steps_to_target for t in trials_by_b[b] if t.outcome == "reached"]
             step.measured = min(found) if found else None  # type: ignore[type-var]
             step.trials = len(trials_by_b[b])

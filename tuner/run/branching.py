@@ -43,7 +43,7 @@ def measure(spec: Spec, url: str, b0: int, steps: int | None, points: int,
     factors = sorted(set(factors))
     if not factors or factors[0] < 2:
         raise UsageError(f"--factors {','.join(map(str, factors))}: allowed: integers >= 2")
-    p = plan(spec, url, b0, steps, overrides)
+    p = plan(spec, url, b0, steps, overrides, option="--reference-batch-size")
     horizon = horizon or default_horizon(p.steps, factors)
     bad = [k for k in factors if horizon % k]
     if bad:
@@ -52,6 +52,11 @@ def measure(spec: Spec, url: str, b0: int, steps: int | None, points: int,
     at = checkpoint_steps(p.steps, points, horizon)
     workload = spec.bound()
     result = workload.branch(request(spec, b0, p), at, factors, lr_rule, horizon)
+    if not result.checkpoints:
+        raise UsageError(f"the reference run at B = {b0} ({p.params_from}) diverged before its "
+                         "first comparison: nothing to branch from; allowed: metaparameters "
+                         "that train stably (--set)")
+    result.planned = len(at)
     result.tolerance = tolerance
     result.params, result.params_from = dict(p.params), p.params_from
     finish(result)

@@ -89,11 +89,12 @@ def stored_study(spec: Spec, url: str, batch_size: int) -> BatchStudy | None:
     return next((st for st in stored.studies if st.batch_size == batch_size), None)
 
 
-def plan(spec: Spec, url: str, batch_size: int, steps: int | None, overrides: dict[str, Any]
-         ) -> Plan:
+def plan(spec: Spec, url: str, batch_size: int, steps: int | None, overrides: dict[str, Any],
+         option: str = "--batch-size") -> Plan:
     """The metaparameters and steps of a run: the stored best trial's at ``batch_size``
     (its steps-to-target by default), ``overrides`` on top; without a stored best, the
     overrides must give every searched metaparameter (the spec's budget by default).
+    ``option``: the command's name for the batch size, for the message.
 
     Raises:
         UsageError: no stored best and a searched metaparameter not given.
@@ -111,7 +112,7 @@ def plan(spec: Spec, url: str, batch_size: int, steps: int | None, overrides: di
         if missing:
             why = ("no stored study of this spec at that batch size" if study is None else
                    f"no trial of {study.study_name} reached the target")
-            raise UsageError(f"--batch-size {batch_size}: {why}; give every searched "
+            raise UsageError(f"{option} {batch_size}: {why}; give every searched "
                              f"metaparameter with --set (missing: {', '.join(missing)})")
         params = {**spec.fixed, **overrides}
         where = "--set"
@@ -141,7 +142,7 @@ def measure(spec: Spec, url: str, batch_size: int, steps: int | None, points: in
     if spec.devices > 1 and micro_batches not in (None, spec.devices):
         raise UsageError(f"--micro-batches {micro_batches}: under DDP the small batch is each "
                          f"rank's shard; allowed: {spec.devices} (trainer.devices), or leave it "
-                         "out")
+                         "out (tensor workloads; a LightningModule is measured on one device)")
     micro_batches = micro_batches or (spec.devices if spec.devices > 1 else DEFAULT_MICRO)
     if batch_size < 2 or batch_size % micro_batches:
         raise UsageError(f"--micro-batches {micro_batches}: must divide the batch size "

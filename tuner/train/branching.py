@@ -8,7 +8,8 @@ optimizer's state are kept; each branch starts from them, trains ``horizon / k``
 with the learning rate of every parameter group times the rule's factor (the optimizer's state,
 momentum buffers included, carried over as it is), on its own seeded data order, and is
 evaluated on the validation set; then the reference's state is put back and the reference
-trains on, undisturbed, and is evaluated ``horizon`` steps after each checkpoint, at the same
+trains on, undisturbed (its random stream too: each branch is seeded, and torch's random state
+is put back), and is evaluated ``horizon`` steps after each checkpoint, at the same
 examples as its branches (the run lasts to the last checkpoint plus ``horizon``). What is compared is the validation loss (the workload's ``loss``
 metric, else the target metric when it is minimised).
 
@@ -129,13 +130,15 @@ def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
         if at_loss is None:
             break
         kept = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        rng = _rng_state()  # the reference's random stream (dropout), put back after branching
         branches = []
         for k in factors:
             r = LR_RULES[lr_rule](k)
             for g, lr in zip(optimizer.param_groups, base_lr):
                 g["lr"] = lr * r
-            mine = Batches(n, k * req.batch_size,
-                           req.seed + BRANCH_SEED * (checkpoints.index(e) + 1) + k, fabric.device)
+            seed = req.seed + BRANCH_SEED * (checkpoints.index(e) + 1) + k
+            torch.manual_seed(seed)
+            mine = Batches(n, k * req.batch_size, seed, fabric.device)
             ok = train(mine, horizon // k, e)
             branches.append(Branch(k, k * req.batch_size, base_lr[0] * r, horizon // k,
                                    loss_now(metric) if ok else None))
@@ -144,12 +147,25 @@ def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
             # dtype and device match) and updates them in place, so the next branch would
             # start from this one's momentum
             optimizer.load_state_dict(copy.deepcopy(kept[1]))  # the reference's lr back too
+        _set_rng_state(rng)
         found[e] = (at_loss, branches)
     out = [Checkpoint(s, s * req.batch_size, found[s][0], reference[s], found[s][1])
            for s in checkpoints if s in reference]
     return LocalCBS(req.batch_size, lr_rule, 0.0, horizon,
                     f"trained: one reference run and its branches, compared on the validation "
                     f"{metric} (one seed each: the comparison carries the runs' noise)", out)
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """torch's global random state (CPU, and every CUDA device's)."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all()
+                                   if torch.cuda.is_available() else [])
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 #: Metrics a LightningModule's branches are compared on, in order of preference (else the
@@ -176,11 +192,26 @@ def lightning_metric(request: TrialRequest, logged: Sequence[str]) -> str:
 
 class Snapshot(Callback):
     """Keeps the module's and its optimizers' state before the update of each step in ``at``
-    (what a branch from that step starts from)."""
+    (what a branch from that step starts from).
+
+    Raises:
+        UsageError: (at the fit's start) the module's ``configure_optimizers`` returns a
+            learning-rate scheduler, whose state a branch would not carry.
+    """
 
     def __init__(self, at: Sequence[int]) -> None:
         self.at = set(at)
         self.kept: dict[int, tuple[dict, list[dict]]] = {}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.lr_scheduler_configs:
+            raise UsageError(f"workload.module: {type(pl_module).__name__}.configure_optimizers "
+                             "returns a learning-rate scheduler; branches need a constant rate "
+                             "(allowed: no scheduler)")
+
+    def learning_rate(self, step: int) -> float:
+        """The first parameter group's learning rate at ``step`` (as kept)."""
+        return float(self.kept[step][1][0]["param_groups"][0]["lr"])
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
                              batch_idx: int) -> None:

@@ -1,10 +1,12 @@
 """The gradient noise scale of a trained workload, measured along one training run.
 
-McCandlish et al.'s two-batch estimator (:func:`tuner.core.predict.two_batch`) on one device: at
-each measured step, the batch of B examples about to be trained on is split into ``k``
-micro-batches of b = B / k; their gradients g_1..g_k (at the current parameters) give
-|G_b|^2 as the mean of |g_j|^2 and |G_B|^2 as |mean g_j|^2 -- what DDP's per-rank and all-reduced
-gradients would give with k ranks. Both paths measure before the step's update:
+McCandlish et al.'s two-batch estimator (:func:`tuner.core.predict.two_batch`): at each
+measured step, the batch of B examples about to be trained on is split into ``k`` micro-batches
+of b = B / k; their gradients g_1..g_k (at the current parameters) give |G_b|^2 as the mean of
+|g_j|^2 and |G_B|^2 as |mean g_j|^2. Under DDP (tensor path, ``[trainer] devices`` = k) the
+micro-batches are the ranks' shards: each rank's own gradient and their all-reduced mean (one
+all-reduce of the gradients, as DDP's backward would do, and one of two scalars). The paths
+measure before the step's update:
 
 - tensor path (:func:`measure`): a lean copy of :mod:`tuner.train.loop` (same batches, optimizer,
   schedule and device); at a measured step the update uses the mean of the micro-batch gradients,

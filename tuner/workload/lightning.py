@@ -318,8 +318,9 @@ class LightningWorkload(Workload):
         that state.
 
         Raises:
-            UsageError: DDP, manual optimization, a schedule other than constant, or no
-                validation loss to compare.
+            UsageError: DDP, manual optimization, a schedule other than constant (the spec's,
+                or a scheduler from the module's ``configure_optimizers``), or no validation
+                loss to compare.
         """
         import dataclasses
 
@@ -363,9 +364,7 @@ class LightningWorkload(Workload):
                 res = self._fit(mod_k, dm_k, per_k, req_k, _recorder(got),
                                 probes=(Restore(snap.kept[s], r),))
                 v = got.get(horizon // k, {}).get(metric)
-                lr = request.params.get("learning_rate")
-                branches.append(Branch(k, k * request.batch_size,
-                                       float(lr) * r if lr is not None else float("nan"),
+                branches.append(Branch(k, k * request.batch_size, snap.learning_rate(s) * r,
                                        horizon // k,
                                        v if v is not None and not res.diverged else None))
             out.append(Checkpoint(s, s * request.batch_size, seen.get(s, {}).get(metric),
