@@ -35,9 +35,15 @@ def measure(spec: Spec, url: str, b0: int, steps: int | None, points: int,
     """Branch and compare; ``(result, the study it was stored in or None)``.
 
     Raises:
-        UsageError: a factor below 2, a horizon that a factor does not divide, an unknown
-            learning-rate rule, or as :func:`tuner.run.predict.plan`.
+        UsageError: DDP, a schedule other than constant, a factor below 2, a horizon that a
+            factor does not divide, an unknown learning-rate rule, or as
+            :func:`tuner.run.predict.plan`.
     """
+    if spec.devices > 1:
+        raise UsageError("trainer.devices: branches run on one device; allowed: 1")
+    if spec.schedule != "constant":
+        raise UsageError(f"optimizer.schedule {spec.schedule!r}: a branch at k B0 would need its "
+                         "schedule re-timed; allowed: constant")
     if lr_rule not in LR_RULES:
         raise UsageError(f"--lr-rule {lr_rule}: allowed: {', '.join(LR_RULES)}")
     factors = sorted(set(factors))

@@ -10,8 +10,8 @@ momentum buffers included, carried over as it is), on its own seeded data order,
 evaluated on the validation set; then the reference's state is put back and the reference
 trains on, undisturbed (its random stream too: each branch is seeded, and torch's random state
 is put back), and is evaluated ``horizon`` steps after each checkpoint, at the same
-examples as its branches (the run lasts to the last checkpoint plus ``horizon``). What is compared is the validation loss (the workload's ``loss``
-metric, else the target metric when it is minimised).
+examples as its branches (the run lasts to the last checkpoint plus ``horizon``). What is
+compared is the validation loss (the workload's ``loss`` metric, else the target metric when it is minimised: :func:`compared_metric`).
 
 A LightningModule (:class:`tuner.workload.lightning.LightningWorkload`): the reference is one
 ``Trainer.fit`` of the user's module and DataModule, validated at the checkpoints and ``horizon``
@@ -20,6 +20,9 @@ checkpoint; each branch is another ``Trainer.fit`` of a module and DataModule bu
 started from that state by :class:`Restore` (learning rates scaled), validated after
 ``horizon / k`` steps. Compared: the first of :data:`LIGHTNING_LOSSES` the module logs in
 ``validation_step``, else the target metric when it is minimised.
+
+Both run on one device with a constant schedule (:func:`tuner.run.branching.measure` refuses
+the rest).
 """
 
 from __future__ import annotations
@@ -43,34 +46,41 @@ if TYPE_CHECKING:
 BRANCH_SEED = 7919
 
 
-def compared_metric(request: TrialRequest, metrics: dict[str, float]) -> str:
-    """``loss`` when the workload's evaluation gives it, else the target metric when it is
-    minimised.
+#: The validation metrics branches are compared on, in order of preference (else the target
+#: metric, when it is minimised): a tensor workload's evaluation, and what LightningModules log.
+TENSOR_LOSSES = ("loss",)
+LIGHTNING_LOSSES = ("val_loss", "loss", "val/loss")
+
+
+def compared_metric(request: TrialRequest, metrics: Sequence[str], preferred: Sequence[str]
+                    ) -> str:
+    """The first of ``preferred`` among the validation ``metrics``, else the target metric
+    when it is minimised and among them.
 
     Raises:
         UsageError: neither.
     """
-    if "loss" in metrics:
-        return "loss"
+    for name in preferred:
+        if name in metrics:
+            return name
     if request.target.direction == "minimize" and request.target.metric in metrics:
         return request.target.metric
     raise UsageError(f"target.metric {request.target.metric!r}: the branches compare a "
-                     f"validation loss; allowed: a workload whose evaluation gives 'loss' or a "
-                     f"minimised target metric (it gives: {', '.join(sorted(metrics))})")
+                     f"validation loss; allowed: an evaluation that gives one of "
+                     f"{', '.join(preferred)} (a LightningModule: logged in validation_step), or "
+                     f"a minimised target metric (it gives: {', '.join(sorted(metrics))})")
+
+
+def branch_seed(seed: int, checkpoint: int, factor: int) -> int:
+    """The data-order (and random) seed of the branch at ``factor`` from the ``checkpoint``-th
+    checkpoint (0-based) of a reference run seeded ``seed``."""
+    return seed + BRANCH_SEED * (checkpoint + 1) + factor
 
 
 def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
            factors: Sequence[int], lr_rule: str, horizon: int) -> LocalCBS:
-    """The reference run and its branches (see the module docstring).
-
-    Raises:
-        UsageError: DDP, or a schedule other than constant.
-    """
-    if req.devices > 1:
-        raise UsageError("trainer.devices: branches run on one device; allowed: 1")
-    if req.schedule != "constant":
-        raise UsageError(f"optimizer.schedule {req.schedule!r}: a branch at k B0 would need its "
-                         "schedule re-timed; allowed: constant")
+    """The reference run and its branches (see the module docstring); one device, a constant
+    schedule (:func:`tuner.run.branching.measure` refuses the rest)."""
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormals slowed a small MLP ~10x on this CPU
     fabric = make_fabric(req.accelerator, req.precision)
@@ -90,7 +100,9 @@ def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
         return metrics
 
     def train(batches: Batches, steps: int, start: int) -> bool:
-        """``steps`` steps; False when a loss was not finite (diverged)."""
+        """``steps`` steps; False when a loss was not finite (diverged). The losses are read
+        from the device once, at the end (as the loop does, not at every step)."""
+        losses = []
         for step in range(start, start + steps):
             idx = batches.next()
             for p in params:
@@ -98,17 +110,16 @@ def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
             with precision.forward_context():
                 loss = precision.convert_output(
                     workload.training_loss(net, train_x[idx], data.train_y[idx], step))
-            if not math.isfinite(float(loss.detach())):
-                return False
+            losses.append(loss.detach())
             fabric.backward(loss)
             optimizer.step()
-        return True
+        return not losses or bool(torch.stack(losses).isfinite().all())
 
     def loss_now(metric: str) -> float | None:
         v = evaluate()[metric]
         return v if math.isfinite(v) else None
 
-    metric = compared_metric(req, evaluate())
+    metric = compared_metric(req, list(evaluate()), TENSOR_LOSSES)
     checkpoints = sorted(set(at))
     ends = {s + horizon: s for s in checkpoints}  # where the reference is compared
     batches = Batches(n, req.batch_size, req.seed, fabric.device)
@@ -136,7 +147,7 @@ def branch(workload: TrainedWorkload, req: TrialRequest, at: Sequence[int],
             r = LR_RULES[lr_rule](k)
             for g, lr in zip(optimizer.param_groups, base_lr):
                 g["lr"] = lr * r
-            seed = req.seed + BRANCH_SEED * (checkpoints.index(e) + 1) + k
+            seed = branch_seed(req.seed, checkpoints.index(e), k)
             torch.manual_seed(seed)
             mine = Batches(n, k * req.batch_size, seed, fabric.device)
             ok = train(mine, horizon // k, e)
@@ -166,28 +177,6 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
     torch.set_rng_state(state[0])
     if state[1]:
         torch.cuda.set_rng_state_all(state[1])
-
-
-#: Metrics a LightningModule's branches are compared on, in order of preference (else the
-#: target metric, when it is minimised).
-LIGHTNING_LOSSES = ("val_loss", "loss", "val/loss")
-
-
-def lightning_metric(request: TrialRequest, logged: Sequence[str]) -> str:
-    """The validation metric a LightningModule's branches are compared on.
-
-    Raises:
-        UsageError: none of :data:`LIGHTNING_LOSSES` is logged and the target is maximised.
-    """
-    for name in LIGHTNING_LOSSES:
-        if name in logged:
-            return name
-    if request.target.direction == "minimize":
-        return request.target.metric
-    raise UsageError(f"target.metric {request.target.metric!r}: the branches compare a "
-                     f"validation loss; allowed: a module that logs one of "
-                     f"{', '.join(LIGHTNING_LOSSES)} in validation_step, or a minimised target "
-                     f"metric (it logs: {', '.join(sorted(logged))})")
 
 
 class Snapshot(Callback):

@@ -301,9 +301,7 @@ class LightningWorkload(Workload):
             raise UsageError("trainer.devices: the noise scale is measured on one device; "
                              "allowed: 1")
         module, dm, per_device = self.build(request)
-        if not module.automatic_optimization:
-            raise UsageError(f"workload.module: {type(module).__name__} uses manual "
-                             "optimization; the noise-scale probe needs automatic optimization")
+        _automatic(module, "the noise-scale probe")
         probe = NoiseProbe(at, micro_batches, per_device)
         r = self._fit(module, dm, per_device, request, lambda step, metrics: False,
                       probes=(probe,))
@@ -317,21 +315,18 @@ class LightningWorkload(Workload):
         its state kept at each checkpoint; one fit per branch, built at k B0 and started from
         that state.
 
+        One device, the spec's schedule constant (:func:`tuner.run.branching.measure` refuses
+        the rest).
+
         Raises:
-            UsageError: DDP, manual optimization, a schedule other than constant (the spec's,
-                or a scheduler from the module's ``configure_optimizers``), or no validation
-                loss to compare.
+            UsageError: manual optimization, a scheduler from the module's
+                ``configure_optimizers``, or no validation loss to compare.
         """
         import dataclasses
 
-        from tuner.train.branching import (BRANCH_SEED, Restore, Snapshot,  # heavy: lightning
-                                           lightning_metric)
+        from tuner.train.branching import (  # heavy: lightning
+            LIGHTNING_LOSSES, Restore, Snapshot, branch_seed, compared_metric)
 
-        if request.devices > 1:
-            raise UsageError("trainer.devices: branches run on one device; allowed: 1")
-        if request.schedule != "constant":
-            raise UsageError(f"optimizer.schedule {request.schedule!r}: a branch at k B0 would "
-                             "need its schedule re-timed; allowed: constant")
         points = sorted(set(at))
         ends = {s + horizon: s for s in points}
         evals = sorted({s for s in points if s > 0} | set(ends))
@@ -339,15 +334,13 @@ class LightningWorkload(Workload):
         ref = dataclasses.replace(request, max_steps=evals[-1], eval_steps=tuple(evals),
                                   train_to_budget=True)
         module, dm, per_device = self.build(ref)
-        if not module.automatic_optimization:
-            raise UsageError(f"workload.module: {type(module).__name__} uses manual "
-                             "optimization; branching needs automatic optimization")
+        _automatic(module, "branching")
         snap = Snapshot(points)
         self._fit(module, dm, per_device, ref, _recorder(seen), probes=(snap,))
         if not seen:
             raise UsageError(f"the reference run at B = {request.batch_size} diverged before "
                              "its first validation")
-        metric = lightning_metric(request, sorted(next(iter(seen.values()))))
+        metric = compared_metric(request, list(next(iter(seen.values()))), LIGHTNING_LOSSES)
         out = []
         for i, s in enumerate(points):
             if s not in snap.kept or s + horizon not in seen:
@@ -357,7 +350,7 @@ class LightningWorkload(Workload):
                 r = LR_RULES[lr_rule](k)
                 req_k = dataclasses.replace(
                     request, batch_size=k * request.batch_size, max_steps=horizon // k,
-                    eval_steps=(horizon // k,), seed=request.seed + BRANCH_SEED * (i + 1) + k,
+                    eval_steps=(horizon // k,), seed=branch_seed(request.seed, i, k),
                     train_to_budget=True)
                 got: dict[int, dict[str, float]] = {}
                 mod_k, dm_k, per_k = self.build(req_k)
@@ -395,6 +388,17 @@ class LightningWorkload(Workload):
                          callbacks=(*self.callbacks(), *probes),
                          gradient_clip_val=self.options.gradient_clip_val or None,
                          module_optimizers=request.optimizer == "module", **kw)
+
+
+def _automatic(module: LightningModule, what: str) -> None:
+    """Refuse a module that uses manual optimization, which ``what`` does not follow.
+
+    Raises:
+        UsageError: it does.
+    """
+    if not module.automatic_optimization:
+        raise UsageError(f"workload.module: {type(module).__name__} uses manual optimization; "
+                         f"{what} needs automatic optimization")
 
 
 def _recorder(into: dict[int, dict[str, float]]) -> Reporter:
