@@ -23,9 +23,7 @@ from tuner.analysis.adaptive import Plan, trained_examples
 from tuner.analysis.fit import fit_with_bootstrap
 from tuner.run import runner
 from tuner.run import specs as spec_mod
-from tuner.run.adaptive import run_adaptive
-from tuner.store.rows import open_reader
-from tuner.store.source import load_spec
+from tuner.run.adaptive import run_adaptive, stored_trials
 
 SPECS = ["studies/nqm_sgd.toml", "studies/nqm_momentum.toml", "studies/nqm_precond_p025.toml",
          "studies/nqm_precond_p050.toml", "studies/nqm_precond_p075.toml",
@@ -37,12 +35,7 @@ def full_grid(spec: spec_mod.Spec, url: str) -> tuple[dict, float]:
     t0 = time.perf_counter()
     runner.run(spec, url, spec.batch_sizes, spec.trials, summary=False)
     seconds = time.perf_counter() - t0
-    reader = open_reader(url)
-    try:
-        return {s.batch_size: s.trials for s in load_spec(reader, spec, curves=False).studies}, \
-            seconds
-    finally:
-        reader.engine.dispose()
+    return stored_trials(spec, url), seconds
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ sizes. The rules, as plain functions a reader can check against the printed plan
   batch size farthest (in log space) from every measured one.
 - **Stop** (:func:`stop_reason`, after each batch size is measured), at the first of: every
   batch size of the spec is measured; the trained examples reach the budget (checked after
-  every round too, so a run passes it by at most one round's trials); (a) B_crit's 95 % bootstrap interval spans at most
-  ``width`` (high / low) and the last batch size added was predicted by the fit made before it
+  every round too, so a run passes it by at most one round's trials); (a) B_crit's 95 %
+  bootstrap interval spans at most ``width`` (high / low) and the last batch size added was predicted by the fit made before it
   within ``predict_within`` (relative error of the steps); or (b) each of the last ``confirm``
   batch sizes added was so predicted. The interval alone is tuning noise only; a prediction
   checks the curve's form where it was not measured, so (a) and (b) need at least ``first + 1``
@@ -74,7 +74,6 @@ class Step:
     why: str
     predicted: float | None = None  # steps, by the fit before this batch size was measured
     measured: int | None = None  # best steps once measured (None: target never reached)
-    trials: int = 0
 
     @property
     def error(self) -> float | None:
@@ -180,8 +179,7 @@ def next_batch_size(fit: Fit | None, measured: Sequence[int], grid: Sequence[int
 def trained_examples(batch_size: int, trials: Sequence[TrialRecord]) -> float:
     """Examples the finished trials trained: steps each ran (to the target, the pruning step,
     divergence or the budget) times the batch size."""
-    return float(sum((t.stopped_at_step or 0) * batch_size for t in trials
-                     if t.outcome not in ("running", "failed")))
+    return float(sum((t.stopped_at_step or 0) * batch_size for t in trials if t.finished))
 
 
 def interval_span(fit: Fit | None) -> float:

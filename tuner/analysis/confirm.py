@@ -65,7 +65,7 @@ def config_results(st: BatchStudy, metric: str) -> list[ConfigResult]:
     out = []
     for k, c in enumerate(conf.get("configs", [])):
         mine = [t for t in st.trials if t.slot is not None and base + k * width <= t.slot
-                < base + (k + 1) * width and t.outcome not in ("running", "failed")]
+                < base + (k + 1) * width and t.finished]
         if not mine:
             continue
         r = ConfigResult(st.batch_size, k, c["trial"], c["steps"], len(mine),

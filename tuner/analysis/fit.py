@@ -246,7 +246,7 @@ def steps_pool(trials: Sequence[TrialRecord]) -> np.ndarray:
     """Steps of every finished trial for resampling: the steps of reached trials, inf for the
     rest (missed, pruned, diverged); running and failed trials left out."""
     return np.array([t.steps_to_target if t.outcome == "reached" else np.inf
-                     for t in trials if t.outcome not in ("running", "failed")], dtype=float)
+                     for t in trials if t.finished], dtype=float)
 
 
 def best_steps_per_batch(trials_by_b: dict[int, Sequence[TrialRecord]]) -> dict[int, int]:

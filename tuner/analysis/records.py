@@ -35,6 +35,11 @@ class TrialRecord:
     #: for studies stored before it, the target metric's intermediate values). None: unknown.
     curve: dict[str, Any] | None = field(default=None, repr=False)
 
+    @property
+    def finished(self) -> bool:
+        """Whether the trial has an outcome (not running, not failed)."""
+        return self.outcome not in ("running", "failed")
+
 
 @dataclass
 class BatchStudy:

@@ -142,7 +142,7 @@ def verdict(s: SpecStudies, findings: Sequence[EdgeFinding], c: Curve | None = N
     except tomllib.TOMLDecodeError:
         wanted = []
     ran = {st.batch_size for st in s.studies
-           if any(t.outcome not in ("running", "failed") for t in st.trials)}
+           if any(t.finished for t in st.trials)}
     v.not_run = sorted(set(wanted) - ran)
     v.not_reached = sorted(st.batch_size for st in s.studies
                            if st.batch_size in ran and best(st.trials) is None)

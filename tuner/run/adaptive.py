@@ -16,7 +16,7 @@ from tuner.analysis.adaptive import (Plan, Progress, Step, first_batch_sizes, in
                                      trained_examples)
 from tuner.analysis.adequacy import assess
 from tuner.analysis.fit import Fit, fit_with_bootstrap
-from tuner.analysis.records import TrialRecord
+from tuner.analysis.records import TrialRecord, best
 from tuner.core.errors import UsageError
 from tuner.run import runner
 from tuner.spec import Spec
@@ -34,7 +34,7 @@ class Result:
     reason: str  # why it stopped
 
 
-def _trials(spec: Spec, url: str) -> dict[int, list[TrialRecord]]:
+def stored_trials(spec: Spec, url: str) -> dict[int, list[TrialRecord]]:
     """The stored trials of the spec's studies, by batch size."""
     reader = open_reader(url)
     try:
@@ -46,7 +46,7 @@ def _trials(spec: Spec, url: str) -> dict[int, list[TrialRecord]]:
 def first_slots(trials: list[TrialRecord], n: int) -> list[TrialRecord]:
     """The first ``n`` finished trials in the study's sequence (slot, else trial number): what
     the study held after the round that brought it to ``n``."""
-    done = [t for t in trials if t.outcome not in ("running", "failed")]
+    done = [t for t in trials if t.finished]
     return sorted(done, key=lambda t: (t.slot is None, t.slot or 0, t.number))[:n]
 
 
@@ -61,14 +61,14 @@ def measure(spec: Spec, url: str, b: int, plan: Plan, cap: int, spent: float,
     progress."""
     n, bests = 0, []
     try:
-        trials = _trials(spec, url).get(b, [])
+        trials = stored_trials(spec, url).get(b, [])
     except UsageError:  # nothing stored yet (the runner refuses a changed spec itself)
         trials = []
     while True:
         n = min(n + plan.chunk, cap)
         if len(first_slots(trials, n)) < n:
             runner.run(spec, url, (b,), n, _quieter(echo), heartbeat, summary=False)
-            trials = _trials(spec, url)[b]
+            trials = stored_trials(spec, url)[b]
         judged = first_slots(trials, n)
         a = assess(b, judged, spec.space, plan.rule)
         left = None if plan.max_examples is None else \
@@ -126,9 +126,8 @@ def run_adaptive(spec: Spec, url: str, plan: Plan, say: Callable[[str], None],
             step = Step(b, why, fit.steps(b) if fit is not None else None)
             trials_by_b[b] = measure(spec, url, b, plan, cap, progress.examples, say, echo,
                                      heartbeat)
-            found = [t.steps_to_target for t in trials_by_b[b] if t.outcome == "reached"]
-            step.measured = min(found) if found else None  # type: ignore[type-var]
-            step.trials = len(trials_by_b[b])
+            found = best(trials_by_b[b])
+            step.measured = found.steps_to_target if found is not None else None
             if step.error is not None:
                 say(f"  B = {b}: the fit before it predicted {step.predicted:.4g} steps, "
                     f"measured {step.measured} ({step.error:.1%} off)")
