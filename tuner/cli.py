@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 import optuna
@@ -161,6 +162,9 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
             resources.check_sizes(m, chosen[m.name])
     n_workers = workers or max(1, len(gpu_ids))
     url = storage_mod.resolve_url(storage)
+    if adaptive and storage_mod.in_memory(url):  # before the pre-flight's work
+        raise UsageError(f"--adaptive: an in-memory storage ({url}) is gone between rounds; "
+                         "allowed: a SQLite file or a PostgreSQL URL")
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     if not no_preflight:  # a tiny trial at the smallest and largest B, before any storage
         for m in members:
@@ -175,9 +179,6 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         from tuner.analysis.curves import point
         from tuner.run.adaptive import run_adaptive
 
-        if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
-            raise UsageError(f"--adaptive: an in-memory storage ({url}) is gone between rounds; "
-                             "allowed: a SQLite file or a PostgreSQL URL")
         plan = Plan(first=first, chunk=chunk, plateau=plateau, width=ci_width,
                     predict_within=predict_within, max_examples=budget_examples)
         m = members[0]
@@ -194,7 +195,7 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
             if not no_summary:
                 click.echo(points_table(m, points))
         return
-    if storage_mod.sqlite_file(url) is None and url.startswith("sqlite"):
+    if storage_mod.in_memory(url):
         raise UsageError(f"--workers: an in-memory storage ({url}) cannot be shared; "
                          "allowed: a SQLite file or a PostgreSQL URL")
     # refuse a changed spec once; every worker then works through the members in order
@@ -775,6 +776,29 @@ def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
         click.echo("\n" + "\n".join(lines))
 
 
+def _fixed_run(spec_path: str, seed: int | None, storage: str | None, sets: tuple[str, ...],
+               batch_size: int) -> tuple[Any, str, dict[str, Any]]:
+    """A run at fixed metaparameters (``noise-scale``, ``local-cbs``): the spec (at ``seed``),
+    the storage URL and the ``--set`` values, after the workload's pre-flight at
+    ``batch_size`` (a broken model or data: one line, before training)."""
+    from tuner.run import predict  # the trial path: torch, the workload
+    from tuner.run import specs as spec_mod
+
+    spec = spec_mod.load(spec_path)
+    if seed is not None:
+        spec = spec_mod.with_seed(spec, seed)
+    url = resolve_url(storage)
+    overrides = predict.parse_set(spec, sets)
+    spec_mod.preflight(spec, [batch_size])
+    return spec, url, overrides
+
+
+def _stored_line(stored: str | None) -> None:
+    """Where a fixed-metaparameter run's result went (stderr)."""
+    click.echo(f"stored in study {stored}" if stored else
+               "not stored (--no-store, or no study of this spec at this batch size)", err=True)
+
+
 def AT_FIXED_PARAMS(f):  # noqa: ANN001, ANN201, N802 - a click decorator
     """``--set`` / ``--storage`` / ``--seed`` / ``--format``: a run at fixed metaparameters
     (``noise-scale``, ``local-cbs``)."""
@@ -824,14 +848,8 @@ def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
     """
     from tuner.core.predict import SUMMARY
     from tuner.run import predict  # the trial path: torch, the workload
-    from tuner.run import specs as spec_mod
 
-    spec = spec_mod.load(spec_path)
-    if seed is not None:
-        spec = spec_mod.with_seed(spec, seed)
-    url = resolve_url(storage)
-    overrides = predict.parse_set(spec, sets)
-    spec_mod.preflight(spec, [batch_size])  # a broken model or data: one line, before training
+    spec, url, overrides = _fixed_run(spec_path, seed, storage, sets, batch_size)
     ns, stored = predict.measure(spec, url, batch_size, steps, points, micro_batches, ema,
                                  overrides, store=not no_store)
     obj = {"spec": spec.name, **ns.to_json(), "stored_in": stored}
@@ -849,9 +867,7 @@ def noise_scale(spec_path: str, batch_size: int, steps: int | None, points: int,
         if ns.diverged_at is not None:
             click.echo(f"the loss was not finite at step {ns.diverged_at}: the run stopped "
                        "there", err=True)
-        click.echo(f"stored in study {stored}" if stored else
-                   "not stored (--no-store, or no study of this spec at this batch size)",
-                   err=True)
+        _stored_line(stored)
 
 
 
@@ -910,16 +926,9 @@ def local_cbs(spec_path: str, batch_size: int, factors: list[int], lr_rule: str,
     the storage.
     """
     from tuner.run import branching  # the trial path: torch, the workload
-    from tuner.run import predict
-    from tuner.run import specs as spec_mod
 
-    spec = spec_mod.load(spec_path)
-    if seed is not None:
-        spec = spec_mod.with_seed(spec, seed)
     _check_output("--plot", plot)
-    url = resolve_url(storage)
-    overrides = predict.parse_set(spec, sets)
-    spec_mod.preflight(spec, [batch_size])  # a broken model or data: one line, before training
+    spec, url, overrides = _fixed_run(spec_path, seed, storage, sets, batch_size)
     r, stored = branching.measure(spec, url, batch_size, steps, points, factors, lr_rule,
                                   horizon, tolerance, overrides, store=not no_store)
     obj = {"spec": spec.name, **r.to_json(), "stored_in": stored}
@@ -946,9 +955,7 @@ def local_cbs(spec_path: str, batch_size: int, factors: list[int], lr_rule: str,
     if fmt == "table":
         click.echo(f"\n{r.method}; loss_B<k B0> = the branch's loss at the same examples as "
                    f"reference_loss (loss: the reference's at the checkpoint)")
-        click.echo(f"stored in study {stored}" if stored else
-                   "not stored (--no-store, or no study of this spec at this batch size)",
-                   err=True)
+        _stored_line(stored)
 
 def _confirmed(storage: str | None, loaded: Sequence[SpecStudies]
                ) -> list[tuple[SpecStudies, list]]:

@@ -29,6 +29,7 @@ from tuner.store.retry import RetryingStorage, cause, db_error, describe
 from tuner.store.urls import (  # noqa: F401 - re-exported
     DEFAULT_URL,
     ENV_VAR,
+    in_memory,
     resolve_url,
     sqlite_file,
     writable,

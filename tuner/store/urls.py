@@ -107,6 +107,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(u.database)
 
 
+def in_memory(url: str) -> bool:
+    """Whether ``url`` is an in-memory SQLite database (gone with its connection)."""
+    return sqlite_file(url) is None and url.startswith("sqlite")
+
+
 def _read_only_url(url: str) -> bool:
     """Whether a SQLite URL asks for read-only access (``mode=ro`` or ``immutable=1``)."""
 
