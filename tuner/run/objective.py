@@ -9,7 +9,7 @@ Outcomes:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -21,7 +21,7 @@ from optuna.distributions import (
 
 from tuner.analysis.rescore import steps_to
 from tuner.core.goal import Goal
-from tuner.core.trial import TrialRequest, TrialResult
+from tuner.core.trial import Reporter, TrialRequest, TrialResult
 from tuner.run.pruning import GoalsPruner
 from tuner.spec import Spec
 from tuner.workload.base import Workload
@@ -71,27 +71,43 @@ def steps_to_goals(curve: dict[str, Any], goals: tuple[Goal, ...]) -> dict[str, 
     return {str(g): steps_to(curve, g.metric, g.value, g.strict, g.direction) for g in goals}
 
 
-def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: bool = False
-                   ) -> Callable[[optuna.Trial], float]:
+class Objective:
     """The Optuna objective of one batch-size study (``measure``: ``tuner confirm``'s, which
-    also measures the test split and the sharpness where the target is reached)."""
-    max_steps = spec.max_steps(batch_size)
-    evals = spec.eval_steps(batch_size)
-    target = spec.target
+    also measures the test split and the sharpness where the target is reached).
 
-    def objective(trial: optuna.Trial) -> float:
+    Calling it runs one trial. :meth:`start` and :meth:`finish` are its two halves, for a
+    worker that trains several trials at once (``[trainer] trials_at_once``): the request
+    and the reporter of a claimed trial, then its result told as one trial's.
+    """
+
+    def __init__(self, spec: Spec, batch_size: int, workload: Workload, measure: bool = False
+                 ) -> None:
+        self.spec, self.batch_size, self.workload, self.measure = (spec, batch_size, workload,
+                                                                   measure)
+        self.max_steps = spec.max_steps(batch_size)
+        self.evals = spec.eval_steps(batch_size)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        request, report = self.start(trial)
+        return self.finish(trial, self.workload.run(request, report))
+
+    def start(self, trial: optuna.Trial) -> tuple[TrialRequest, Reporter]:
+        """Sample the trial's params, record its seed; its request and its reporter (which
+        reports each evaluation to Optuna and answers whether to prune)."""
+        spec, target = self.spec, self.spec.target
         params = {**spec.fixed, **suggest(trial, spec)}
         # the seed follows the slot (tuner.run.trialqueue): a retry reuses its failed trial's seed
         a = trial.user_attrs
-        seed = trial_seed(spec.seed, batch_size, a.get("slot", a.get("retry_of", trial.number)))
+        seed = trial_seed(spec.seed, self.batch_size,
+                          a.get("slot", a.get("retry_of", trial.number)))
         trial.set_user_attr("seed", seed)
         request = TrialRequest(
             params=params, optimizer=spec.optimizer, schedule=spec.schedule,
-            batch_size=batch_size, max_steps=max_steps, eval_steps=evals, target=target,
-            seed=seed, divergence_factor=spec.budget.divergence_factor,
+            batch_size=self.batch_size, max_steps=self.max_steps, eval_steps=self.evals,
+            target=target, seed=seed, divergence_factor=spec.budget.divergence_factor,
             accelerator=spec.accelerator, precision=spec.precision, devices=spec.devices,
-            also=spec.also, train_to_budget=spec.budget.train_to_budget, measure=measure,
-            landscape=measure and a.get("config") == 0 and a.get("seed_index") == 0,
+            also=spec.also, train_to_budget=spec.budget.train_to_budget, measure=self.measure,
+            landscape=self.measure and a.get("config") == 0 and a.get("seed_index") == 0,
         )
         met: set[str | None] = set()  # goals met so far (None: the target)
         goals = GoalsPruner(spec.pruner.slack, [str(g) for g in spec.also]) if (
@@ -108,7 +124,17 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: boo
             unmet = [g for g in [None, *map(str, spec.also)] if g not in met]
             return goals is not None and goals.should_prune(trial.study, step, unmet)
 
-        r = workload.run(request, report)
+        return request, report
+
+    def finish(self, trial: optuna.Trial, r: TrialResult, at_once: int = 1) -> float:
+        """Store the result's attrs on the trial; its value (steps-to-target, or the budget).
+
+        ``at_once``: how many trials trained together with it (attr ``trials_at_once``).
+
+        Raises:
+            optuna.TrialPruned: the trial was pruned.
+        """
+        spec, max_steps = self.spec, self.max_steps
         kind = outcome(r)
         curve = curve_attr(r.curve)  # every metric at every evaluation, by column
         attrs = {
@@ -131,6 +157,7 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: boo
             "outcome": kind,
             "device": r.device,
             "devices": spec.devices,
+            **({"trials_at_once": at_once} if at_once > 1 else {}),
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
@@ -139,4 +166,8 @@ def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: boo
             raise optuna.TrialPruned(f"pruned at step {r.stopped_at_step}")
         return float(r.steps_to_target if r.reached else max_steps)
 
-    return objective
+
+def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: bool = False
+                   ) -> Objective:
+    """The Optuna objective of one batch-size study (:class:`Objective`)."""
+    return Objective(spec, batch_size, workload, measure)

@@ -32,7 +32,7 @@ from tuner.store.compat import heartbeat_thread, storage_of, study_id, tell_prun
 from tuner.store.claims import PREFIX as CLAIM_PREFIX
 from tuner.store.claims import Block, Claimed, ClaimLost, claim_block, finished_count, release
 from tuner.store.locking import Liveness, LockLost, study_lock, worker_lock
-from tuner.run.objective import make_objective
+from tuner.run.objective import Objective, make_objective
 from tuner.store.persist import store_trials
 from tuner.run.pruning import build_pruner
 from tuner.run.sampling import build_sampler
@@ -158,6 +158,9 @@ def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study
     """Run trials of one study until none is left to claim; True when it has ``n`` finished."""
     objective = make_objective(spec, b, spec.workload)
     lock = partial(study_lock, url, study.study_name)
+    if spec.trials_at_once > 1:
+        return drain_at_once(study, n, objective, spec.trials_at_once, lock,
+                             [progress(b, n, echo)], echo, heartbeat)
     if not spec.workload.buffered:
         return drain(study, n, objective, lock, [progress(b, n, echo)], echo, heartbeat)
     assert live is not None
@@ -337,6 +340,69 @@ def drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float
             raise
 
 
+def drain_at_once(study: optuna.Study, n: int, objective: Objective, k: int,
+                  lock: Callable[[], contextlib.AbstractContextManager],
+                  callbacks: list[Callback], echo: Callable[[str], None],
+                  heartbeat: float = HEARTBEAT) -> bool:
+    """:func:`drain` for ``[trainer] trials_at_once = k``: claim up to ``k`` trials, one by one
+    through :func:`tuner.run.trialqueue.claim` (so every guarantee of the slot queue holds),
+    and train them together (the workload's ``run_many``); a lane whose trial ended claims the
+    next. Each claimed trial is RUNNING with its own heartbeat until it is told on its own, with
+    the attrs one trial at a time gets. An exception, Ctrl-C or SIGTERM fails every trial in
+    hand and re-queues its slot (same params, same seed), then propagates. True when the study
+    has ``n`` finished trials."""
+    b = study.user_attrs.get("batch_size")
+    while True:
+        last: list[Claim] = []
+        beats: dict[int, contextlib.ExitStack] = {}  # trial number -> its heartbeat
+        held: dict[int, optuna.Trial] = {}
+
+        def next_trial() -> tuple[optuna.Trial, Any, Any] | None:
+            with deferred(), lock():
+                c = claim(study, n, heartbeat, WORKER)
+            last.append(c)
+            for t in c.stale:
+                echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): "
+                     f"{t.system_attrs.get('fail_reason')}")
+            if c.requeued:
+                echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
+            if c.trial is None:
+                return None
+            trial = c.trial
+            held[trial.number] = trial
+            beat = beats[trial.number] = contextlib.ExitStack()
+            beat.enter_context(heartbeat_thread(trial_id(trial), storage_of(study)))
+            trial.set_user_attr("worker", WORKER)
+            if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+                trial.set_user_attr("cuda_visible_devices", gpus)
+            request, report = objective.start(trial)
+            return trial, request, report
+
+        def done(trial: optuna.Trial, result: Any) -> None:
+            state, value = TrialState.COMPLETE, None
+            try:
+                value = objective.finish(trial, result, at_once=k)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            beats.pop(trial.number).close()
+            _tell(study, trial, value, state, callbacks)
+            del held[trial.number]
+
+        try:
+            ran = objective.workload.run_many(next_trial, done, k)
+        except BaseException as exc:
+            for beat in beats.values():
+                beat.close()
+            with deferred(), lock():
+                for trial in held.values():
+                    if (frozen := fail(study, trial, _reason(exc))) is not None:
+                        for cb in callbacks:
+                            cb(study, frozen)
+            raise
+        if not ran:
+            return last[-1].finished >= n
+
+
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip(": ")
 
@@ -379,6 +445,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
             for cb in callbacks if frozen is not None else ():
                 cb(study, frozen)
         raise
+    return _tell(study, trial, value, state, callbacks)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState,
+          callbacks: list[Callback]) -> FrozenTrial | None:
+    """Tell the study how a trial ended (signals deferred meanwhile) and run the callbacks;
+    None (one line on stderr) when another worker took the trial meanwhile."""
     with deferred():
         try:
             if state == TrialState.PRUNED:

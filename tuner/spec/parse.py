@@ -169,6 +169,7 @@ class Spec:
     accelerator: str = "auto"
     precision: str = "32-true"
     devices: int = 1  # > 1: one trial trains with DDP on this many devices
+    trials_at_once: int = 1  # > 1: a worker trains this many trials as one vectorised model
     #: Extra goals (``[target] also``): trials train until they meet every one (or the budget
     #: ends), so re-scoring at each is exact; the lossless pruner is lossless for each.
     also: tuple[Goal, ...] = ()
@@ -817,7 +818,7 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
                         "allowed: max_steps")
     cadence = _cadence(top.table("eval"), workload)
     trainer = top.table("trainer")
-    trainer.only(["accelerator", "precision", "devices"])
+    trainer.only(["accelerator", "precision", "devices", "trials_at_once"])
 
     spec = Spec(
         path=path, text=text, name=name, description=top.get("description", "string", ""),
@@ -831,6 +832,7 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
         accelerator=trainer.get("accelerator", "string", "auto", choices=ACCELERATORS),
         precision=trainer.get("precision", "string", "32-true", choices=PRECISIONS),
         devices=trainer.positive_int("devices", 1),
+        trials_at_once=trainer.positive_int("trials_at_once", 1),
     )
     if workload is None:
         return spec
@@ -847,6 +849,13 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
             raise SpecError(path, "batch_sizes", f"{odd[0]} does not split over trainer.devices "
                             f"= {spec.devices}; allowed: multiples of {spec.devices} (a step is "
                             "one global batch, split evenly across devices)")
+    if spec.trials_at_once > 1:
+        if wname == LIGHTNING or not callable(getattr(workload, "stacked_refusal", None)):
+            raise SpecError(path, "trainer.trials_at_once", f"workload {wname!r} does not "
+                            "train on the tensor path; allowed: 1 (trials_at_once vectorises "
+                            "trained tensor workloads)")
+        if refusal := workload.stacked_refusal(spec.optimizer, spec.precision, spec.devices):
+            raise SpecError(path, *refusal)
     for b in spec.batch_sizes:
         try:
             steps = spec.max_steps(b)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from tuner.core.errors import UsageError
 from tuner.core.branching import LocalCBS
@@ -136,6 +136,26 @@ class Workload(ABC):
         """
         raise UsageError(f"workload {self.name!r} cannot measure the local critical batch "
                          "size; allowed: the NQM, tensor workloads and LightningModules")
+
+    def stacked_refusal(self, optimizer: str, precision: str, devices: int
+                        ) -> tuple[str, str] | None:
+        """Why this workload cannot train several trials at once as one vectorised model
+        (``[trainer] trials_at_once``), as (spec key, message); None when it can. Called
+        while the spec is validated."""
+        return ("trainer.trials_at_once", f"workload {self.name!r} does not train on the "
+                "tensor path; allowed: 1 (trials_at_once vectorises trained tensor workloads)")
+
+    def run_many(self, next_trial: Callable[[], tuple[Any, TrialRequest, Reporter] | None],
+                 done: Callable[[Any, TrialResult], None], k: int) -> int:
+        """Run trials from ``next_trial`` (``(handle, request, reporter)``, None when there
+        are no more), up to ``k`` at once, calling ``done(handle, result)`` as each ends;
+        how many ran. The default runs them one at a time."""
+        ran = 0
+        while (got := next_trial()) is not None:
+            handle, request, report = got
+            done(handle, self.run(request, report))
+            ran += 1
+        return ran
 
     @abstractmethod
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:

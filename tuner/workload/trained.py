@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from tuner.core.errors import one_line as _one_line
 from tuner.core.branching import LocalCBS
@@ -219,8 +219,73 @@ class TrainedWorkload(Workload):
 
         return branch(self, request, at, factors, lr_rule, horizon)
 
+    def stacked_refusal(self, optimizer: str, precision: str, devices: int
+                        ) -> tuple[str, str] | None:
+        """Trials train at once (:mod:`tuner.train.many`) with an optimizer it stacks, on one
+        device in 32-bit precision, with the default loss, and a plain module without dropout
+        or batch norm (built on the meta device to look; nothing is allocated)."""
+        import torch  # heavy: torch, only when needed
+        from lightning import LightningModule  # heavy: lightning, only when needed
+
+        from tuner.train.stacked import STACKED  # heavy: torch
+
+        key = "trainer.trials_at_once"
+        if optimizer not in STACKED:
+            return ("optimizer.name", f"{optimizer!r} cannot train trials at once "
+                    f"(trainer.trials_at_once > 1); allowed: {', '.join(STACKED)}")
+        if precision != "32-true":
+            return ("trainer.precision", f"{precision!r} with trials_at_once > 1; allowed: "
+                    "32-true")
+        if devices != 1:
+            return ("trainer.devices", "trials_at_once > 1 trains on one device; allowed: 1")
+        if type(self).training_loss is not TrainedWorkload.training_loss:
+            return (key, f"workload {self.name!r} has its own training_loss, which trials at "
+                    "once cannot vectorise; allowed: 1")
+        try:
+            with torch.device("meta"):
+                model = self.build_model()
+        except Exception as exc:  # noqa: BLE001 - plug-in code
+            return (key, f"workload {self.name!r}'s model does not build on the meta device "
+                    f"({_one_line(exc)}); allowed: 1")
+        if isinstance(model, LightningModule):
+            return (key, f"workload {self.name!r}'s model is a LightningModule, whose "
+                    "training_step trials at once cannot vectorise; allowed: 1")
+        tied = (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)
+        if found := next((m for m in model.modules() if isinstance(m, tied)), None):
+            return (key, f"workload {self.name!r}'s model has {type(found).__name__}, whose "
+                    "random masks or running statistics would tie the trials together; "
+                    "allowed: 1")
+        if next(model.buffers(), None) is not None:
+            return (key, f"workload {self.name!r}'s model has buffers, which trials at once "
+                    "do not update; allowed: 1")
+        return None
+
+    def run_many(self, next_trial: Callable[[], tuple[Any, TrialRequest, Reporter] | None],
+                 done: Callable[[Any, TrialResult], None], k: int) -> int:
+        """Train up to ``k`` trials at once as one vectorised model (:mod:`tuner.train.many`),
+        on a GPU when there is one and the spec's accelerator allows it."""
+        from tuner.train.many import train_many  # heavy: torch
+
+        first = next_trial()
+        if first is None:
+            return 0
+        device = _device(first[1].accelerator)
+        queue = [first]
+        return train_many(self, lambda: queue.pop() if queue else next_trial(), done, k, device)
+
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
         """Train with the shared Lightning loop."""
         from tuner.train.trial import train  # heavy: torch and lightning
 
         return train(self, request, report)
+
+
+def _device(accelerator: str) -> str:
+    """The device Fabric would pick for ``accelerator`` (auto: a GPU when there is one)."""
+    import torch  # heavy: torch, only when needed
+
+    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
