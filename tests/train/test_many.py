@@ -66,17 +66,15 @@ def at_once(workload, reqs: list[TrialRequest], k: int) -> tuple[list[TrialResul
     return [out[i] for i in range(len(reqs))], order
 
 
-def same(a: TrialResult, b: TrialResult) -> None:
+def same(a: TrialResult, b: TrialResult, rel: float, n_val: int) -> None:
     for f in ("reached", "steps_to_target", "stopped_at_step", "diverged", "pruned",
               "examples_seen", "steps_after"):
         assert getattr(a, f) == getattr(b, f), f
     assert [s for s, _ in a.curve] == [s for s, _ in b.curve]
     for (_, ma), (_, mb) in zip(a.curve, b.curve):
         assert ma.keys() == mb.keys()
-        # mostly within 1e-7; the vectorised kernels round differently, and a max-pool or ReLU
-        # tie decided the other way grows to ~1e-4 over a few steps at a high learning rate
-        assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-3, abs=1e-6)
-        assert abs(mb["error"] - ma["error"]) <= 1.5 / 360  # one validation example at most
+        assert mb["loss"] == pytest.approx(ma["loss"], rel=rel, abs=1e-6)
+        assert abs(mb["error"] - ma["error"]) <= 1.5 / n_val  # one validation example at most
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +94,8 @@ def test_digits_trials_at_once_match_one_at_a_time(digits: Digits, digits_alone:
                  else "missed") for r in digits_alone}
     assert outcomes == {"reached", "missed", "diverged", "pruned"}  # every way a lane ends
     results, order = at_once(digits, DIGITS, k)
-    for i, (a, b) in enumerate(zip(digits_alone, results)):
-        same(a, b)
+    for a, b in zip(digits_alone, results):
+        same(a, b, rel=1e-5, n_val=len(digits.data().val_y))  # measured: at most 2.2e-7
     if k == 4:  # the diverged trial ends first, and its lane is refilled with trial 4
         assert order[0] == 2
 
@@ -129,7 +127,10 @@ def test_simple_cnn_trials_at_once_match_one_at_a_time(k: int, cnn_alone: list[T
                                                        cnn: FashionMNIST) -> None:
     results, _ = at_once(cnn, CNN, k)
     for a, b in zip(cnn_alone, results):
-        same(a, b)
+        # mostly within 1e-7 too; but the batched convolution rounds differently, and where that
+        # decides a max-pool or ReLU the other way (a discrete change) one trial's validation
+        # loss moved 1e-3 (K = 1) for a few evaluations, then came back to 1e-5
+        same(a, b, rel=5e-3, n_val=len(cnn.data().val_y))
 
 
 def cnn_request(lr: float, one_minus_momentum: float, seed: int) -> TrialRequest:

@@ -1,9 +1,10 @@
 """K trials of one study trained at once, as one vectorised model (``[trainer] trials_at_once``).
 
 The K trials' models share an architecture, so their parameters are stacked
-(``torch.func.stack_module_state``: leading dim K) and one step of all of them is one call of
-``vmap(grad_and_value(loss))`` over the stack, each lane (trial) with its own batch, and one
-stacked optimizer update (:mod:`tuner.train.stacked`: each lane its own learning rate, momentum,
+(``torch.func.stack_module_state``: leading dim K) and one step of all of them is one forward
+pass, ``vmap(functional_call)`` over the stack, each lane (trial) with its own batch, one
+backward pass (autograd: the lanes share no parameter, so each gets its own loss's gradient),
+and one stacked optimizer update (:mod:`tuner.train.stacked`: each lane its own learning rate, momentum,
 weight decay and schedule). Everything else is per lane, exactly as :mod:`tuner.train.loop`
 does it for one trial: the seeded initialisation (the workload's ``build_model`` after seeding
 with the trial's seed), the seeded data order (:class:`tuner.train.loop.Batches`), the
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from tuner.core.trial import WARMUP_STEPS, Reporter, TrialRequest, TrialResult, steady_step_seconds
 from tuner.spec.cadence import resolution
@@ -121,8 +122,7 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
     if not lanes:
         return 0
     ran = len(lanes)
-    params, buffers = stack_module_state(models)
-    params = {n: p.detach() for n, p in params.items()}
+    params, buffers = stack_module_state(models)  # leaves that require grad, dim 0 the lanes
     opt = StackedOptimizer(lanes[0].req.optimizer, params)
     for i, lane in enumerate(lanes):
         opt.set_lane(i, lane.req.params)
@@ -130,20 +130,25 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
     evaluator = models[0]  # a real module; holds one lane's parameters while it is evaluated
     del models
 
-    def loss(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor,
-             y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
-
-    step_all = vmap(grad_and_value(loss))
+    # the lanes' forward passes as one; the backward is autograd's, through the batched ops
+    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
     pending: list[torch.Tensor] = []
     eval_total = 0.0  # every lane's evaluation seconds so far
 
     while lanes:
         idx = torch.stack([lane.batches.next() for lane in lanes])
-        grads, losses = step_all(params, buffers, train_x[idx], train_y[idx])
+        logits = forward(params, buffers, train_x[idx])
+        y = train_y[idx]
+        # each lane's mean cross-entropy over its batch (TrainedWorkload.training_loss)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(
+            y.shape).mean(1)
+        for p in params.values():
+            p.grad = None
+        losses.sum().backward()  # lanes share no parameter: each gets its own loss's gradient
         pending.append(losses.detach())
-        opt.step(params, grads, [schedule_factor(ln.req.schedule, ln.req.params,
-                                                 ln.req.max_steps, ln.step) for ln in lanes])
+        opt.step(params, {n: p.grad for n, p in params.items()},
+                 [schedule_factor(ln.req.schedule, ln.req.params, ln.req.max_steps, ln.step)
+                  for ln in lanes])
         for lane in lanes:
             lane.step += 1
             if lane.step == WARMUP_STEPS:
@@ -223,7 +228,8 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
             lanes = [lanes[i] for i in keep]
             if lanes:
                 at = torch.tensor(keep, device=device)
-                params = {n: p.index_select(0, at) for n, p in params.items()}
+                params = {n: p.detach().index_select(0, at).requires_grad_()
+                          for n, p in params.items()}
                 buffers = {n: b.index_select(0, at) for n, b in buffers.items()}
                 opt.keep(keep)
     return ran
