@@ -34,6 +34,15 @@ def test_step_time_is_the_median_of_finished_not_diverged_trials_on_the_main_dev
     assert old.how == "wall" and old.seconds == pytest.approx((2.5 - 0.5) / 100)
 
 
+def test_trials_trained_at_once_count_only_where_none_ran_alone() -> None:
+    shared = [TrialRecord(n, "reached", {}, steps_to_target=100, step_seconds=0.05, device="cpu",
+                          at_once=4) for n in range(3)]
+    st = step_time([*shared, _t(9, step_s=0.01)])
+    assert st.seconds == pytest.approx(0.01) and st.n_trials == 1 and st.how == "steady"
+    st = step_time(shared)
+    assert st.seconds == pytest.approx(0.05) and st.how == "shared"
+
+
 def test_time_to_target_and_the_time_optimal_batch_size() -> None:
     # steps fall with B, but the step time rises: the time-optimal B is in the middle
     by_b = {16: [_t(0, steps=1000, step_s=0.001)], 64: [_t(0, steps=300, step_s=0.002)],

@@ -43,7 +43,7 @@ class Point:
     tuning_advice: list[str] = field(default_factory=list)  # what to do about it
     #: Median steady-state seconds per step (tuner.analysis.throughput), its basis, its device
     step_seconds: float | None = None
-    step_time_basis: str | None = None  # "steady" | "wall" (set-up included: older studies)
+    step_time_basis: str | None = None  # "steady" | "wall" | "shared" (throughput.StepTime.how)
     device: str | None = None
     examples_per_second: float | None = None  # B / step_seconds
     time_to_target: float | None = None  # best_steps x step_seconds

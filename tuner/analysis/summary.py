@@ -87,7 +87,10 @@ def time_optimal_line(c: Curve) -> str | None:
     p = c.time_optimal()
     if p is None:
         return None
-    basis = "" if p.step_time_basis == "steady" else         " (step times include trial set-up: studies stored before step_seconds)"
+    basis = {"steady": "", "shared": " (step times of trials trained several at once, "
+             "[trainer] trials_at_once: one trial alone steps faster)"}.get(
+        p.step_time_basis, " (step times include trial set-up: studies stored before "
+        "step_seconds)")
     return (f"time-optimal batch size: B = {p.batch_size} ({p.time_to_target:.3g} s to target "
             f"= {p.best_steps} steps x {1e3 * (p.step_seconds or 0):.3g} ms/step on "
             f"{p.device}, the median step time of its trials){basis}")

@@ -5,7 +5,9 @@ Per batch size, the step time is the median over its finished, not diverged tria
 steady-state seconds per training step (the ``step_seconds`` attr: after the first
 :data:`tuner.core.trial.WARMUP_STEPS` steps, evaluation excluded), on the device kind most of
 them ran on. Studies stored before that attr fall back to ``(wall - eval) / steps``, which also
-counts the trial's set-up (marked ``"wall"``). The time to target is the best steps times that
+counts the trial's set-up (marked ``"wall"``). Trials trained several at once (``[trainer]
+trials_at_once``) time the whole stack's step: they count only where no trial of the batch size
+ran alone (marked ``"shared"``: one trial alone steps faster). The time to target is the best steps times that
 step time; the time-optimal batch size minimises it. Throughput is B / step time, in examples
 per second. A closed-form workload (the NQM) has no step time.
 """
@@ -25,7 +27,9 @@ class StepTime:
 
     seconds: float  # median seconds per training step
     n_trials: int  # trials it is the median of
-    how: str  # "steady" (step_seconds) or "wall" (set-up included: older studies)
+    #: "steady" (step_seconds), "wall" (set-up included: older studies) or "shared" (only
+    #: trials trained several at once, whose step is the whole stack's)
+    how: str
     device: str  # the device kind, e.g. "cpu", "cuda"
 
 
@@ -45,12 +49,16 @@ def step_time(trials: Sequence[TrialRecord]) -> StepTime | None:
         if kind is None or t.outcome in ("running", "failed", "diverged"):
             continue
         if t.step_seconds is not None:
-            timed.setdefault(kind, []).append((t.step_seconds, "steady"))
+            timed.setdefault(kind, []).append((t.step_seconds, "shared" if t.at_once and
+                                               t.at_once > 1 else "steady"))
         elif t.wall_seconds and t.stopped_at_step:
             timed.setdefault(kind, []).append(
                 ((t.wall_seconds - (t.eval_seconds or 0.0)) / t.stopped_at_step, "wall"))
     if not timed:
         return None
     kind, rows = max(timed.items(), key=lambda kv: (len(kv[1]), kv[0]))
-    how = "steady" if all(h == "steady" for _, h in rows) else "wall"
+    if alone := [r for r in rows if r[1] != "shared"]:
+        rows = alone  # a trial trained alone times one trial's step
+    hows = {h for _, h in rows}
+    how = "shared" if hows == {"shared"} else "steady" if hows == {"steady"} else "wall"
     return StepTime(statistics.median(s for s, _ in rows), len(rows), how, kind)

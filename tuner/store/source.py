@@ -59,6 +59,7 @@ def record(t: Trialish, target_metric: str | None = None, curve: bool = True) ->
         wall_seconds=a.get("wall_seconds"), slot=slot_of(t),
         eval_seconds=a.get("eval_seconds"), step_seconds=a.get("step_seconds"),
         device=a.get("device"), at_target=a.get("at_target"),
+        at_once=a.get("trials_at_once"),
         value=t.value if t.state == TrialState.COMPLETE else None,
         curve=curve_of(t, target_metric) if curve else None,
     )
@@ -68,7 +69,7 @@ def record(t: Trialish, target_metric: str | None = None, curve: bool = True) ->
 #: :func:`curve_of`, :func:`outcome_of`): the SQL reader reads only these.
 ANALYSIS_ATTRS = ("reached", "diverged", "steps_to_target", "steps_to_target_after",
                   "stopped_at_step", "wall_seconds", "eval_seconds", "step_seconds", "device",
-                  "slot", "retry_of", "at_target")
+                  "slot", "retry_of", "at_target", "trials_at_once")
 #: ... and for re-scoring, the stored curve (the largest attr by far).
 CURVE_ATTRS = ("curve",)
 

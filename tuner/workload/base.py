@@ -149,13 +149,13 @@ class Workload(ABC):
                  done: Callable[[Any, TrialResult], None], k: int) -> int:
         """Run trials from ``next_trial`` (``(handle, request, reporter)``, None when there
         are no more), up to ``k`` at once, calling ``done(handle, result)`` as each ends;
-        how many ran. The default runs them one at a time."""
-        ran = 0
-        while (got := next_trial()) is not None:
-            handle, request, report = got
-            done(handle, self.run(request, report))
-            ran += 1
-        return ran
+        how many ran.
+
+        Raises:
+            UsageError: the workload cannot (:meth:`stacked_refusal`; the spec refuses it first).
+        """
+        raise UsageError(f"workload {self.name!r} cannot train trials at once; allowed: "
+                         "trainer.trials_at_once = 1")
 
     @abstractmethod
     def run(self, request: TrialRequest, report: Reporter) -> TrialResult:
