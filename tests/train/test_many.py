@@ -155,3 +155,31 @@ def cnn_alone(cnn: FashionMNIST) -> list[TrialResult]:
     assert any(r.reached for r in results) and any(r.diverged for r in results)
     assert any(not r.reached and not r.diverged for r in results)
     return results
+
+
+#: Other optimizers and schedules, two lanes each way.
+OTHERS = [
+    request(0.01, 0.1, 21, optimizer="adam", schedule="warmup_cosine",
+            params={"learning_rate": 0.01, "one_minus_beta1": 0.1, "one_minus_beta2": 0.001,
+                    "epsilon": 1e-8, "weight_decay": 0.0, "end_factor": 0.0,
+                    "warmup_fraction": 0.1}),
+    request(0.005, 0.1, 22, optimizer="adamw", schedule="warmup_linear",
+            params={"learning_rate": 0.005, "one_minus_beta1": 0.2, "one_minus_beta2": 0.01,
+                    "epsilon": 1e-6, "weight_decay": 0.05, "end_factor": 0.1,
+                    "warmup_fraction": 0.2}),
+    request(0.05, 0.1, 23, optimizer="nesterov",
+            params={"learning_rate": 0.05, "one_minus_momentum": 0.1, "weight_decay": 1e-3}),
+    request(0.2, 0.1, 24, optimizer="sgd", params={"learning_rate": 0.2, "weight_decay": 0.0}),
+]
+
+
+@pytest.mark.parametrize("i", range(len(OTHERS)))
+def test_other_optimizers_and_schedules_at_once_match_one_at_a_time(digits: Digits,
+                                                                    i: int) -> None:
+    reqs = [OTHERS[i], dataclasses.replace(OTHERS[i], seed=OTHERS[i].seed + 100)]
+    alone = [digits.run(r, lambda s, m: False) for r in reqs]
+    results, _ = at_once(digits, reqs, 2)
+    assert any(r.reached for r in alone)
+    for a, b in zip(alone, results):
+        same(a, b, rel=1e-5, n_val=len(digits.data().val_y))
+        assert b.trials_at_once == 2 and a.trials_at_once == 1

@@ -42,16 +42,19 @@ def test_each_lane_follows_torch_optim(name: str) -> None:
     stacked = StackedOptimizer(name, params)
     for k, hp in enumerate(lanes):
         stacked.set_lane(k, hp)
+    factors = torch.rand(6, len(lanes)).tolist()  # a schedule's factor per lane and step
     for step in range(6):
         grads: dict[str, list[torch.Tensor]] = {n: [] for n in params}
-        for m, opt in zip(models, opts):
+        for k, (m, opt) in enumerate(zip(models, opts)):
             x = torch.randn(8, 5)
             m.zero_grad()
             m(x).pow(2).mean().backward()
             for n, p in m.named_parameters():
                 grads[n].append(p.grad.clone())
+            for group in opt.param_groups:  # what a scheduler does to the group
+                group["lr"] = lanes[k]["learning_rate"] * factors[step][k]
             opt.step()
-        stacked.step(params, {n: torch.stack(g) for n, g in grads.items()}, [1.0] * len(lanes))
+        stacked.step(params, {n: torch.stack(g) for n, g in grads.items()}, factors[step])
         for k, m in enumerate(models):
             for n, p in m.named_parameters():
                 torch.testing.assert_close(params[n][k], p.detach(), rtol=1e-5, atol=1e-6,

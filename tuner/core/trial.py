@@ -79,6 +79,9 @@ class TrialResult:
     #: "sharpness", "sharpness_examples", "sharpness_iterations"}`` at the step the target was
     #: reached (None: not reached, not asked, or the workload cannot measure it)
     at_target: dict[str, Any] | None = None
+    #: The most trials that trained together with this one, itself included (``[trainer]
+    #: trials_at_once``: lanes of one vectorised model); 1: alone
+    trials_at_once: int = 1
 
 
 #: Training steps left out of :attr:`TrialResult.step_seconds` (the first steps pay for lazy

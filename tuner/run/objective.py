@@ -126,10 +126,8 @@ class Objective:
 
         return request, report
 
-    def finish(self, trial: optuna.Trial, r: TrialResult, at_once: int = 1) -> float:
+    def finish(self, trial: optuna.Trial, r: TrialResult) -> float:
         """Store the result's attrs on the trial; its value (steps-to-target, or the budget).
-
-        ``at_once``: how many trials trained together with it (attr ``trials_at_once``).
 
         Raises:
             optuna.TrialPruned: the trial was pruned.
@@ -157,7 +155,7 @@ class Objective:
             "outcome": kind,
             "device": r.device,
             "devices": spec.devices,
-            **({"trials_at_once": at_once} if at_once > 1 else {}),
+            **({"trials_at_once": r.trials_at_once} if r.trials_at_once > 1 else {}),
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)

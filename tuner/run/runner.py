@@ -349,43 +349,71 @@ def drain_at_once(study: optuna.Study, n: int, objective: Objective, k: int,
     and train them together (the workload's ``run_many``); a lane whose trial ended claims the
     next. Each claimed trial is RUNNING with its own heartbeat until it is told on its own, with
     the attrs one trial at a time gets. An exception, Ctrl-C or SIGTERM fails every trial in
-    hand and re-queues its slot (same params, same seed), then propagates. True when the study
-    has ``n`` finished trials."""
+    hand and re-queues its slot (same params, same seed), then propagates. A trial that another
+    worker took meanwhile (it found it stale) is left to that worker, as :func:`run_trial`
+    does: its lane stops, and the others train on. True when the study has ``n`` finished
+    trials."""
     b = study.user_attrs.get("batch_size")
     while True:
         last: list[Claim] = []
         beats: dict[int, contextlib.ExitStack] = {}  # trial number -> its heartbeat
         held: dict[int, optuna.Trial] = {}
+        taken: set[int] = set()
 
         def next_trial() -> tuple[optuna.Trial, Any, Any] | None:
-            with deferred(), lock():
-                c = claim(study, n, heartbeat, WORKER)
+            c: Claim | None = None
+            try:
+                with deferred(), lock():
+                    c = claim(study, n, heartbeat, WORKER)
+            finally:  # a signal deferred while claiming is raised here: fail the claimed trial
+                if c is not None and c.trial is not None:
+                    held[c.trial.number] = c.trial
             last.append(c)
             for t in c.stale:
                 echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): "
                      f"{t.system_attrs.get('fail_reason')}")
+            if c.superseded:
+                echo(f"  B={b}: failed {c.superseded} duplicate WAITING trial(s) of slots "
+                     "already finished or queued (left by an older version)")
             if c.requeued:
                 echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
             if c.trial is None:
                 return None
             trial = c.trial
-            held[trial.number] = trial
             beat = beats[trial.number] = contextlib.ExitStack()
             beat.enter_context(heartbeat_thread(trial_id(trial), storage_of(study)))
             trial.set_user_attr("worker", WORKER)
             if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
                 trial.set_user_attr("cuda_visible_devices", gpus)
             request, report = objective.start(trial)
-            return trial, request, report
+
+            def report_here(step: int, metrics: dict[str, float]) -> bool:
+                try:
+                    return report(step, metrics)
+                except Exception:
+                    if not _taken(study, trial):
+                        raise
+                    taken.add(trial.number)
+                    return True  # stop its lane: another worker runs its slot
+
+            return trial, request, report_here
 
         def done(trial: optuna.Trial, result: Any) -> None:
+            beats.pop(trial.number).close()
             state, value = TrialState.COMPLETE, None
             try:
-                value = objective.finish(trial, result, at_once=k)
+                if trial.number not in taken:
+                    value = objective.finish(trial, result)
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
-            beats.pop(trial.number).close()
-            _tell(study, trial, value, state, callbacks)
+            except Exception:
+                if not _taken(study, trial):
+                    raise
+                taken.add(trial.number)
+            if trial.number in taken:
+                _said_taken(study, trial)
+            else:
+                _tell(study, trial, value, state, callbacks)
             del held[trial.number]
 
         try:

@@ -8,6 +8,7 @@ options only in their constructors.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import spec as pure
-from tuner.core.errors import SpecError
+from tuner.core.errors import SpecError, one_line
 from tuner.core.trial import TrialRequest
 from tuner.run.pruning import build_pruner
 from tuner.run.sampling import build_sampler
@@ -96,7 +97,27 @@ def preflight(spec: Spec, batch_sizes: Sequence[int]) -> set[str]:
         problems, metrics = workload.preflight(probe_request(spec, b))
         for key, message in problems:
             raise SpecError(spec.path, key, f"pre-flight at batch size {b}: {message}")
+    if spec.trials_at_once > 1:
+        _preflight_at_once(spec, min(batch_sizes))
     return metrics
+
+
+def _preflight_at_once(spec: Spec, b: int) -> None:
+    """Two pre-flight trials trained at once (``[trainer] trials_at_once``): what the
+    vectorised model cannot batch (a random op under ``vmap``, logits that are not ``[B,
+    classes]``) fails here, in one line, instead of in every worker's first trials.
+
+    Raises:
+        SpecError: the probe failed.
+    """
+    probes = [(i, dataclasses.replace(probe_request(spec, b), seed=spec.seed + i),
+               lambda step, metrics: False) for i in range(2)]
+    try:
+        spec.bound().run_many(lambda: probes.pop() if probes else None, lambda h, r: None, 2)
+    except Exception as exc:  # noqa: BLE001 - plug-in code under torch.func
+        raise SpecError(spec.path, "trainer.trials_at_once", f"pre-flight of 2 trials at once "
+                        f"at batch size {b} failed: {one_line(exc)}; allowed: 1, or a model "
+                        "and loss torch.func.vmap can batch (README: Trials at once)") from None
 
 
 def load(path: str | Path) -> Spec:

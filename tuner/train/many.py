@@ -76,7 +76,8 @@ class Lane:
     steps_to_target: int | None = None
     unmet: list[Any] = field(default_factory=list)
     t_warm: float | None = None
-    others_at_warm: float = 0.0  # every lane's evaluation seconds so far, at t_warm
+    paused_at_warm: float = 0.0  # the stack's seconds not stepping so far, at t_warm
+    shared: int = 1  # the most lanes that stepped together while this one did
     ended: bool = False
 
 
@@ -134,7 +135,7 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
     # the lanes' forward passes as one; the backward is autograd's, through the batched ops
     forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
     pending: list[torch.Tensor] = []
-    eval_total = 0.0  # every lane's evaluation seconds so far
+    paused = 0.0  # seconds the stack did not step: evaluating, telling, claiming, building
 
     while lanes:
         idx = torch.stack([lane.batches.next() for lane in lanes])
@@ -152,10 +153,11 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
                   for ln in lanes])
         for lane in lanes:
             lane.step += 1
+            lane.shared = max(lane.shared, len(lanes))
             if lane.step == WARMUP_STEPS:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                lane.t_warm, lane.others_at_warm = time.perf_counter(), eval_total
+                lane.t_warm, lane.paused_at_warm = time.perf_counter(), paused
 
         if len(pending) == CHECK_EVERY or any(
                 ln.step in (ln.next_eval, ln.req.max_steps) for ln in lanes):
@@ -185,7 +187,7 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
             stop = math.isfinite(value) and lane.report(lane.step, metrics)
             spent = time.perf_counter() - t0
             lane.eval_seconds += spent
-            eval_total += spent
+            paused += spent
             lane.curve.append((lane.step, metrics))
             if not math.isfinite(value):
                 lane.diverged = lane.ended = True
@@ -209,12 +211,13 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
             continue
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
         keep: list[int] = []
         for i, lane in enumerate(lanes):
             if not lane.ended:
                 keep.append(i)
                 continue
-            done(lane.handle, _result(lane, device, eval_total))
+            done(lane.handle, _result(lane, device, paused + time.perf_counter() - t0))
             got = take()
             if got is None:
                 continue
@@ -233,13 +236,15 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
                           for n, p in params.items()}
                 buffers = {n: b.index_select(0, at) for n, b in buffers.items()}
                 opt.keep(keep)
+        paused += time.perf_counter() - t0
     return ran
 
 
-def _result(lane: Lane, device: torch.device, eval_total: float) -> TrialResult:
+def _result(lane: Lane, device: torch.device, paused: float) -> TrialResult:
     """The lane's :class:`TrialResult`, as :func:`tuner.train.loop.train_on` fills it; its
-    ``step_seconds`` is the wall time of one step of the whole stack (every lane's evaluations
-    left out), what this trial's steps cost while it shared the device."""
+    ``step_seconds`` is the wall time of one step of the whole stack (the ``paused`` seconds
+    when it did not step left out: every lane's evaluations, results told, trials claimed), what
+    this trial's steps cost while it shared the device."""
     req, t_end = lane.req, time.perf_counter()
     step = lane.step
     return TrialResult(
@@ -255,6 +260,6 @@ def _result(lane: Lane, device: torch.device, eval_total: float) -> TrialResult:
         steps_after=resolution(req.eval_steps, lane.steps_to_target) if lane.reached else None,
         eval_seconds=lane.eval_seconds,
         device=str(device),
-        step_seconds=steady_step_seconds(lane.t_warm, t_end, eval_total - lane.others_at_warm,
-                                         step),
+        step_seconds=steady_step_seconds(lane.t_warm, t_end, paused - lane.paused_at_warm, step),
+        trials_at_once=lane.shared,
     )

@@ -62,6 +62,8 @@ class StackedOptimizer:
         kwargs = constructor_kwargs(self.name, hp)
         if kwargs.get("dampening", 0) or kwargs.get("maximize") or kwargs.get("amsgrad"):
             raise ValueError("dampening, maximize and amsgrad are not stacked")
+        if kwargs.get("nesterov") and kwargs.get("momentum", 0.0) <= 0:  # as torch.optim.SGD
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         self.hp[k] = kwargs
         self.steps[k] = 0
         for states in self.state.values():

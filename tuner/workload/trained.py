@@ -250,11 +250,14 @@ class TrainedWorkload(Workload):
         if isinstance(model, LightningModule):
             return (key, f"workload {self.name!r}'s model is a LightningModule, whose "
                     "training_step trials at once cannot vectorise; allowed: 1")
-        tied = (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)
+        tied = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
         if found := next((m for m in model.modules() if isinstance(m, tied)), None):
             return (key, f"workload {self.name!r}'s model has {type(found).__name__}, whose "
                     "random masks or running statistics would tie the trials together; "
                     "allowed: 1")
+        if frozen := next((n for n, p in model.named_parameters() if not p.requires_grad), None):
+            return (key, f"workload {self.name!r}'s model has a frozen parameter ({frozen}), "
+                    "which trials at once do not leave out of the update; allowed: 1")
         if next(model.buffers(), None) is not None:
             return (key, f"workload {self.name!r}'s model has buffers, which trials at once "
                     "do not update; allowed: 1")
