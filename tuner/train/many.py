@@ -3,7 +3,8 @@
 The K trials' models share an architecture, so their parameters are stacked
 (``torch.func.stack_module_state``: leading dim K) and one step of all of them is one forward
 pass, ``vmap(functional_call)`` over the stack, each lane (trial) with its own batch, one
-backward pass (autograd: the lanes share no parameter, so each gets its own loss's gradient),
+backward pass (``torch.autograd.grad``: the lanes share no parameter, so each gets its own
+loss's gradient),
 and one stacked optimizer update (:mod:`tuner.train.stacked`: each lane its own learning rate, momentum,
 weight decay and schedule). Everything else is per lane, exactly as :mod:`tuner.train.loop`
 does it for one trial: the seeded initialisation (the workload's ``build_model`` after seeding
@@ -144,11 +145,12 @@ def train_many(workload: TrainedWorkload, next_trial: Next, done: Done, k: int,
         # each lane's mean cross-entropy over its batch (TrainedWorkload.training_loss)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(
             y.shape).mean(1)
-        for p in params.values():
-            p.grad = None
-        losses.sum().backward()  # lanes share no parameter: each gets its own loss's gradient
+        # lanes share no parameter: each gets its own loss's gradient. autograd.grad, not
+        # backward(): accumulating into .grad copied every stacked weight's gradient once more
+        # (3.3 vs 1.9 ms a step for 4 lanes of the Fashion-MNIST MLP at B = 8 on this CPU)
+        grads = torch.autograd.grad(losses.sum(), list(params.values()))
         pending.append(losses.detach())
-        opt.step(params, {n: p.grad for n, p in params.items()},
+        opt.step(params, dict(zip(params, grads)),
                  [schedule_factor(ln.req.schedule, ln.req.params, ln.req.max_steps, ln.step)
                   for ln in lanes])
         for lane in lanes:
