@@ -14,14 +14,14 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import SMALL_DIGITS, SMALL_NQM, run_cli, write
-from procs import Worker, check_exact, run, slot_points, trials_of, wait_for, workers
+from procs import Worker, check_exact, slot_points, trials_of, wait_for, workers
 
 # No pruner: each slot's outcome is its own, whatever trained beside it.
 PLAIN = SMALL_DIGITS.replace("[eval]", '[pruner]\nname = "none"\n\n[eval]')
 AT_ONCE = PLAIN.replace("[eval]", "[trainer]\ntrials_at_once = 4\n\n[eval]")
 # Every trial runs a long budget, out of reach: long enough to be caught with K trials running.
 LONG = (AT_ONCE.replace("value = 0.12", "value = 0.001").replace("max_steps = 400",
-                                                                 "max_steps = 4000"))
+                                                                 "max_steps = 2500"))
 
 
 def by_slot(url: str, b: int) -> dict[int, optuna.trial.FrozenTrial]:
@@ -29,12 +29,14 @@ def by_slot(url: str, b: int) -> dict[int, optuna.trial.FrozenTrial]:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
 
 
-def test_trials_at_once_store_what_one_at_a_time_stores(tmp_path: Path) -> None:
+def test_trials_at_once_store_what_one_at_a_time_stores(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     one, many = (write(tmp_path, PLAIN, "one.toml"), write(tmp_path, AT_ONCE, "many.toml"))
     urls = {p: f"sqlite:///{tmp_path / (p.stem + '.db')}" for p in (one, many)}
     for p in (one, many):
-        done = run(["run", str(p), "--storage", urls[p], "-n", "6", "-b", "16"])
-        assert done.returncode == 0, done.stderr[-2000:]
+        code, _, err = run_cli(["run", str(p), "--storage", urls[p], "-n", "6", "-b", "16"],
+                               capsys)
+        assert code == 0, err[-2000:]
     b = 16
     check_exact(trials_of(urls[many])[b], 6, slot_points(many, 6))
     alone, together = by_slot(urls[one], b), by_slot(urls[many], b)
@@ -49,8 +51,9 @@ def test_trials_at_once_store_what_one_at_a_time_stores(tmp_path: Path) -> None:
         assert together[s].intermediate_values.keys() == alone[s].intermediate_values.keys()
         assert together[s].value == alone[s].value
     # resumed with more trials: topped up to exactly N
-    more = run(["run", str(many), "--storage", urls[many], "-n", "9", "-b", "16"])
-    assert more.returncode == 0, more.stderr[-2000:]
+    code, _, err = run_cli(["run", str(many), "--storage", urls[many], "-n", "9", "-b", "16"],
+                           capsys)
+    assert code == 0, err[-2000:]
     check_exact(trials_of(urls[many])[16], 9, slot_points(many, 9))
 
 

@@ -317,14 +317,7 @@ def drain(study: optuna.Study, n: int, objective: Callable[[optuna.Trial], float
         try:
             with deferred(), lock():
                 c = claim(study, n, heartbeat, WORKER)
-            for t in c.stale:
-                echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): "
-                     f"{t.system_attrs.get('fail_reason')}")
-            if c.superseded:
-                echo(f"  B={b}: failed {c.superseded} duplicate WAITING trial(s) of slots "
-                     "already finished or queued (left by an older version)")
-            if c.requeued:
-                echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
+            _said_claim(c, b, echo)
             if c.trial is None:
                 return c.finished >= n
             run_trial(study, c.trial, objective, lock, callbacks)
@@ -369,22 +362,13 @@ def drain_at_once(study: optuna.Study, n: int, objective: Objective, k: int,
                 if c is not None and c.trial is not None:
                     held[c.trial.number] = c.trial
             last.append(c)
-            for t in c.stale:
-                echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): "
-                     f"{t.system_attrs.get('fail_reason')}")
-            if c.superseded:
-                echo(f"  B={b}: failed {c.superseded} duplicate WAITING trial(s) of slots "
-                     "already finished or queued (left by an older version)")
-            if c.requeued:
-                echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
+            _said_claim(c, b, echo)
             if c.trial is None:
                 return None
             trial = c.trial
             beat = beats[trial.number] = contextlib.ExitStack()
             beat.enter_context(heartbeat_thread(trial_id(trial), storage_of(study)))
-            trial.set_user_attr("worker", WORKER)
-            if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
-                trial.set_user_attr("cuda_visible_devices", gpus)
+            _mark_worker(trial)
             request, report = objective.start(trial)
 
             def report_here(step: int, metrics: dict[str, float]) -> bool:
@@ -431,6 +415,27 @@ def drain_at_once(study: optuna.Study, n: int, objective: Objective, k: int,
             return last[-1].finished >= n
 
 
+def _said_claim(c: Claim, b: object, echo: Callable[[str], None]) -> None:
+    """What a claim did besides claiming: trials failed as stale or superseded, slots
+    re-queued."""
+    for t in c.stale:
+        echo(f"  B={b} trial #{t.number} (slot {slot_of(t)}): "
+             f"{t.system_attrs.get('fail_reason')}")
+    if c.superseded:
+        echo(f"  B={b}: failed {c.superseded} duplicate WAITING trial(s) of slots "
+             "already finished or queued (left by an older version)")
+    if c.requeued:
+        echo(f"  B={b}: re-queued {c.requeued} failed trial(s) with their params")
+
+
+def _mark_worker(trial: optuna.Trial) -> None:
+    """Record who runs the trial (user attrs ``worker`` and, when set, the worker's
+    ``cuda_visible_devices``: ``--gpus`` pins a worker to one GPU)."""
+    trial.set_user_attr("worker", WORKER)
+    if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        trial.set_user_attr("cuda_visible_devices", gpus)
+
+
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip(": ")
 
@@ -458,9 +463,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
     state = TrialState.COMPLETE
     try:
         with heartbeat_thread(trial_id(trial), storage_of(study)):
-            trial.set_user_attr("worker", WORKER)
-            if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
-                trial.set_user_attr("cuda_visible_devices", gpus)  # --gpus pins a worker to one
+            _mark_worker(trial)
             try:
                 value = objective(trial)
             except optuna.TrialPruned:

@@ -250,7 +250,10 @@ class TrainedWorkload(Workload):
         if isinstance(model, LightningModule):
             return (key, f"workload {self.name!r}'s model is a LightningModule, whose "
                     "training_step trials at once cannot vectorise; allowed: 1")
-        tied = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+        nn = torch.nn
+        tied = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                nn.FeatureAlphaDropout, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                nn.SyncBatchNorm)
         if found := next((m for m in model.modules() if isinstance(m, tied)), None):
             return (key, f"workload {self.name!r}'s model has {type(found).__name__}, whose "
                     "random masks or running statistics would tie the trials together; "
