@@ -34,9 +34,10 @@ def test_trials_at_once_store_what_one_at_a_time_stores(
     one, many = (write(tmp_path, PLAIN, "one.toml"), write(tmp_path, AT_ONCE, "many.toml"))
     urls = {p: f"sqlite:///{tmp_path / (p.stem + '.db')}" for p in (one, many)}
     for p in (one, many):
-        code, _, err = run_cli(["run", str(p), "--storage", urls[p], "-n", "6", "-b", "16"],
-                               capsys)
+        code, out, err = run_cli(["run", str(p), "--storage", urls[p], "-n", "6", "-b", "16"],
+                                 capsys)
         assert code == 0, err[-2000:]
+        assert ("4 at once as one vectorised model" in out + err) == (p == many)
     b = 16
     check_exact(trials_of(urls[many])[b], 6, slot_points(many, 6))
     alone, together = by_slot(urls[one], b), by_slot(urls[many], b)

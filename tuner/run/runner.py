@@ -141,8 +141,11 @@ def _work_all(spec: Spec, url: str, storage: RDBStorage, studies: dict[int, optu
                 del left[b]
                 continue
             if b not in said_waiting:
+                at_once = (f", {spec.trials_at_once} at once as one vectorised model"
+                           if spec.trials_at_once > 1 else "")
                 echo(f"{spec.name} B={b}: {n_done} trials stored, up to {trials - n_done} to run "
-                     f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations)")
+                     f"(budget {spec.max_steps(b)} steps, {len(spec.eval_steps(b))} evaluations"
+                     f"{at_once})")
             if _work(spec, url, storage, b, study, trials, echo, heartbeat, live):
                 del left[b]
             elif b not in said_waiting:
