@@ -29,8 +29,8 @@ class TrialRecord:
     eval_seconds: float | None = None
     step_seconds: float | None = None  # steady-state seconds per training step
     device: str | None = None  # e.g. "cpu", "cuda:0"
-    #: Trained together with this many others' lanes (``[trainer] trials_at_once``; its
-    #: ``step_seconds`` is then the whole stack's step), or None: alone.
+    #: The most trials it trained together with, itself included (``[trainer]
+    #: trials_at_once``; its ``step_seconds`` is then the whole stack's step), or None: alone.
     at_once: int | None = None
     #: tuner confirm: test metrics and sharpness where the target was reached (attr at_target)
     at_target: dict[str, Any] | None = None

@@ -7,8 +7,8 @@ steady-state seconds per training step (the ``step_seconds`` attr: after the fir
 them ran on. Studies stored before that attr fall back to ``(wall - eval) / steps``, which also
 counts the trial's set-up (marked ``"wall"``). Trials trained several at once (``[trainer]
 trials_at_once``) time the whole stack's step: they count only where no trial of the batch size
-ran alone (marked ``"shared"``: one trial alone steps faster). The time to target is the best steps times that
-step time; the time-optimal batch size minimises it. Throughput is B / step time, in examples
+ran alone (marked ``"shared"``: one trial alone steps faster). The time to target is the best
+steps times that step time; the time-optimal batch size minimises it. Throughput is B / step time, in examples
 per second. A closed-form workload (the NQM) has no step time.
 """
 
@@ -46,7 +46,7 @@ def step_time(trials: Sequence[TrialRecord]) -> StepTime | None:
     timed: dict[str, list[tuple[float, str]]] = {}
     for t in trials:
         kind = device_kind(t.device)
-        if kind is None or t.outcome in ("running", "failed", "diverged"):
+        if kind is None or not t.finished or t.outcome == "diverged":
             continue
         if t.step_seconds is not None:
             timed.setdefault(kind, []).append((t.step_seconds, "shared" if t.at_once and

@@ -28,7 +28,7 @@ import optuna
 from tuner.analysis.records import SpecStudies, TrialRecord
 from tuner.core.errors import UsageError
 from tuner.run import runner
-from tuner.run.objective import make_objective
+from tuner.run.objective import Objective
 from tuner.run.trialqueue import slots
 from tuner.spec import Spec
 from tuner.store.locking import study_lock
@@ -120,7 +120,7 @@ def run(spec: Spec, url: str, stored: SpecStudies, top: int, seeds: int,
         for b, (study, n) in studies.items():
             echo(f"{spec.name} B={b}: confirming the best {n // seeds} configuration(s) with "
                  f"{seeds} fresh seed(s) each ({study.study_name})")
-            objective = make_objective(spec, b, spec.workload, measure=True)
+            objective = Objective(spec, b, spec.workload, measure=True)
             lock = partial(study_lock, url, study.study_name)
             runner.drain(study, n, objective, lock, [runner.progress(b, n, echo)], echo,
                          heartbeat)

@@ -163,9 +163,3 @@ class Objective:
         if kind == "pruned":
             raise optuna.TrialPruned(f"pruned at step {r.stopped_at_step}")
         return float(r.steps_to_target if r.reached else max_steps)
-
-
-def make_objective(spec: Spec, batch_size: int, workload: Workload, measure: bool = False
-                   ) -> Objective:
-    """The Optuna objective of one batch-size study (:class:`Objective`)."""
-    return Objective(spec, batch_size, workload, measure)

@@ -32,7 +32,7 @@ from tuner.store.compat import heartbeat_thread, storage_of, study_id, tell_prun
 from tuner.store.claims import PREFIX as CLAIM_PREFIX
 from tuner.store.claims import Block, Claimed, ClaimLost, claim_block, finished_count, release
 from tuner.store.locking import Liveness, LockLost, study_lock, worker_lock
-from tuner.run.objective import Objective, make_objective
+from tuner.run.objective import Objective
 from tuner.store.persist import store_trials
 from tuner.run.pruning import build_pruner
 from tuner.run.sampling import build_sampler
@@ -159,7 +159,7 @@ def _work(spec: Spec, url: str, storage: RDBStorage, b: int, study: optuna.Study
           echo: Callable[[str], None], heartbeat: float = HEARTBEAT, live: Liveness | None = None
           ) -> bool:
     """Run trials of one study until none is left to claim; True when it has ``n`` finished."""
-    objective = make_objective(spec, b, spec.workload)
+    objective = Objective(spec, b, spec.workload)
     lock = partial(study_lock, url, study.study_name)
     if spec.trials_at_once > 1:
         return drain_at_once(study, n, objective, spec.trials_at_once, lock,

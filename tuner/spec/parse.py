@@ -849,13 +849,9 @@ def parse(data: dict[str, Any], path: str, text: str = "", resolve: Resolver | N
             raise SpecError(path, "batch_sizes", f"{odd[0]} does not split over trainer.devices "
                             f"= {spec.devices}; allowed: multiples of {spec.devices} (a step is "
                             "one global batch, split evenly across devices)")
-    if spec.trials_at_once > 1:
-        if wname == LIGHTNING or not callable(getattr(workload, "stacked_refusal", None)):
-            raise SpecError(path, "trainer.trials_at_once", f"workload {wname!r} does not "
-                            "train on the tensor path; allowed: 1 (trials_at_once vectorises "
-                            "trained tensor workloads)")
-        if refusal := workload.stacked_refusal(spec.optimizer, spec.precision, spec.devices):
-            raise SpecError(path, *refusal)
+    if spec.trials_at_once > 1 and (refusal := workload.stacked_refusal(
+            spec.optimizer, spec.precision, spec.devices)):
+        raise SpecError(path, *refusal)
     for b in spec.batch_sizes:
         try:
             steps = spec.max_steps(b)

@@ -270,12 +270,13 @@ class TrainedWorkload(Workload):
                  done: Callable[[Any, TrialResult], None], k: int) -> int:
         """Train up to ``k`` trials at once as one vectorised model (:mod:`tuner.train.many`),
         on a GPU when there is one and the spec's accelerator allows it."""
-        from tuner.train.many import train_many  # heavy: torch
+        from tuner.train.loop import make_fabric  # heavy: torch and lightning
+        from tuner.train.many import train_many
 
         first = next_trial()
         if first is None:
             return 0
-        device = _device(first[1].accelerator)
+        device = make_fabric(first[1].accelerator, first[1].precision).device  # as train_on
         queue = [first]
         return train_many(self, lambda: queue.pop() if queue else next_trial(), done, k, device)
 
@@ -284,14 +285,3 @@ class TrainedWorkload(Workload):
         from tuner.train.trial import train  # heavy: torch and lightning
 
         return train(self, request, report)
-
-
-def _device(accelerator: str) -> str:
-    """The device Fabric would pick for ``accelerator`` (auto: a GPU when there is one)."""
-    import torch  # heavy: torch, only when needed
-
-    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        return "mps"
-    return "cpu"
