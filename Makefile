@@ -72,8 +72,12 @@ debian:
 demo: $(STAMP)
 	$(TUNER) run studies/digits_mlp.toml --storage $(STORAGE)
 
+# One pytest process per CPU (pytest-xdist; a test file stays on one process: its fixtures are
+# built once), each with one torch thread (OMP_NUM_THREADS=1), as are the `tuner run` processes
+# the tests start: processes that each start a thread per core oversubscribe a small machine
+# (on 2 cores, 2 processes with 2 threads each: 19 min; with 1 thread each: 11 min).
 test: $(STAMP) debian lint test-optuna-floor
-	$(BIN)/python -m pytest -q -m 'not soak'
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile -m 'not soak'
 
 # The layers of docs/DESIGN.md: import-linter's contracts (pyproject.toml), no import cycles.
 lint: $(STAMP)

@@ -58,11 +58,13 @@ def every_kind_of_trial(url: str, spec_path: Path) -> None:
         add(0, TrialState.COMPLETE, 10.0, {"reached": True, "steps_to_target": 10,
                                            "steps_to_target_after": 5, "stopped_at_step": 10,
                                            "wall_seconds": 0.25, "curve": curve,
-                                           "device": "cpu", "final_metrics": {"error": 0.1}})
+                                           "device": "cpu", "final_metrics": {"error": 0.1},
+                                           'a "quoted", üñí\\ key': [1, "two"]})
         add(1, TrialState.COMPLETE, 400.0, {"reached": False, "stopped_at_step": 400,
                                             "curve": curve}, {5: 0.9, 400: 0.5})
-        add(2, TrialState.COMPLETE, float("inf"), {"reached": False, "diverged": True,
-                                                   "stopped_at_step": 7})
+        add(2, TrialState.COMPLETE, float("inf"), {
+            "reached": False, "diverged": True, "stopped_at_step": 7,
+            "curve": {"steps": [5], "metrics": {"error": [0.9], "loss": [float("nan")]}}})
         add(3, TrialState.PRUNED, None, {"stopped_at_step": 15}, {5: 0.8, 15: float("nan")})
         add(4, TrialState.FAIL, None, {})
         add(5, TrialState.COMPLETE, 30.0, {})  # no result attrs: left out, with a warning
@@ -106,11 +108,31 @@ def records_equal(url: str, spec: str) -> None:
             assert all(t.curve is None for t in trials)  # not read
 
 
+def trials_equal(url: str) -> None:
+    """Every trial of every study, all its user attrs included, as Optuna reads it."""
+    reader = open_reader(url)
+    assert isinstance(reader, Reader)
+    studies = reader.get_all_studies()
+    ours = reader.read_trials([s._study_id for s in studies], attr_keys=None)
+    theirs = open_readonly(url)
+    for s in studies:
+        want = [{"number": t.number, "state": t.state, "datetime_complete": t.datetime_complete,
+                 "value": t.value, "params": t.params, "user_attrs": t.user_attrs,
+                 # read only where there is no curve (tuner.store.rows.Reader.read_trials)
+                 "intermediate_values": {} if "curve" in t.user_attrs
+                 else t.intermediate_values}
+                for t in theirs.get_all_trials(s._study_id, deepcopy=False)]
+        assert canon(ours[s._study_id]) == canon(want)
+        assert any(math.isnan(t.user_attrs.get("curve", {}).get("metrics", {})
+                              .get("loss", [0])[0]) for t in ours[s._study_id])
+
+
 def test_every_kind_of_trial_reads_the_same_on_sqlite(tmp_path: Path) -> None:
     spec = write(tmp_path, SPEC, "rows.toml")
     url = f"sqlite:///{tmp_path / 'r.db'}"
     every_kind_of_trial(url, spec)
     records_equal(url, str(spec))
+    trials_equal(url)
     s = load(open_reader(url), str(spec))
     [st] = [x for x in s.studies if x.batch_size == 16]
     by_slot = {t.slot: t for t in st.trials}
@@ -129,6 +151,7 @@ def test_every_kind_of_trial_reads_the_same_on_postgresql(tmp_path: Path, postgr
     spec = write(tmp_path, SPEC, "rows.toml")
     every_kind_of_trial(postgres_url, spec)
     records_equal(postgres_url, str(spec))
+    trials_equal(postgres_url)
 
 
 def test_real_studies_read_the_same_and_every_command_agrees(

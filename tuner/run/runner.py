@@ -433,10 +433,13 @@ def _said_claim(c: Claim, b: object, echo: Callable[[str], None]) -> None:
 
 def _mark_worker(trial: optuna.Trial) -> None:
     """Record who runs the trial (user attrs ``worker`` and, when set, the worker's
-    ``cuda_visible_devices``: ``--gpus`` pins a worker to one GPU)."""
+    ``cuda_visible_devices``: ``--gpus`` pins a worker to one GPU, and ``omp_num_threads``:
+    ``--workers`` shares the CPUs out, and step times depend on it)."""
     trial.set_user_attr("worker", WORKER)
     if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
         trial.set_user_attr("cuda_visible_devices", gpus)
+    if threads := os.environ.get("OMP_NUM_THREADS"):
+        trial.set_user_attr("omp_num_threads", threads)
 
 
 def _reason(exc: BaseException) -> str:

@@ -32,15 +32,30 @@ def parse_gpus(text: str | None) -> list[str]:
     return ids
 
 
-def launch(args: list[str], n: int, gpus: list[str], echo: Callable[[str], None]) -> int:
-    """Run ``tuner ARGS`` in ``n`` processes (worker k sees GPU ``gpus[k % len(gpus)]`` only);
-    wait for all; return 0, or the first non-zero exit status."""
+def threads_per_worker(n: int) -> int | None:
+    """CPU threads (``OMP_NUM_THREADS``, which sizes torch's intra-op pool) for each of ``n``
+    local workers: the CPUs this process may run on shared out among them, at least one each;
+    None when the user set ``OMP_NUM_THREADS`` (theirs is kept). Without it every worker's
+    torch would start a thread per core, and ``n`` such pools oversubscribe the machine
+    (torchrun sets 1 per process for the same reason)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // n)
+
+
+def launch(args: list[str], n: int, gpus: list[str], echo: Callable[[str], None],
+           threads: int | None = None) -> int:
+    """Run ``tuner ARGS`` in ``n`` processes (worker k sees GPU ``gpus[k % len(gpus)]`` only,
+    and with ``threads`` has ``OMP_NUM_THREADS`` set to it); wait for all; return 0, or the
+    first non-zero exit status."""
     procs: list[subprocess.Popen[str]] = []
     readers: list[threading.Thread] = []
     try:
         with stop_cleanly():
             for k in range(n):
                 env = dict(os.environ)
+                if threads is not None:
+                    env["OMP_NUM_THREADS"] = str(threads)
                 tag = f"[worker {k}] "
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from optuna.distributions import json_to_distribution
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -88,6 +89,16 @@ def decoded_attrs(rows: Sequence[Any]) -> Iterator[tuple[int, str, Any]]:
     """(owner id, key, value) of user-attr rows (owner id, key, value_json)."""
     for (owner, key, _), value in zip(rows, json_values(r[2] for r in rows)):
         yield owner, key, value
+
+
+def attr_members(attrs: Any) -> Any:
+    """PostgreSQL's ``string_agg`` of a trial's user-attr rows into the members of one JSON
+    object (``"key":value_json,...``, in the order they were set, as Optuna lists them). The
+    stored JSON texts are joined as they are, not cast to ``json``: Optuna writes NaN and
+    Infinity, which PostgreSQL's JSON types refuse and Python's ``json`` reads."""
+    member = sa.cast(sa.func.to_json(attrs.c.key), sa.Text) + ":" + attrs.c.value_json
+    return sa.func.string_agg(member, aggregate_order_by(
+        sa.literal_column("','"), attrs.c.trial_user_attribute_id))
 
 
 class Reader:
@@ -155,12 +166,19 @@ class Reader:
             m = models()
             by_id: dict[int, StoredTrial] = {}
             out: dict[int, list[StoredTrial]] = {i: [] for i in study_ids}
+            v = t["values"]
+            convert = m.TrialValueModel.stored_repr_to_value
             with self.engine.connect() as conn:
-                for tid, number, sid, state, done in conn.execute(
+                # each trial with its (first objective's) value, if any, in one outer join
+                for tid, number, sid, state, done, value, kind in conn.execute(
                         sa.select(trials.c.trial_id, trials.c.number, trials.c.study_id,
-                                  trials.c.state, trials.c.datetime_complete).where(mine)
-                        .order_by(trials.c.trial_id)).all():
-                    by_id[tid] = StoredTrial(number, state, done)
+                                  trials.c.state, trials.c.datetime_complete, v.c.value,
+                                  v.c.value_type)
+                        .select_from(trials.outerjoin(v, sa.and_(
+                            v.c.trial_id == trials.c.trial_id, v.c.objective == 0)))
+                        .where(mine).order_by(trials.c.trial_id)).all():
+                    by_id[tid] = StoredTrial(
+                        number, state, done, None if kind is None else convert(value, kind))
                     out[sid].append(by_id[tid])
                 p = t["params"]
                 dists: dict[str, Any] = {}
@@ -171,19 +189,22 @@ class Reader:
                     if d is None:
                         d = dists[dist] = json_to_distribution(dist)
                     by_id[tid].params[name] = d.to_external_repr(internal)
-                v = t["values"]
-                convert = m.TrialValueModel.stored_repr_to_value
-                for tid, value, kind in conn.execute(joined(
-                        v, v.c.trial_id, v.c.value, v.c.value_type).where(v.c.objective == 0)
-                        ).all():
-                    by_id[tid].value = convert(value, kind)
                 a = t["attrs"]
-                query = joined(a, a.c.trial_id, a.c.key, a.c.value_json)
-                if attr_keys is not None:
-                    query = query.where(a.c.key.in_(list(attr_keys)))
-                for tid, key, value in decoded_attrs(conn.execute(
-                        query.order_by(a.c.trial_user_attribute_id)).all()):
-                    by_id[tid].user_attrs[key] = value
+                keys = a.c.key.in_(list(attr_keys)) if attr_keys is not None else sa.true()
+                if self.backend == "postgresql":
+                    # one row per trial, its attrs as one JSON object's members built by the
+                    # server: a tenth of the rows to send and decode (10,000 NQM trials: the
+                    # curve command's 100,000 attr rows cost ~0.3 s more than on SQLite)
+                    rows = conn.execute(joined(a, a.c.trial_id, attr_members(a))
+                                        .where(keys).group_by(a.c.trial_id)).all()
+                    for (tid, _), attrs in zip(rows, json_values(
+                            "{" + members + "}" for _, members in rows)):
+                        by_id[tid].user_attrs = attrs
+                else:
+                    for tid, key, value in decoded_attrs(conn.execute(
+                            joined(a, a.c.trial_id, a.c.key, a.c.value_json).where(keys)
+                            .order_by(a.c.trial_user_attribute_id)).all()):
+                        by_id[tid].user_attrs[key] = value
                 # intermediate values stand in for the curve only where there is none (old
                 # studies)
                 old = [tid for tid, tr in by_id.items()
