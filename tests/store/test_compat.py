@@ -10,6 +10,7 @@ Optuna's new internals count too.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from functools import cache
 from pathlib import Path
 
 import optuna
+
+from tuner.store import compat
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNER = ROOT / "tuner"
@@ -148,3 +151,31 @@ def test_compat_refuses_an_untested_optuna_major() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert "tuner needs optuna 5.x" in out.stdout and "found 6.0.0" in out.stdout, out
+
+
+def test_the_core_tables_are_optunas_columns_and_values_decode_as_optuna_does() -> None:
+    # tuner.store.rows reads Optuna's tables through Core tables of its own (no sqlalchemy.orm
+    # import); each column must be the model's, with the same kind of type
+    import sqlalchemy as sa
+
+    from optuna.storages._rdb import models as m  # the test may name them: it checks compat
+
+    theirs = {t.name: t for t in m.BaseModel.metadata.sorted_tables}
+    for name, table in compat.tables().items():
+        assert list(table.c.keys()) == list(compat.TABLES[name])
+        for col in table.c:
+            want = theirs[name].c[col.name].type
+            got = col.type
+            if isinstance(want, sa.Enum) and not isinstance(got, sa.Enum):
+                assert isinstance(got, sa.String)  # the stored names, decoded by stored_float
+                continue
+            assert type(got)._type_affinity is type(want)._type_affinity, (name, col.name)
+    for kind in m.TrialValueModel.TrialValueType:
+        value = None if kind.name.startswith("INF") else 0.25
+        assert compat.stored_float(value, kind.name) == \
+            m.TrialValueModel.stored_repr_to_value(value, kind)
+    for kind in m.TrialIntermediateValueModel.TrialIntermediateValueType:
+        value = 0.25 if kind.name == "FINITE" else None
+        got = compat.stored_float(value, kind.name)
+        want = m.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
+        assert got == want or (math.isnan(got) and math.isnan(want)), kind

@@ -34,7 +34,8 @@ SCHEMA_HEAD = "v3.2.0.a"
 
 __all__ = ["RETRIED_PRIVATE_METHODS", "SCHEMA_HEAD", "forget_cached_trials", "heartbeat_thread",
            "heartbeats", "is_heartbeat_enabled", "models", "rdb", "record_heartbeat",
-           "storage_of", "study_id", "tell_pruned", "trial_id"]
+           "storage_of", "stored_float", "study_id", "TABLES", "tables", "tell_pruned",
+           "trial_id"]
 
 #: Private ``RDBStorage`` methods that talk to the database, retried by
 #: :class:`tuner.store.retry.RetryingStorage` like the public ones (``Study.optimize``'s
@@ -69,6 +70,45 @@ def models() -> Any:
     from optuna.storages._rdb import models as rdb_models
 
     return rdb_models
+
+
+#: Optuna's tables at :data:`SCHEMA_HEAD`: the columns :mod:`tuner.store.rows` reads (the
+#: key, then the rest), as ``tests/store/test_compat.py`` checks against Optuna's models.
+TABLES = {
+    "studies": ("study_id", "study_name"),
+    "study_user_attributes": ("study_user_attribute_id", "study_id", "key", "value_json"),
+    "trials": ("trial_id", "number", "study_id", "state", "datetime_complete"),
+    "trial_params": ("param_id", "trial_id", "param_name", "param_value", "distribution_json"),
+    "trial_values": ("trial_value_id", "trial_id", "objective", "value", "value_type"),
+    "trial_user_attributes": ("trial_user_attribute_id", "trial_id", "key", "value_json"),
+    "trial_intermediate_values": ("trial_intermediate_value_id", "trial_id", "step",
+                                  "intermediate_value", "intermediate_value_type"),
+}
+
+
+def tables() -> dict[str, Any]:
+    """Optuna's RDB tables at :data:`SCHEMA_HEAD` as SQLAlchemy Core tables with the columns of
+    :data:`TABLES`, declared here rather than taken from ``optuna.storages._rdb.models``:
+    importing those ORM models imports ``sqlalchemy.orm``, 0.1 s of every analysis command.
+    Enum columns come back as the names Optuna stores (``state`` as a ``TrialState``)."""
+    import sqlalchemy as sa
+
+    types = {"study_name": sa.String, "key": sa.String, "value_json": sa.Text,
+             "state": lambda: sa.Enum(TrialState), "datetime_complete": sa.DateTime,
+             "param_name": sa.String, "param_value": sa.Float, "distribution_json": sa.Text,
+             "value": sa.Float, "value_type": sa.String, "intermediate_value": sa.Float,
+             "intermediate_value_type": sa.String}
+    meta = sa.MetaData()
+    return {name: sa.Table(name, meta, *(sa.Column(c, types.get(c, sa.Integer)()) for c in cols))
+            for name, cols in TABLES.items()}
+
+
+def stored_float(value: float | None, kind: str) -> float | None:
+    """A stored objective or intermediate value from its column and its stored type's name
+    (``FINITE``, ``INF_POS``, ``INF_NEG``, ``NAN``), as Optuna's models'
+    ``stored_repr_to_value`` and ``stored_repr_to_intermediate_value`` decode them."""
+    return {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}.get(
+        kind, value)
 
 
 def heartbeat_thread(trial_id: int, storage: BaseStorage) -> Any:

@@ -5,10 +5,13 @@
 ~0.3 s more (its schema check loads alembic). Analysis needs only each study's name and user
 attrs, and each trial's number, state, value, completion time, params, some user attrs and (for
 studies stored before the ``curve`` attr) its intermediate values. A :class:`Reader` reads exactly
-those, one SQLAlchemy Core ``SELECT`` per table over all the studies of a spec, on Optuna's own
-tables, through a read-only connection (nothing but ``SELECT``), and decodes them as Optuna does
-(params through their stored distribution, values through Optuna's stored-representation
-converters). The records equal the ORM path's (``tests/store/test_rows.py`` compares both).
+those, one SQLAlchemy Core ``SELECT`` per table over all the studies of a spec (trials and their
+values in one), on Optuna's own tables (declared as Core tables in :mod:`tuner.store.compat`:
+Optuna's ORM models would import ``sqlalchemy.orm``, 0.1 s), through a read-only connection
+(nothing but ``SELECT``), and decodes them as Optuna does (params through their stored
+distribution, values as Optuna's stored-representation converters do). On PostgreSQL the server
+joins each trial's attrs into one row. The records equal the ORM path's
+(``tests/store/test_rows.py`` compares both).
 
 The reader trusts Optuna's table layout only for the schema version this Optuna writes
 (:data:`tuner.store.compat.SCHEMA_HEAD`); :func:`open_reader` opens any other storage through
@@ -32,7 +35,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from tuner.store.compat import SCHEMA_HEAD, models
+from tuner.store.compat import SCHEMA_HEAD, stored_float, tables
 from tuner.core.errors import UsageError
 from tuner.store.retry import call, db_error, describe
 from tuner.store.storage import open_readonly, readonly_engine_args, refused
@@ -111,12 +114,11 @@ class Reader:
         ro_url, kwargs = readonly_engine_args(url)
         self.engine = sa.create_engine(ro_url, **kwargs)
         self.backend = make_url(url).get_backend_name()
-        m = models()
-        self.t = {name: getattr(m, model).__table__ for name, model in (
-            ("studies", "StudyModel"), ("study_attrs", "StudyUserAttributeModel"),
-            ("trials", "TrialModel"), ("params", "TrialParamModel"),
-            ("values", "TrialValueModel"), ("attrs", "TrialUserAttributeModel"),
-            ("inter", "TrialIntermediateValueModel"))}
+        t = tables()
+        self.t = {"studies": t["studies"], "study_attrs": t["study_user_attributes"],
+                  "trials": t["trials"], "params": t["trial_params"],
+                  "values": t["trial_values"], "attrs": t["trial_user_attributes"],
+                  "inter": t["trial_intermediate_values"]}
 
     def retrying(self, fn: Callable[[], T]) -> T:
         """``fn()``, riding out an unreachable server like every storage call
@@ -163,11 +165,9 @@ class Reader:
                 table.join(trials, trials.c.trial_id == table.c.trial_id)).where(mine)
 
         def read() -> dict[int, list[StoredTrial]]:
-            m = models()
             by_id: dict[int, StoredTrial] = {}
             out: dict[int, list[StoredTrial]] = {i: [] for i in study_ids}
             v = t["values"]
-            convert = m.TrialValueModel.stored_repr_to_value
             with self.engine.connect() as conn:
                 # each trial with its (first objective's) value, if any, in one outer join
                 for tid, number, sid, state, done, value, kind in conn.execute(
@@ -178,7 +178,7 @@ class Reader:
                             v.c.trial_id == trials.c.trial_id, v.c.objective == 0)))
                         .where(mine).order_by(trials.c.trial_id)).all():
                     by_id[tid] = StoredTrial(
-                        number, state, done, None if kind is None else convert(value, kind))
+                        number, state, done, None if kind is None else stored_float(value, kind))
                     out[sid].append(by_id[tid])
                 p = t["params"]
                 dists: dict[str, Any] = {}
@@ -210,14 +210,13 @@ class Reader:
                 old = [tid for tid, tr in by_id.items()
                        if "curve" not in tr.user_attrs] if intermediate else []
                 iv = t["inter"]
-                step = m.TrialIntermediateValueModel.stored_repr_to_intermediate_value
                 for i in range(0, len(old), CHUNK):
                     for tid, s, value, kind in conn.execute(
                             sa.select(iv.c.trial_id, iv.c.step, iv.c.intermediate_value,
                                       iv.c.intermediate_value_type)
                             .where(iv.c.trial_id.in_(old[i:i + CHUNK]))
                             .order_by(iv.c.trial_intermediate_value_id)):
-                        by_id[tid].intermediate_values[s] = step(value, kind)
+                        by_id[tid].intermediate_values[s] = stored_float(value, kind)
             return out
         return self.retrying(read)
 
