@@ -44,7 +44,8 @@ help:
 	@echo "make bench-noise        B_simple (tuner noise-scale) against B_crit and B_20% on the NQM, digits and Fashion-MNIST (~6 min)"
 	@echo "make bench-adaptive     tuner run --adaptive against the full grid: B_crit and trained examples (~5 min)"
 	@echo "make bench-at-once      trials/s: K trials trained at once ([trainer] trials_at_once) vs one at a time (~12 min)"
-	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader + bench-adequacy + bench-analysis + bench-noise + bench-adaptive + bench-at-once (benchmarks/README.md)"
+	@echo "make bench-worker-threads  tuner run --workers 2: a thread per core in each worker vs CPUs / workers (~3 min)"
+	@echo "make bench-all          bench + bench-eval + bench-pruning + bench-storage + bench-nqm-workers + bench-dataloader + bench-adequacy + bench-analysis + bench-noise + bench-adaptive + bench-at-once + bench-worker-threads (benchmarks/README.md)"
 	@echo "make wheels             wheels/ for an offline install (NO_TORCH=1: without torch/lightning)"
 	@echo "make install-offline    .venv from wheels/, no network; uses an installed torch"
 	@echo "make dashboard          optuna-dashboard on $(STORAGE)"
@@ -202,7 +203,7 @@ dashboard: $(STAMP)
 # Speed (issue 6): side-by-side measurements, never part of `make test` (benchmarks/README.md),
 # and an offline install for GPU machines without a network.
 
-.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-adequacy bench-analysis bench-noise bench-adaptive bench-at-once bench-all wheels \
+.PHONY: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader bench-adequacy bench-analysis bench-noise bench-adaptive bench-at-once bench-worker-threads bench-all wheels \
         install-offline
 
 bench: $(STAMP)
@@ -240,8 +241,11 @@ bench-adaptive: $(STAMP)
 bench-at-once: $(STAMP) debian
 	$(BIN)/python benchmarks/trials_at_once.py
 
+bench-worker-threads: $(STAMP) debian
+	$(BIN)/python benchmarks/worker_threads.py
+
 bench-all: bench bench-eval bench-pruning bench-storage bench-nqm-workers bench-dataloader \
-	bench-adequacy bench-analysis bench-noise bench-adaptive bench-at-once
+	bench-adequacy bench-analysis bench-noise bench-adaptive bench-at-once bench-worker-threads
 
 # On a machine with a network: wheels/ gets this project's wheel and every dependency at the
 # versions of constraints.txt. NO_TORCH=1 leaves out torch, torchvision, lightning and their CUDA
