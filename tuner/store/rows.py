@@ -193,8 +193,8 @@ class Reader:
                 keys = a.c.key.in_(list(attr_keys)) if attr_keys is not None else sa.true()
                 if self.backend == "postgresql":
                     # one row per trial, its attrs as one JSON object's members built by the
-                    # server: a tenth of the rows to send and decode (10,000 NQM trials: the
-                    # curve command's 100,000 attr rows cost ~0.3 s more than on SQLite)
+                    # server: a tenth of the rows to send and decode (10,000 NQM trials:
+                    # read_trials 0.28 -> 0.24 s, benchmarks/README.md)
                     rows = conn.execute(joined(a, a.c.trial_id, attr_members(a))
                                         .where(keys).group_by(a.c.trial_id)).all()
                     for (tid, _), attrs in zip(rows, json_values(
