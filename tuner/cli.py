@@ -215,7 +215,7 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
     if code:
         raise SystemExit(code)
     for m, studies in zip(members, prepared):
-        click.echo(points_table(m, runner.points(studies)))
+        click.echo(points_table(m, runner.points(studies, url)))
 
 
 def _adaptive_allowed(spec_path: str, members: list, batch_sizes: tuple[int, ...],

@@ -20,6 +20,7 @@ from optuna.trial import TrialState, create_trial
 
 from conftest import SMALL_DIGITS, run_cli, write
 from tuner.core.errors import UsageError
+from tuner.run import runner
 from tuner.run import specs as spec_mod
 from tuner.store.compat import SCHEMA_HEAD
 from tuner.store.rows import Reader, open_reader
@@ -127,12 +128,26 @@ def trials_equal(url: str) -> None:
                               .get("loss", [0])[0]) for t in ours[s._study_id])
 
 
+def summaries_equal(url: str, spec_path: Path) -> None:
+    """`tuner run`'s summary points read back through the SQL reader equal Optuna's."""
+    spec = spec_mod.load(spec_path)
+    studies = {b: optuna.load_study(study_name=study_name(spec, b), storage=url)
+               for b in spec.batch_sizes}
+    with pytest.MonkeyPatch.context() as mp:  # not through Optuna's trials
+        mp.setattr(optuna.Study, "get_trials", lambda *a, **k: pytest.fail("Study.get_trials"))
+        ours = runner.points(studies, url)
+    assert [p.batch_size for p in ours] == list(spec.batch_sizes)
+    assert any(p.best_steps is not None for p in ours) and any(p.n_pruned for p in ours)
+    assert canon(ours) == canon(runner.points(studies))  # no url: through Optuna
+
+
 def test_every_kind_of_trial_reads_the_same_on_sqlite(tmp_path: Path) -> None:
     spec = write(tmp_path, SPEC, "rows.toml")
     url = f"sqlite:///{tmp_path / 'r.db'}"
     every_kind_of_trial(url, spec)
     records_equal(url, str(spec))
     trials_equal(url)
+    summaries_equal(url, spec)
     s = load(open_reader(url), str(spec))
     [st] = [x for x in s.studies if x.batch_size == 16]
     by_slot = {t.slot: t for t in st.trials}
@@ -152,6 +167,7 @@ def test_every_kind_of_trial_reads_the_same_on_postgresql(tmp_path: Path, postgr
     every_kind_of_trial(postgres_url, spec)
     records_equal(postgres_url, str(spec))
     trials_equal(postgres_url)
+    summaries_equal(postgres_url, spec)
 
 
 def test_real_studies_read_the_same_and_every_command_agrees(
