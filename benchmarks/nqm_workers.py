@@ -67,8 +67,9 @@ def curve_points(spec: str, url: str) -> list[dict]:
     r = tuner("curve", spec, "--storage", url, "--format", "json", "--n-boot", "0")
     if r.returncode != 0:
         raise SystemExit(f"tuner curve failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return [{k: v for k, v in p.items() if k not in NOT_RESULTS}
-            for p in json.loads(r.stdout)["points"]]
+    # the advice's command names the storage, which differs run by run
+    return [{k: json.loads(json.dumps(v).replace(url, "URL")) for k, v in p.items()
+             if k not in NOT_RESULTS} for p in json.loads(r.stdout)["points"]]
 
 
 def slot_results(url: str) -> dict[int, dict[int, tuple]]:
