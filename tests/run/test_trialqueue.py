@@ -265,3 +265,22 @@ def test_ctrl_c_while_claiming_fails_the_claimed_trial_at_once(tmp_path: Path) -
     assert t.state == TrialState.FAIL and t.system_attrs["fail_reason"] == (
         "KeyboardInterrupt: SIGINT")
     assert [slot_of(r) for r in rest if r.state == TrialState.WAITING] == [0]
+
+
+def test_scipy_stats_is_imported_only_to_sample_a_point() -> None:
+    # scipy.stats (for its QMC engines) is ~0.8 s of a worker's start-up: a `tuner run` with
+    # nothing left to run, and the launcher of --workers, never sample a point
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom tuner.cli import main\nimport tuner.run.runner\n"
+            "from tuner.run.sampling import build_sampler\n"
+            "from optuna.distributions import FloatDistribution\n"
+            "assert 'scipy.stats' not in sys.modules, 'imported before any point'\n"
+            "s = build_sampler('qmc', 0, {}, {'x': FloatDistribution(0.1, 1.0)})\n"
+            "assert 'scipy.stats' not in sys.modules, 'imported by building the sampler'\n"
+            "assert 0.1 <= s.point(3)['x'] <= 1.0\n"
+            "assert 'scipy.stats' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[2])
+    assert r.returncode == 0, r.stderr[-2000:]

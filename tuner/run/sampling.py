@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import scipy.stats.qmc as qmc_module
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -190,6 +189,10 @@ class SlotQMCSampler(BaseSampler):
         """
         with self._mutex:
             if slot >= len(self._block):
+                # imported here: scipy.stats is 0.8 s of a worker's start-up, and a launcher or
+                # a worker with nothing left to run samples no point
+                import scipy.stats.qmc as qmc_module
+
                 n = max(128, 1 << math.ceil(math.log2(slot + 1)))
                 engine = (qmc_module.Halton if self.qmc_type == "halton" else qmc_module.Sobol)(
                     len(self.space), seed=self.seed, scramble=self.scramble)
