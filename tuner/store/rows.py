@@ -31,7 +31,6 @@ import sqlalchemy as sa
 from optuna.distributions import json_to_distribution
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -99,6 +98,8 @@ def attr_members(attrs: Any) -> Any:
     object (``"key":value_json,...``, in the order they were set, as Optuna lists them). The
     stored JSON texts are joined as they are, not cast to ``json``: Optuna writes NaN and
     Infinity, which PostgreSQL's JSON types refuse and Python's ``json`` reads."""
+    from sqlalchemy.dialects.postgresql import aggregate_order_by  # PostgreSQL only: 0.04 s
+
     member = sa.cast(sa.func.to_json(attrs.c.key), sa.Text) + ":" + attrs.c.value_json
     return sa.func.string_agg(member, aggregate_order_by(
         sa.literal_column("','"), attrs.c.trial_user_attribute_id))
