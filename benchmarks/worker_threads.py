@@ -24,6 +24,8 @@ from pathlib import Path
 
 import optuna
 
+from tuner.run import workers as workers_mod
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "studies" / "fashion_mnist_mlp.toml").read_text()
 # every trial runs 200 steps (a target it cannot reach), evaluated every 50: the trial phase is
@@ -65,7 +67,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=256)
     args = ap.parse_args()
-    cpus = len(os.sched_getaffinity(0))
+    cpus = workers_mod.cpus()
     settings = {f"OMP_NUM_THREADS={cpus} each (a thread per core, before)": str(cpus),
                 f"default: {max(1, cpus // args.workers)} each (CPUs / workers)": None}
     print(f"{cpus} CPUs, load average {os.getloadavg()[0]:.2f}; --workers {args.workers}, "

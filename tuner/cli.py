@@ -81,7 +81,8 @@ def cli() -> None:
               help="Override the spec's seed (a separate set of studies), in [0, 2^32 - 1].")
 @click.option("--workers", "-w", type=click.IntRange(min=1),
               help="Start this many local worker processes (default 1, or one per --gpus), "
-              "each with OMP_NUM_THREADS = CPUs / N unless it is set.")
+              "each with OMP_NUM_THREADS = logical CPUs / N unless OMP_NUM_THREADS or "
+              "MKL_NUM_THREADS is set.")
 @click.option("--gpus", help="GPU indices, e.g. 0,1,2,3: one worker per GPU, each pinned to "
               "its GPU with CUDA_VISIBLE_DEVICES.")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=30, show_default=True,
@@ -207,10 +208,7 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
             *(["--allow-large"] if allow_large else []), "--no-summary", "--no-preflight"]
     threads = workers_mod.threads_per_worker(n_workers)
     echo(f"storage: {url}; starting {n_workers} workers"
-         + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else "")
-         + (f", {threads} CPU thread{'s' * (threads > 1)} each (OMP_NUM_THREADS; set it to "
-            "choose)" if threads is not None else
-            f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} each (yours)"))
+         + (f" on GPUs {','.join(gpu_ids)}" if gpu_ids else "") + workers_mod.threads_said(threads))
     code = workers_mod.launch(args, n_workers, gpu_ids, echo, threads)
     if code:
         raise SystemExit(code)

@@ -102,6 +102,9 @@ def test_a_failed_trial_is_rerun_with_its_slot_and_params(tmp_path: Path) -> Non
     c = claim(study, 3)
     c.trial.suggest_float("x", 1e-3, 1.0, log=True)
     c.trial.suggest_float("y", 0.0, 1.0)
+    for k, v in {"seed": 11, "worker": "a:1", "omp_num_threads": "4",
+                 "cuda_visible_devices": "1"}.items():  # as runner._mark_worker writes them
+        c.trial.set_user_attr(k, v)
     failed = fail(study, c.trial, "KeyboardInterrupt: SIGINT")
     assert failed.state == TrialState.FAIL
     assert failed.system_attrs["fail_reason"] == "KeyboardInterrupt: SIGINT"
@@ -113,6 +116,9 @@ def test_a_failed_trial_is_rerun_with_its_slot_and_params(tmp_path: Path) -> Non
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert retry.params == failed.params and slot_of(retry) == slot_of(failed)
     assert "fail_reason" not in retry.system_attrs
+    # the seed is the slot's; who ran it (and with which threads, GPU) is the new worker's
+    assert retry.user_attrs["seed"] == 11
+    assert not {"worker", "omp_num_threads", "cuda_visible_devices"} & set(retry.user_attrs)
 
 
 def test_running_trials_count_so_nobody_overshoots(tmp_path: Path) -> None:

@@ -68,12 +68,12 @@ def test_four_workers_on_postgresql_run_exactly_n_trials(tmp_path: Path, postgre
 def test_two_workers_on_the_default_sqlite_file(tmp_path: Path) -> None:
     spec = write(tmp_path, SMALL_DIGITS, "lite.toml")
     url = f"sqlite:///{tmp_path / 'two.db'}"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in workers_mod.THREAD_VARS}
     r = subprocess.run([*TUNER, "run", str(spec), "--storage", url, "--workers", "2", "-n", "5"],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0 and "locked" not in r.stderr, r.stderr[-2000:]
     # the CPUs shared out: one torch thread pool per core would oversubscribe the machine
-    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    threads = max(1, workers_mod.cpus() // 2)
     assert f"starting 2 workers, {threads} CPU thread" in r.stderr, r.stderr[-2000:]
     for trials in trials_of(url).values():
         check_exact(trials, 5)
@@ -81,12 +81,18 @@ def test_two_workers_on_the_default_sqlite_file(tmp_path: Path) -> None:
 
 
 def test_a_users_omp_num_threads_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert workers_mod.threads_per_worker(2) is None
-    monkeypatch.delenv("OMP_NUM_THREADS")
-    cpus = len(os.sched_getaffinity(0))
-    assert workers_mod.threads_per_worker(1) == cpus
+    for var in workers_mod.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    cpus = workers_mod.cpus()
+    assert workers_mod.threads_per_worker(2) == max(1, cpus // 2)
     assert workers_mod.threads_per_worker(cpus + 1) == 1
+    assert workers_mod.threads_per_worker(1) is None  # one worker (one --gpus): torch's default
+    assert workers_mod.threads_said(None) == ""
+    for var in workers_mod.THREAD_VARS:  # either one sizes torch's pool: the user's is kept
+        monkeypatch.setenv(var, "3")
+        assert workers_mod.threads_per_worker(2) is None
+        assert f"{var}=3" in workers_mod.threads_said(None)
+        monkeypatch.delenv(var)
 
 
 def _holding(pid: int, path: Path) -> bool:

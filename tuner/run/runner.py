@@ -112,9 +112,12 @@ def _check_before_opening(spec: Spec, url: str, batch_sizes: tuple[int, ...]) ->
 def points(studies: dict[int, optuna.Study], url: str | None = None) -> list[Point]:
     """One summary point per batch size, from what is stored in ``url``: read back with
     analysis's SQL reader (:mod:`tuner.store.rows`; 1,000 NQM trials in 0.035 s, against
-    1.39 s through ``Study.get_trials``) where it can read the storage, else through Optuna."""
+    1.39 s through ``Study.get_trials``) where the storage has this Optuna's schema, else
+    (in memory, another schema version) through Optuna."""
     reader = open_reader(url) if url is not None and not in_memory(url) else None
     if not isinstance(reader, Reader):
+        if isinstance(reader, RDBStorage):  # another schema version: Optuna's own storage
+            reader.engine.dispose()
         return [point(b, [record(t, curve=False) for t in s.get_trials(deepcopy=False)])
                 for b, s in studies.items()]
     try:

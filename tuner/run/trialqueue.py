@@ -68,10 +68,16 @@ def finished_slots(trials: list[FrozenTrial]) -> set[int]:
     return {slot_of(t) for t in trials if t.state in FINISHED}
 
 
+#: User attrs of the worker that ran a trial (``runner._mark_worker``), not copied to its retry:
+#: the worker that runs the retry writes its own, or none.
+WORKER_ATTRS = ("worker", "cuda_visible_devices", "omp_num_threads")
+
+
 def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     """Enqueue a WAITING copy of a FAIL trial: same params, slot and seed."""
     t = copy.copy(failed)
-    t.user_attrs = {**failed.user_attrs, "slot": slot_of(failed)}
+    t.user_attrs = {**{k: v for k, v in failed.user_attrs.items() if k not in WORKER_ATTRS},
+                    "slot": slot_of(failed)}
     t.system_attrs = {k: v for k, v in failed.system_attrs.items()
                       if k not in ("fail_reason", "heartbeat_interval")}
     with warnings.catch_warnings():

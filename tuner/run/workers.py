@@ -32,15 +32,35 @@ def parse_gpus(text: str | None) -> list[str]:
     return ids
 
 
+#: The variables that size torch's intra-op thread pool (MKL's overrides OpenMP's).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cpus() -> int:
+    """The logical CPUs this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def threads_per_worker(n: int) -> int | None:
     """CPU threads (``OMP_NUM_THREADS``, which sizes torch's intra-op pool) for each of ``n``
-    local workers: the CPUs this process may run on shared out among them, at least one each;
-    None when the user set ``OMP_NUM_THREADS`` (theirs is kept). Without it every worker's
-    torch would start a thread per core, and ``n`` such pools oversubscribe the machine
-    (torchrun sets 1 per process for the same reason)."""
-    if os.environ.get("OMP_NUM_THREADS"):
+    local workers: the logical CPUs shared out among them, at least one each; None for one
+    worker, or when the user set ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` (theirs is kept).
+    Without it every worker's torch would start a thread per physical core, and ``n`` such
+    pools oversubscribe the machine (torchrun sets 1 per process for the same reason)."""
+    if n == 1 or any(os.environ.get(v) for v in THREAD_VARS):
         return None
-    return max(1, len(os.sched_getaffinity(0)) // n)
+    return max(1, cpus() // n)
+
+
+def threads_said(threads: int | None) -> str:
+    """What the launcher's start line says of its workers' threads."""
+    if threads is not None:
+        return (f", {threads} CPU thread{'s' * (threads > 1)} each (OMP_NUM_THREADS; set it "
+                "to choose)")
+    mine = [f"{v}={os.environ[v]}" for v in THREAD_VARS if os.environ.get(v)]
+    return f", {' '.join(mine)} each (yours)" if mine else ""
 
 
 def launch(args: list[str], n: int, gpus: list[str], echo: Callable[[str], None],
