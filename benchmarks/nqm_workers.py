@@ -68,8 +68,9 @@ def curve_points(spec: str, url: str) -> list[dict]:
     if r.returncode != 0:
         raise SystemExit(f"tuner curve failed ({r.returncode}):\n{r.stderr[-3000:]}")
     # the advice's command names the storage, which differs run by run
-    return [{k: json.loads(json.dumps(v, ensure_ascii=False).replace(url, "URL")) for k, v in p.items()
-             if k not in NOT_RESULTS} for p in json.loads(r.stdout)["points"]]
+    return [{k: json.loads(json.dumps(v, ensure_ascii=False).replace(url, "URL"))
+             for k, v in p.items() if k not in NOT_RESULTS}
+            for p in json.loads(r.stdout)["points"]]
 
 
 def slot_results(url: str) -> dict[int, dict[int, tuple]]:

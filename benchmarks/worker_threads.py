@@ -32,7 +32,8 @@ SPEC = (ROOT / "studies" / "fashion_mnist_mlp.toml").read_text()
 # training, as in a real study's trials
 CUT = (SPEC.replace("value = 0.12", "value = 0.001")
        .replace("max_epochs = 30\nmin_steps = 500", "max_steps = 200")
-       .replace("first_step = 20", "first_step = 50").replace("min_interval = 20", "min_interval = 50")
+       .replace("first_step = 20", "first_step = 50")
+       .replace("min_interval = 20", "min_interval = 50")
        .replace("relative = 0.02", "relative = 0.5"))
 
 
@@ -93,8 +94,9 @@ def main() -> None:
               f"({', '.join(f'{w:.1f}' for w in walls[name])}) | "
               f"{1e3 * statistics.median(steps[name]):.2f} |")
     old, new = settings
-    print(f"before / default: whole run {statistics.median(walls[old]) / statistics.median(walls[new]):.2f}x, "
-          f"step {statistics.median(steps[old]) / statistics.median(steps[new]):.2f}x")
+    wall = statistics.median(walls[old]) / statistics.median(walls[new])
+    step = statistics.median(steps[old]) / statistics.median(steps[new])
+    print(f"before / default: whole run {wall:.2f}x, step {step:.2f}x")
     same = all(r == results[0] for r in results)
     print("same trials in every run (params, outcome, stopped step):", same)
     if not same:
