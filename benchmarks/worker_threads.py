@@ -39,7 +39,7 @@ CUT = (SPEC.replace("value = 0.12", "value = 0.001")
 
 def run(spec: Path, db: Path, workers: int, trials: int, b: int, threads: str | None) -> float:
     """Wall seconds of one whole ``tuner run --workers``; OMP_NUM_THREADS ``threads`` or unset."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in workers_mod.THREAD_VARS}
     if threads is not None:
         env["OMP_NUM_THREADS"] = threads
     t0 = time.perf_counter()
