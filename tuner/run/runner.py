@@ -27,8 +27,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.analysis.curves import Point, point
-from tuner.store.rows import Reader, gc_paused, open_reader
-from tuner.store.source import ANALYSIS_ATTRS, outcome_of, record
+from tuner.store.rows import gc_paused, open_reader
+from tuner.store.source import ANALYSIS_ATTRS, outcome_of, record, stored_trials
 from tuner.store.compat import heartbeat_thread, storage_of, study_id, tell_pruned, trial_id
 from tuner.store.claims import PREFIX as CLAIM_PREFIX
 from tuner.store.claims import Block, Claimed, ClaimLost, claim_block, finished_count, release
@@ -114,20 +114,19 @@ def points(studies: dict[int, optuna.Study], url: str | None = None) -> list[Poi
     analysis's SQL reader (:mod:`tuner.store.rows`; 1,000 NQM trials in 0.035 s, against
     1.39 s through ``Study.get_trials``) where the storage has this Optuna's schema, else
     (in memory, another schema version) through Optuna."""
-    reader = open_reader(url) if url is not None and not in_memory(url) else None
-    if not isinstance(reader, Reader):
-        if isinstance(reader, RDBStorage):  # another schema version: Optuna's own storage
-            reader.engine.dispose()
-        return [point(b, [record(t, curve=False) for t in s.get_trials(deepcopy=False)])
-                for b, s in studies.items()]
+    if not studies:
+        return []
+    opened = open_reader(url) if url is not None and not in_memory(url) else None
+    storage = opened if opened is not None else storage_of(next(iter(studies.values())))
     try:
         with gc_paused():
-            rows = reader.read_trials([study_id(s) for s in studies.values()], ANALYSIS_ATTRS,
-                                      intermediate=False)
+            rows = stored_trials(storage, [study_id(s) for s in studies.values()],
+                                 ANALYSIS_ATTRS, curves=False)
             return [point(b, [record(t, curve=False) for t in rows[study_id(s)]])
                     for b, s in studies.items()]
     finally:
-        reader.engine.dispose()
+        if opened is not None:
+            opened.engine.dispose()
 
 
 def run(spec: Spec, url: str, batch_sizes: tuple[int, ...], trials: int,

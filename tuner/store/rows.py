@@ -115,11 +115,7 @@ class Reader:
         ro_url, kwargs = readonly_engine_args(url)
         self.engine = sa.create_engine(ro_url, **kwargs)
         self.backend = make_url(url).get_backend_name()
-        t = tables()
-        self.t = {"studies": t["studies"], "study_attrs": t["study_user_attributes"],
-                  "trials": t["trials"], "params": t["trial_params"],
-                  "values": t["trial_values"], "attrs": t["trial_user_attributes"],
-                  "inter": t["trial_intermediate_values"]}
+        self.t = tables()
 
     def retrying(self, fn: Callable[[], T]) -> T:
         """``fn()``, riding out an unreachable server like every storage call
@@ -137,7 +133,7 @@ class Reader:
 
     def get_all_studies(self) -> list[StoredStudy]:
         """Every study with its user attrs, in study-id order (as Optuna lists them)."""
-        studies, attrs = self.t["studies"], self.t["study_attrs"]
+        studies, attrs = self.t["studies"], self.t["study_user_attributes"]
 
         def read() -> list[StoredStudy]:
             with self.engine.connect() as conn:
@@ -168,7 +164,7 @@ class Reader:
         def read() -> dict[int, list[StoredTrial]]:
             by_id: dict[int, StoredTrial] = {}
             out: dict[int, list[StoredTrial]] = {i: [] for i in study_ids}
-            v = t["values"]
+            v = t["trial_values"]
             with self.engine.connect() as conn:
                 # each trial with its (first objective's) value, if any, in one outer join
                 for tid, number, sid, state, done, value, kind in conn.execute(
@@ -181,7 +177,7 @@ class Reader:
                     by_id[tid] = StoredTrial(
                         number, state, done, None if kind is None else stored_float(value, kind))
                     out[sid].append(by_id[tid])
-                p = t["params"]
+                p = t["trial_params"]
                 dists: dict[str, Any] = {}
                 for tid, name, internal, dist in conn.execute(joined(
                         p, p.c.trial_id, p.c.param_name, p.c.param_value,
@@ -190,7 +186,7 @@ class Reader:
                     if d is None:
                         d = dists[dist] = json_to_distribution(dist)
                     by_id[tid].params[name] = d.to_external_repr(internal)
-                a = t["attrs"]
+                a = t["trial_user_attributes"]
                 keys = a.c.key.in_(list(attr_keys)) if attr_keys is not None else sa.true()
                 if self.backend == "postgresql":
                     # one row per trial, its attrs as one JSON object's members built by the
@@ -210,7 +206,7 @@ class Reader:
                 # studies)
                 old = [tid for tid, tr in by_id.items()
                        if "curve" not in tr.user_attrs] if intermediate else []
-                iv = t["inter"]
+                iv = t["trial_intermediate_values"]
                 for i in range(0, len(old), CHUNK):
                     for tid, s, value, kind in conn.execute(
                             sa.select(iv.c.trial_id, iv.c.step, iv.c.intermediate_value,

@@ -212,6 +212,16 @@ def load_all(storage: optuna.storages.BaseStorage | Reader, spec_arg: str,
     return [load_spec(storage, n, seed, curves) for n in sorted(member, key=order)]
 
 
+def stored_trials(storage: optuna.storages.BaseStorage | Reader, study_ids: list[int],
+                  keys: tuple[str, ...], curves: bool) -> dict[int, list[Any]]:
+    """Every trial of the studies ``study_ids`` (study id -> trials in trial-id order): read
+    with the SQL reader (the user attrs ``keys``; intermediate values with ``curves``), or
+    through Optuna's ``get_all_trials`` from any other storage."""
+    if isinstance(storage, Reader):
+        return storage.read_trials(study_ids, keys, intermediate=curves)
+    return {i: storage.get_all_trials(i, deepcopy=False) for i in study_ids}
+
+
 def load_spec(storage: optuna.storages.BaseStorage | Reader, spec: Any, seed: int | None = None,
               curves: bool = True) -> SpecStudies:
     """:func:`load` for a spec read from its file (a :class:`tuner.spec.Spec`: its name and
@@ -257,12 +267,10 @@ def load_spec(storage: optuna.storages.BaseStorage | Reader, spec: Any, seed: in
     summaries = sorted(summaries, key=lambda s: s.user_attrs["batch_size"])
     with gc_paused():  # tens of thousands of records: see tuner.store.rows.gc_paused
         keys = ANALYSIS_ATTRS + (CURVE_ATTRS if curves else ())
-        rows = storage.read_trials([study_id(s) for s in summaries], keys, intermediate=curves) \
-            if isinstance(storage, Reader) else None
+        rows = stored_trials(storage, [study_id(s) for s in summaries], keys, curves)
         studies = []
         for s in summaries:
-            stored: list[Any] = (rows[study_id(s)] if rows is not None
-                                 else storage.get_all_trials(study_id(s), deepcopy=False))
+            stored = rows[study_id(s)]
             usable = [t for t in stored if has_result(t)]
             trials, n_dup = distinct_slots(usable)
             space = {k: param_from_attr(k, v) for k, v in s.user_attrs["search_space"].items()}
