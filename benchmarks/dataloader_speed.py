@@ -11,6 +11,11 @@ shuffle=True, drop_last=True)``, the same SGD, in the same process:
   check, validation only at the last step).
 - ours/no-log: ours with a module whose ``training_step`` does not call ``self.log``
   (Lightning's per-step logging cost is the difference).
+- ours/lightning-log: ours with ``self.log`` as Lightning runs it (``tuner.train.lightning_compat``
+  off: every logged value walks its metric's state to move it where it already is).
+- ours/4-logs, ours/4-logs/lightning-log: the same two with a module that logs four values a step
+  (loss, accuracy per step and per epoch, the largest logit, examples seen), as many research
+  modules do.
 - trainer: the same LightningModule under a plain ``Trainer`` (logger, checkpoints, progress bar
   and model summary off, no callback of ours): Lightning's own cost.
 
@@ -36,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tuner.core.trial import Target, TrialRequest
+from tuner.train import lightning_compat
 from tuner.train.fit import fit_trial, quiet_lightning
 from workloads.fashion_mnist import FashionMNIST, FashionMNISTOptions
 
@@ -92,6 +98,21 @@ class LitCNNNoLog(LitCNN):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         return F.cross_entropy(self.net(x), y)
+
+
+class LitCNN4Logs(LitCNN):
+    """The same module logging four values a step."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train_loss", loss)
+        self.log("train_acc", (logits.argmax(1) == y).float().mean(), on_step=True,
+                 on_epoch=True)
+        self.log("max_logit", logits.max(), on_step=False, on_epoch=True, reduce_fx="max")
+        self.log("seen", float(len(y)), on_step=False, on_epoch=True, reduce_fx="sum")
+        return loss
 
 
 class Data(L.LightningDataModule):
@@ -168,8 +189,25 @@ def run_ours_nolog(data: Data, warmup: int, steps: int) -> float:
     return run_ours(data, warmup, steps, LitCNNNoLog)
 
 
+def lightning_log(run: Callable[[Data, int, int], float]) -> Callable[[Data, int, int], float]:
+    """``run`` with ``self.log`` as Lightning runs it (tuner.train.lightning_compat off)."""
+    def off(data: Data, warmup: int, steps: int) -> float:
+        lightning_compat.ACTIVE, active = False, lightning_compat.ACTIVE
+        try:
+            return run(data, warmup, steps)
+        finally:
+            lightning_compat.ACTIVE = active
+    return off
+
+
+def run_ours_4logs(data: Data, warmup: int, steps: int) -> float:
+    return run_ours(data, warmup, steps, LitCNN4Logs)
+
+
 LOOPS: dict[str, Callable[[Data, int, int], float]] = {
-    "raw": run_raw, "ours": run_ours, "trainer": run_trainer, "ours/no-log": run_ours_nolog}
+    "raw": run_raw, "ours": run_ours, "trainer": run_trainer, "ours/no-log": run_ours_nolog,
+    "ours/lightning-log": lightning_log(run_ours), "ours/4-logs": run_ours_4logs,
+    "ours/4-logs/lightning-log": lightning_log(run_ours_4logs)}
 
 
 def main() -> None:
@@ -191,13 +229,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, lightning {L.__version__}, threads "
           f"{torch.get_num_threads()}, {args.examples} training images, {args.reps} reps, "
           f"{args.clock} clock")
-    print(f"{'B':>5} {'steps':>6} {'raw steps/s':>12} {'ours/raw':>9} {'trainer/raw':>12}"
-          f" {'ours/no-log/raw':>16}  (per rep: ours/raw)")
+    others = [name for name in LOOPS if name != "raw"]
+    print(" | ".join(["B", "steps", "raw steps/s", *(f"{n}/raw" for n in others),
+                      "per rep: ours/raw"]))
     for b in args.batch_sizes:
         steps = max(20, 12000 // b)  # about a second of the raw loop here
         warmup = max(5, steps // 10)
         data = Data(train, val, b)
-        ratios: dict[str, list[float]] = {"ours": [], "trainer": [], "ours/no-log": []}
+        ratios: dict[str, list[float]] = {name: [] for name in others}
         raw_rates: list[float] = []
         names = list(LOOPS)
         for rep in range(args.reps):
@@ -206,11 +245,9 @@ def main() -> None:
             raw_rates.append(steps / secs["raw"])
             for name in ratios:
                 ratios[name].append(secs["raw"] / secs[name])
-        print(f"{b:>5} {steps:>6} {statistics.median(raw_rates):>12.1f} "
-              f"{statistics.median(ratios['ours']):>8.2f}x "
-              f"{statistics.median(ratios['trainer']):>11.2f}x "
-              f"{statistics.median(ratios['ours/no-log']):>15.2f}x  "
-              f"({', '.join(f'{r:.2f}' for r in ratios['ours'])})")
+        print(" | ".join([str(b), str(steps), f"{statistics.median(raw_rates):.1f}",
+                          *(f"{statistics.median(ratios[n]):.2f}" for n in others),
+                          ", ".join(f"{r:.2f}" for r in ratios["ours"])]), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ instances (never on their classes):
 - ``train_dataloader`` returns the user's loader with ``drop_last=True`` (every step is one batch
   of exactly B examples; epochs wrap without a partial batch).
 
-Nothing else changes: validation runs over the user's whole ``val_dataloader``.
+Nothing else changes: validation runs over the user's whole ``val_dataloader``. (One thing is
+faster: ``self.log`` skips a device move that moves nothing, :mod:`tuner.train.lightning_compat`.)
 
 The callback validates at the study's evaluation steps (it moves ``trainer.val_check_batch``, the
 Trainer's public "validate every n batches", to the next evaluation step after each one, with
@@ -45,6 +46,7 @@ from tuner.core.trial import (
     steady_step_seconds,
 )
 from tuner.spec.cadence import resolution
+from tuner.train.lightning_compat import fast_logging
 from tuner.train.loop import CHECK_EVERY, first_bad_loss
 from tuner.train.optim import build_optimizer, build_schedule
 
@@ -304,7 +306,8 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
     cb = TrialCallback(req, report, per_device_batch, phase)
     trainer = make_trainer(req, [cb, *callbacks], gradient_clip_val, limit_val_batches)
     try:
-        trainer.fit(module, datamodule=datamodule)
+        with fast_logging():  # self.log without Lightning's per-call device walk
+            trainer.fit(module, datamodule=datamodule)
     except Diverged:
         pass
     out = cb.out
