@@ -19,12 +19,16 @@ shuffle=True, drop_last=True)``, the same SGD, in the same process:
 - trainer: the same LightningModule under a plain ``Trainer`` (logger, checkpoints, progress bar
   and model summary off, no callback of ours): Lightning's own cost.
 
+``--log-cost`` also times each ``self.log`` call itself (ours/4-logs, with and without the
+shortcut, interleaved): milliseconds per call, median over repetitions.
+
 Each measurement times ``steps`` training steps after ``warmup`` steps, from the end of the
 warm-up's last batch to the end of the last timed batch (set-up, teardown and validation
 excluded). Repetitions are interleaved (each loop takes its turn first); a ratio is the median
 over repetitions of (loop / raw in the same repetition).
 
     .venv/bin/python benchmarks/dataloader_speed.py [--reps 5] [--batch-sizes 32 512] [--clock cpu]
+        [--log-cost]
 """
 
 from __future__ import annotations
@@ -210,6 +214,31 @@ LOOPS: dict[str, Callable[[Data, int, int], float]] = {
     "ours/4-logs/lightning-log": lightning_log(run_ours_4logs)}
 
 
+def log_cost(data: Data, warmup: int, steps: int, reps: int) -> dict[bool, list[float]]:
+    """Milliseconds per ``self.log`` call in ours/4-logs (``warmup + steps`` steps a fit), with
+    the shortcut on (True) and off, interleaved, one value per fit."""
+    timed = [0.0, 0]
+    log = L.LightningModule.log
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
+        log(*args, **kwargs)
+        timed[0] += time.perf_counter() - t0
+        timed[1] += 1
+
+    out: dict[bool, list[float]] = {True: [], False: []}
+    L.LightningModule.log = counted  # type: ignore[method-assign]
+    try:
+        for _ in range(reps):
+            for on in (True, False):
+                timed[:] = [0.0, 0]
+                (run_ours_4logs if on else lightning_log(run_ours_4logs))(data, warmup, steps)
+                out[on].append(1e3 * timed[0] / timed[1])
+    finally:
+        L.LightningModule.log = log  # type: ignore[method-assign]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -217,6 +246,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=8192, help="training images used")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time (robust to other processes' load)")
+    ap.add_argument("--log-cost", action="store_true",
+                    help="also time each self.log call, with and without the shortcut")
     args = ap.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -248,6 +279,17 @@ def main() -> None:
         print(" | ".join([str(b), str(steps), f"{statistics.median(raw_rates):.1f}",
                           *(f"{statistics.median(ratios[n]):.2f}" for n in others),
                           ", ".join(f"{r:.2f}" for r in ratios["ours"])]), flush=True)
+        for name in ("ours", "ours/4-logs"):  # the shortcut's gain, paired within each rep
+            gains = [a / b for a, b in zip(ratios[name], ratios[f"{name}/lightning-log"])]
+            print(f"  B = {b}: {name} with / without tuner.train.lightning_compat: median "
+                  f"{statistics.median(gains):.3f}x (per rep: "
+                  f"{', '.join(f'{g:.2f}' for g in gains)})", flush=True)
+        if args.log_cost:
+            ms = log_cost(data, warmup, steps, args.reps)
+            print(f"  B = {b}: ms per self.log call (wall), shortcut on "
+                  f"{statistics.median(ms[True]):.3f} / off {statistics.median(ms[False]):.3f} "
+                  f"(per rep on: {', '.join(f'{x:.3f}' for x in ms[True])}; off: "
+                  f"{', '.join(f'{x:.3f}' for x in ms[False])})", flush=True)
 
 
 if __name__ == "__main__":

@@ -162,3 +162,31 @@ def test_a_trial_fit_uses_it() -> None:
               per_device_batch=64, callbacks=(rec,))
     assert len(rec.patched) == 12 + 2 and all(rec.patched)
     assert _ResultMetric.to is ORIGINAL
+
+
+def test_lightning_internals_only_here() -> None:
+    """No other tuner module imports a private Lightning name or module (``_X``): they live in
+    tuner/train/lightning_compat.py, behind its version check."""
+    import ast
+    from pathlib import Path
+
+    tuner_dir = Path(lightning_compat.__file__).resolve().parents[1]
+
+    def private_imports(path: Path) -> list[str]:
+        out = []
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] in (
+                    "lightning", "pytorch_lightning", "lightning_utilities"):
+                names = [*n.module.split("."), *(a.name for a in n.names)]
+                if any(x.startswith("_") and not x.endswith("__") for x in names):
+                    out.append(f"{n.lineno}: from {n.module} import ...")
+            elif isinstance(n, ast.Import):
+                out += [f"{n.lineno}: import {a.name}" for a in n.names
+                        if a.name.split(".")[0] in ("lightning", "pytorch_lightning")
+                        and any(p.startswith("_") for p in a.name.split("."))]
+        return out
+
+    found = {str(p.relative_to(tuner_dir)): uses for p in sorted(tuner_dir.rglob("*.py"))
+             if p.name != "lightning_compat.py" and (uses := private_imports(p))}
+    assert not found, found
+    assert private_imports(Path(lightning_compat.__file__))  # the check is not blind
