@@ -28,7 +28,7 @@ excluded). Repetitions are interleaved (each loop takes its turn first); a ratio
 over repetitions of (loop / raw in the same repetition).
 
     .venv/bin/python benchmarks/dataloader_speed.py [--reps 5] [--batch-sizes 32 512] [--clock cpu]
-        [--log-cost]
+        [--log-cost] [--device cuda]
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ from tuner.train.fit import fit_trial, quiet_lightning
 from workloads.fashion_mnist import FashionMNIST, FashionMNISTOptions
 
 clock = time.perf_counter
+#: where the model trains (``--device``); the loaders stay on the CPU, as a user's do
+DEVICE = torch.device("cpu")
 NEVER = Target("val_loss", -1.0, "minimize")
 
 
@@ -142,27 +144,35 @@ class Timer(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.n += 1
         if self.n == self.warmup:
-            self.t0 = clock()
+            self.t0 = now()
         elif self.n == self.warmup + self.steps:
-            self.seconds = clock() - self.t0
+            self.seconds = now() - self.t0
+
+
+def now() -> float:
+    """The clock, once the device has finished what was queued (CUDA runs asynchronously)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return clock()
 
 
 def run_raw(data: Data, warmup: int, steps: int) -> float:
     torch.manual_seed(0)
-    model = cnn()
+    model = cnn().to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     n, t0 = 0, 0.0
     while True:
         for x, y in data.train_dataloader():
+            x, y = x.to(DEVICE), y.to(DEVICE)  # what Lightning does with each batch
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             n += 1
             if n == warmup:
-                t0 = clock()
+                t0 = now()
             elif n == warmup + steps:
-                return clock() - t0
+                return now() - t0
 
 
 def run_ours(data: Data, warmup: int, steps: int, module: type[LitCNN] = LitCNN) -> float:
@@ -172,7 +182,7 @@ def run_ours(data: Data, warmup: int, steps: int, module: type[LitCNN] = LitCNN)
     req = TrialRequest(params={"learning_rate": 0.01, "one_minus_momentum": 0.1,
                                "weight_decay": 0.0}, optimizer="momentum", schedule="constant",
                        batch_size=data.batch_size, max_steps=total, eval_steps=(total,),
-                       target=NEVER, seed=0, accelerator="cpu")
+                       target=NEVER, seed=0, accelerator=DEVICE.type)
     fit_trial(module(), data, req, lambda s, m: False, per_device_batch=data.batch_size,
               callbacks=(timer,))
     return timer.seconds
@@ -181,7 +191,7 @@ def run_ours(data: Data, warmup: int, steps: int, module: type[LitCNN] = LitCNN)
 def run_trainer(data: Data, warmup: int, steps: int) -> float:
     torch.manual_seed(0)
     timer = Timer(warmup, steps)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False,
+    trainer = L.Trainer(accelerator=DEVICE.type, devices=1, max_steps=warmup + steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[timer])
@@ -246,10 +256,12 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=8192, help="training images used")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time (robust to other processes' load)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timed with synchronisation)")
     ap.add_argument("--log-cost", action="store_true",
                     help="also time each self.log call, with and without the shortcut")
     args = ap.parse_args()
-    global clock
+    global clock, DEVICE
+    DEVICE = torch.device(args.device)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     quiet_lightning()
     torch.set_flush_denormal(True)
@@ -257,7 +269,9 @@ def main() -> None:
     d = fm.data()
     train = Images(d.train_x[:args.examples], d.train_y[:args.examples])
     val = Images(d.val_x[:256], d.val_y[:256])
-    print(f"torch {torch.__version__}, lightning {L.__version__}, threads "
+    print(f"device {DEVICE}"
+          + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else "")
+          + f", torch {torch.__version__}, lightning {L.__version__}, threads "
           f"{torch.get_num_threads()}, {args.examples} training images, {args.reps} reps, "
           f"{args.clock} clock")
     others = [name for name in LOOPS if name != "raw"]
