@@ -54,7 +54,7 @@ ACTIVE = _ResultMetric is not None and _version() in TESTED
 ORIGINAL: Callable[..., Any] | None = _ResultMetric.to if _ResultMetric is not None else None
 
 #: The tensor states of a tensor-valued ``_ResultMetric`` (besides its ``_defaults``).
-_STATES = ("value", "cumulated_batch_size", "_forward_cache", "_computed")
+STATES = ("value", "cumulated_batch_size", "_forward_cache", "_computed")
 
 
 def already_on(metric: Any, device: torch.device) -> bool:
@@ -63,7 +63,7 @@ def already_on(metric: Any, device: torch.device) -> bool:
     state = metric.__dict__
     if not state.get("is_tensor", False):
         return False
-    tensors = [state.get(name) for name in _STATES] + list(state.get("_defaults", {}).values())
+    tensors = [state.get(name) for name in STATES] + list(state.get("_defaults", {}).values())
     return all(t is None or (isinstance(t, torch.Tensor) and t.device == device)
                for t in tensors)
 
