@@ -262,6 +262,9 @@ def main() -> None:
     args = ap.parse_args()
     global clock, DEVICE
     DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and args.clock == "cpu":
+        ap.error("--clock cpu: this process's CPU time leaves the GPU's out; allowed with "
+                 "--device cuda: --clock wall")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     quiet_lightning()
     torch.set_flush_denormal(True)
@@ -273,7 +276,8 @@ def main() -> None:
           + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else "")
           + f", torch {torch.__version__}, lightning {L.__version__}, threads "
           f"{torch.get_num_threads()}, {args.examples} training images, {args.reps} reps, "
-          f"{args.clock} clock")
+          f"{args.clock} clock, tuner.train.lightning_compat "
+          f"{'on' if lightning_compat.ACTIVE else 'OFF (untested Lightning): no shortcut'}")
     others = [name for name in LOOPS if name != "raw"]
     print(" | ".join(["B", "steps", "raw steps/s", *(f"{n}/raw" for n in others),
                       "per rep: ours/raw"]))
