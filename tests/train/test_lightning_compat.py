@@ -159,9 +159,9 @@ def test_restored_after_an_exception_and_reentrant() -> None:
     """Lightning's method comes back after a failing fit; an inner use keeps the outer's patch;
     a method someone else put there is left alone."""
     with pytest.raises(RuntimeError):
-        with fast_logging():
-            with fast_logging():
-                assert _ResultMetric.to is lightning_compat._to
+        with fast_logging() as outer:
+            with fast_logging() as inner:
+                assert _ResultMetric.to is lightning_compat._to and outer and inner
             assert _ResultMetric.to is lightning_compat._to  # the inner one left it on
             raise RuntimeError("a failing fit")
     assert _ResultMetric.to is ORIGINAL
@@ -171,8 +171,8 @@ def test_restored_after_an_exception_and_reentrant() -> None:
 
     _ResultMetric.to = theirs
     try:
-        with fast_logging():
-            assert _ResultMetric.to is theirs
+        with fast_logging() as applied:
+            assert _ResultMetric.to is theirs and not applied
         assert _ResultMetric.to is theirs
     finally:
         _ResultMetric.to = ORIGINAL

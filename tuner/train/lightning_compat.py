@@ -81,7 +81,7 @@ def fast_logging() -> Iterator[bool]:
     """While inside: ``self.log`` skips the device walk that moves nothing (module docstring).
     Yields whether it applies (:data:`ACTIVE`). Re-entrant; restores Lightning's method."""
     if not ACTIVE or _ResultMetric.to is not ORIGINAL:  # off; or patched already (by an outer
-        yield ACTIVE  # fast_logging, or by someone else, whose method stays as it is)
+        yield ACTIVE and _ResultMetric.to is _to  # fast_logging, or by someone else: theirs stays)
         return
     _ResultMetric.to = _to
     try:
