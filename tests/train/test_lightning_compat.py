@@ -3,6 +3,7 @@ with the same logged values."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning as L
@@ -71,12 +72,8 @@ def fit(fast: bool) -> Record:
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
                         limit_train_batches=13, callbacks=[rec])
-    dm = DigitsDataModule(batch_size=64)
-    if fast:
-        with fast_logging():
-            trainer.fit(ManyLogs(), datamodule=dm)
-    else:
-        trainer.fit(ManyLogs(), datamodule=dm)
+    with fast_logging() if fast else contextlib.nullcontext():
+        trainer.fit(ManyLogs(), datamodule=DigitsDataModule(batch_size=64))
     return rec
 
 

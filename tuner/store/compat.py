@@ -16,6 +16,7 @@ import datetime as dt
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread as _heartbeat_thread
 from optuna.storages._heartbeat import is_heartbeat_enabled
@@ -91,8 +92,6 @@ def tables() -> dict[str, Any]:
     :data:`TABLES`, declared here rather than taken from ``optuna.storages._rdb.models``:
     importing those ORM models imports ``sqlalchemy.orm``, 0.1 s of every analysis command.
     Enum columns come back as the names Optuna stores (``state`` as a ``TrialState``)."""
-    import sqlalchemy as sa
-
     types = {"study_name": sa.String, "key": sa.String, "value_json": sa.Text,
              "state": lambda: sa.Enum(TrialState), "datetime_complete": sa.DateTime,
              "param_name": sa.String, "param_value": sa.Float, "distribution_json": sa.Text,
