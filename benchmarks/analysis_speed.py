@@ -7,7 +7,7 @@ into a SQLite file (and, with ``--postgres``, a PostgreSQL database on a server 
 their peak memory. The baseline, in the same run and interleaved: the same commands reading the
 trials through Optuna's API (``$TUNER_READER=optuna``: ``RDBStorage.get_all_trials``, what
 analysis did before). A last row times a process that only imports what ``curve`` needs
-(``tuner.cli``, ``scipy.optimize``): the floor under every command.
+(``tuner.cli``, ``scipy.optimize``) and exits as ``tuner`` does: the floor under every command.
 
     .venv/bin/python benchmarks/analysis_speed.py [--trials 1000] [--reps 3] [--postgres]
         [--no-baseline] [--keep DIR]
@@ -29,6 +29,9 @@ from pathlib import Path
 SPEC = "studies/nqm_sgd.toml"
 COMMANDS = [["curve"], ["edges"], ["sensitivity"], ["report", "--no-dashboard", "--out"]]
 TUNER = [sys.executable, "-c", "from tuner.cli import main; main()"]
+#: Imports what ``curve`` needs and ends as ``tuner`` ends (its at-exit handler).
+FLOOR = ("import atexit, scipy.optimize, tuner.cli\n"
+         "atexit.register(tuner.cli._before_teardown)")
 
 
 def timed(args: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -78,7 +81,7 @@ def bench(url: str, label: str, reps: int, baseline: bool, out: Path) -> None:
 def floor(reps: int) -> float:
     """Median seconds of a process that imports what ``curve`` needs and does nothing."""
     return statistics.median(
-        timed([sys.executable, "-c", "import tuner.cli, scipy.optimize"], dict(os.environ))[0]
+        timed([sys.executable, "-c", FLOOR], dict(os.environ))[0]
         for _ in range(reps))
 
 
@@ -118,7 +121,8 @@ def main() -> None:
             base = postgres(pg_folder)
             print(f"(built {n:,} trials into PostgreSQL in {build(base, args.trials):.0f} s)")
             bench(base, f"PostgreSQL {n:,}", args.reps, not args.no_baseline, folder)
-        print(f"| - | `import tuner.cli, scipy.optimize` (floor) | {floor(args.reps):.2f} | "
+        print(f"| - | `import tuner.cli, scipy.optimize`, exiting as `tuner` does (floor) | "
+              f"{floor(args.reps):.2f} | "
               "| | |")
     finally:
         if pg_folder is not None:

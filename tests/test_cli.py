@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import subprocess
@@ -213,3 +214,26 @@ def test_good_output_paths_are_written(stored: tuple[Path, Path], tmp_path: Path
                               "10", "--plot", str(tmp_path / "s.png")], capsys)
     assert code == 0, err
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+#: A process that prints, after tuner's own at-exit handler ran, how many objects it froze
+#: (handlers run last-registered first, and this one is registered before main()).
+FREEZE_PROBE = ("import atexit, gc\n"
+                "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+                "from tuner.cli import main\nmain()")
+
+
+@pytest.mark.parametrize("case", ["ok", "bad input"])
+def test_teardown_is_frozen_at_exit_only(case: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The console script freezes its objects as the process ends (the interpreter's
+    teardown then skips re-scanning them), whatever the exit status; main() called in a
+    process that goes on (as here) freezes nothing."""
+    args = ["edges", "--help"] if case == "ok" else ["edges", str(tmp_path / "missing.toml")]
+    p = subprocess.run([sys.executable, "-c", FREEZE_PROBE, *args], capture_output=True,
+                       text=True)
+    assert p.returncode == (0 if case == "ok" else 2), p.stderr
+    frozen = int(p.stdout.splitlines()[-1].removeprefix("frozen "))
+    assert frozen > 10_000  # every module's objects, not a few
+    assert (run_cli(args, capsys)[0] == 0) == (case == "ok")
+    assert gc.get_freeze_count() == 0

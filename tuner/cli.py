@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import dataclasses
 import errno
+import gc
 import json
 import os
 import shlex
@@ -1076,8 +1078,10 @@ def dashboard(storage: str | None, port: int, host: str, read_only: bool) -> Non
 
 
 def main() -> None:
-    """Console-script entry: bad input is one line on stderr and exit status 2."""
-
+    """Console-script entry (also each worker's ``python -m tuner.cli``): bad input is one line
+    on stderr and exit status 2."""
+    atexit.unregister(_before_teardown)  # registered once, however often main() runs (tests)
+    atexit.register(_before_teardown)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         cli.main(standalone_mode=False)
@@ -1103,6 +1107,20 @@ def main() -> None:
             raise
         click.echo(f"error: storage: {cause(err)}", err=True)
         sys.exit(1)
+
+
+def _before_teardown() -> None:
+    """At exit: collect the garbage once, then freeze what is left (``gc.freeze``).
+
+    The interpreter's teardown runs the cyclic collector over every object still tracked,
+    again as modules are cleared: 0.20-0.25 s of a 1.2 s ``tuner curve`` over 10,000 trials
+    (benchmarks/README.md). One collection here finalises the garbage as teardown's first
+    would; the frozen survivors are then freed by reference counting without being scanned
+    again. Runs as an atexit handler, so only when the process ends: exit status, output and
+    the other handlers are unchanged.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 if __name__ == "__main__":
