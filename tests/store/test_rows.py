@@ -24,7 +24,7 @@ from tuner.run import runner
 from tuner.run import specs as spec_mod
 from tuner.store.compat import SCHEMA_HEAD
 from tuner.store.rows import Reader, open_reader
-from tuner.store.source import load
+from tuner.store.source import ANALYSIS_ATTRS, load, stored_trials
 from tuner.store.storage import open_readonly, open_storage, study_attrs, study_name
 
 SPEC = SMALL_DIGITS.replace("batch_sizes = [16, 128]", "batch_sizes = [16, 64, 256]")
@@ -168,6 +168,25 @@ def test_every_kind_of_trial_reads_the_same_on_postgresql(tmp_path: Path, postgr
     records_equal(postgres_url, str(spec))
     trials_equal(postgres_url)
     summaries_equal(postgres_url, spec)
+
+
+def test_optunas_path_reads_one_study_at_a_time(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through Optuna's API, each study's trials are read when analysis reaches that study, so
+    one study's FrozenTrials at a time are held (their peak memory, benchmarks/README.md)."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    every_kind_of_trial(url, write(tmp_path, SPEC, "rows.toml"))
+    storage = open_readonly(url)
+    ids = [s._study_id for s in storage.get_all_studies()]
+    read: list[int] = []
+    real = storage.get_all_trials
+    monkeypatch.setattr(storage, "get_all_trials",
+                        lambda i, **kw: read.append(i) or real(i, **kw))
+    trials = stored_trials(storage, ids, ANALYSIS_ATTRS, curves=False)
+    assert read == [] and len(ids) == 3
+    for n, got in enumerate(trials, 1):
+        assert read == ids[:n]
+        assert [t.number for t in got] == [t.number for t in real(ids[n - 1])]
 
 
 def test_real_studies_read_the_same_and_every_command_agrees(

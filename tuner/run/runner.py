@@ -122,8 +122,8 @@ def points(studies: dict[int, optuna.Study], url: str | None = None) -> list[Poi
         with gc_paused():
             rows = stored_trials(storage, [study_id(s) for s in studies.values()],
                                  ANALYSIS_ATTRS, curves=False)
-            return [point(b, [record(t, curve=False) for t in rows[study_id(s)]])
-                    for b, s in studies.items()]
+            return [point(b, [record(t, curve=False) for t in stored])
+                    for b, stored in zip(studies, rows)]
     finally:
         if opened is not None:
             opened.engine.dispose()
