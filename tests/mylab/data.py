@@ -30,6 +30,21 @@ class DigitsDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=256)
 
 
+class DigitsTestSplitDataModule(DigitsDataModule):
+    """Digits with a held-out test split too: seeded 70/15/15 train/validation/test."""
+
+    def setup(self, stage: str | None = None) -> None:
+        x, y = load_digits(return_X_y=True)
+        full = TensorDataset(torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y))
+        n_val = n_test = int(len(full) * 0.15)
+        self.train_set, self.val_set, self.test_set = random_split(
+            full, [len(full) - n_val - n_test, n_val, n_test],
+            generator=torch.Generator().manual_seed(42))
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=256)
+
+
 class FixedBatchDigits(DigitsDataModule):
     """A DataModule that ignores its batch-size argument (a bug the tool must catch)."""
 

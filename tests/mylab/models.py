@@ -33,6 +33,12 @@ class LitClassifier(L.LightningModule):
         self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
         self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), prog_bar=True)
 
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("test_loss", F.cross_entropy(logits, y))
+        self.log("test_acc", (logits.argmax(dim=1) == y).float().mean())
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
 

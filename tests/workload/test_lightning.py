@@ -426,3 +426,34 @@ def test_a_lightning_module_local_cbs(tmp_path: Path, capsys: pytest.CaptureFixt
     assert all(b["loss"] < got["checkpoints"][1]["loss"]
                for b in got["checkpoints"][2]["branches"])
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_lightning_module_confirm_measures_at_the_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tuner confirm` on the docs-style LitClassifier (with its test_step) over a DataModule
+    with a test split, both unchanged: each confirmation trial that reaches the target records
+    there the sharpness (through the module's training_step), the test metrics (Trainer.test on
+    the weights at the target, after the fit; test_acc stored as val_acc) and, for the best
+    configuration's first seed, the loss-landscape slices."""
+    spec = lit_spec(tmp_path, datamodule="DigitsTestSplitDataModule", trials=3)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert run_cli(["run", str(spec), "--storage", url, "-q"], capsys)[0] == 0
+    code, out, err = run_cli(["confirm", str(spec), "--storage", url, "--top", "1", "--seeds",
+                              "2", "--format", "json", "-q"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    reached = [c for c in res["configs"] if c["n_reached"]]
+    assert reached, res
+    for c in reached:
+        assert c["sharpness"] > 0
+        assert 0.8 <= c["test"] <= 1.0 and abs(c["test"] - c["val"]) < 0.1  # 269 test images
+    assert "not measured" not in res["test"] and "not measured" not in res["sharpness"]
+    assert any(c["has_landscape"] for c in reached)
+    trials = [t for name in optuna.get_all_study_names(url) if name.endswith(".confirm")
+              for t in optuna.load_study(study_name=name, storage=url).trials
+              if t.user_attrs.get("reached")]
+    assert trials
+    for t in trials:
+        a = t.user_attrs["at_target"]
+        assert a["step"] == t.user_attrs["steps_to_target"] and a["sharpness_examples"] == 1024
+        assert set(a["test"]) == {"val_acc", "val_loss"}

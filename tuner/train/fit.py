@@ -38,6 +38,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch.utils.data import DataLoader, IterableDataset
 
+from tuner.core.errors import one_line
 from tuner.core.trial import (
     WARMUP_STEPS,
     Reporter,
@@ -46,6 +47,7 @@ from tuner.core.trial import (
     steady_step_seconds,
 )
 from tuner.spec.cadence import resolution
+from tuner.train import fit_at_target as at_target
 from tuner.train.lightning_compat import fast_logging
 from tuner.train.loop import CHECK_EVERY, first_bad_loss
 from tuner.train.optim import build_optimizer, build_schedule
@@ -95,6 +97,10 @@ class Outcome:
     eval_seconds: float = 0.0
     t_warm: float | None = None  # when step WARMUP_STEPS ended (TrialResult.step_seconds)
     eval_at_warm: float = 0.0
+    #: ``tuner confirm``: what was measured at the target (TrialResult.at_target), and the
+    #: weights there for the test pass after the fit (None: no test split)
+    at_target: dict[str, Any] | None = None
+    test_state: dict[str, torch.Tensor] | None = None
 
 
 def validation_metrics(trainer: Trainer, before: dict[str, Any]) -> dict[str, float]:
@@ -208,6 +214,13 @@ class TrialCallback(Callback):
                                                                              value)
         if not out.reached and target.reached(value):
             out.reached, out.steps_to_target = True, step
+            if self.req.measure and not ddp:  # tuner confirm: sharpness, the test split after
+                t1 = time.perf_counter()
+                out.at_target = at_target.measure(trainer, pl_module, step, self.req.seed,
+                                                  self.req.landscape)
+                if at_target.has_test(pl_module, trainer.datamodule):
+                    out.test_state = at_target.weights(pl_module)
+                out.eval_seconds += time.perf_counter() - t1
         self._unmet = [g for g in self._unmet if not g.met(metrics.get(g.metric))]
         if (out.reached and not self._unmet and not self.req.train_to_budget) or stop:
             out.pruned = stop and not out.reached
@@ -312,6 +325,14 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
         pass
     out = cb.out
     reached = out.reached
+    if out.at_target is not None and out.test_state is not None:
+        t1 = time.perf_counter()
+        try:
+            out.at_target["test"] = at_target.test_metrics(trainer, module, datamodule,
+                                                           out.test_state)
+        except Exception as exc:  # the user's test_step: the trial and its sharpness stand
+            out.at_target["test_not_measured"] = one_line(exc)
+        out.eval_seconds += time.perf_counter() - t1
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.synchronize(trainer.strategy.root_device)
     t_end = time.perf_counter()
@@ -330,4 +351,5 @@ def fit_trial(module: LightningModule, datamodule: Any, req: TrialRequest, repor
         device=str(trainer.strategy.root_device),
         step_seconds=steady_step_seconds(out.t_warm, t_end, out.eval_seconds - out.eval_at_warm,
                                          out.step),
+        at_target=out.at_target,
     )
