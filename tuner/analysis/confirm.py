@@ -113,7 +113,8 @@ def dependence(results: Sequence[ConfigResult], what: str) -> str:
              for v in (r.sharpness_values if what == "sharpness" else r.test_values)]
     label = "sharpness (top Hessian eigenvalue)" if what == "sharpness" else "test metric"
     if not pairs and what == "test" and any(r.n_reached for r in results):
-        return "test metric: not measured (the workload has no test split, e.g. digits)"
+        return ("test metric: not measured (the workload has no test split, e.g. digits, or "
+                "its test pass logs no metric named like the target's)")
     if len({b for b, _ in pairs}) < 2 or len(pairs) < 4:
         return f"{label}: too few measurements across batch sizes to say ({len(pairs)})"
     res = spearmanr([b for b, _ in pairs], [v for _, v in pairs])

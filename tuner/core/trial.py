@@ -77,7 +77,8 @@ class TrialResult:
     step_seconds: float | None = None
     #: With :attr:`TrialRequest.measure`: ``{"step", "test": {metric: value} | None,
     #: "sharpness", "sharpness_examples", "sharpness_iterations"}`` at the step the target was
-    #: reached (None: not reached, not asked, or the workload cannot measure it)
+    #: reached (None: not reached, not asked, or the workload cannot measure it); a
+    #: LightningModule's may add ``sharpness_not_measured`` / ``test_not_measured``: why not
     at_target: dict[str, Any] | None = None
     #: The most trials that trained together with this one, itself included (``[trainer]
     #: trials_at_once``: lanes of one vectorised model); 1: alone

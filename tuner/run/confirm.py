@@ -9,9 +9,10 @@ are slots like any study's (:mod:`tuner.run.trialqueue`): configuration k, seed 
 ``SLOT_BASE + k * MAX_SEEDS + j``, enqueued with the configuration's params, so its trial seed
 (from the slot) is fresh, a killed run resumes where it stopped and re-runs a lost slot with the
 same params and seed, and several workers can share the work. No pruning: every confirmation
-trial runs to the target or its budget. Trained tensor-path workloads also measure, where the
-target is reached, the test split (the only place it is evaluated) and the sharpness
-(:mod:`tuner.train.sharpness`), stored as the trial attr ``at_target``.
+trial runs to the target or its budget. Trained workloads on one device also measure, where
+the target is reached, the test split (the only place it is evaluated) and the sharpness
+(:mod:`tuner.train.sharpness`; for a LightningModule :mod:`tuner.train.fit_at_target`), stored
+as the trial attr ``at_target``.
 
 The configurations are fixed when a batch size is first confirmed (stored in ``confirms``); a
 later run with a larger ``--top`` adds the next best, and a larger ``--seeds`` more seeds.
