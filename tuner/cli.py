@@ -741,9 +741,11 @@ def confirm(spec_path: str, top: int, seeds: int, batch_sizes: tuple[int, ...],
     (mean, sd, a 95 % Student-t interval of the mean, the median counting misses), the
     optimism (mean / original), and where the target was reached the validation metric, the
     test metric (the only place the test split is evaluated; Fashion-MNIST has one, digits
-    not) and the sharpness (top Hessian eigenvalue of the training loss on 1,024 training
-    examples, power iteration on Hessian-vector products); then whether sharpness and test
-    metric depend on B at equal validation metric (Spearman).
+    not; a LightningModule's test_step over its DataModule's test_dataloader, test_acc read
+    as val_acc) and the sharpness (top Hessian eigenvalue of the training loss on 1,024
+    training examples, power iteration on Hessian-vector products); then whether sharpness
+    and test metric depend on B at equal validation metric (Spearman). Measured on one
+    device; under DDP only the seeds run.
     """
     from tuner.analysis.confirm import confirmation, confirmation_json, dependence
     from tuner.run import confirm as confirm_mod  # the trial path: torch, the workload
