@@ -18,6 +18,7 @@ from tuner.train.fit import fit_trial
 from tuner.train.fit_at_target import (
     MANUAL,
     fixed_batches,
+    in_order,
     measure,
     module_loss,
     validation_name,
@@ -36,6 +37,18 @@ def test_fixed_batches_are_the_same_examples_and_leave_the_rng_alone() -> None:
     again = fixed_batches(loader, examples=50)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
     assert not torch.equal(torch.cat([b[1] for b in first]), torch.arange(50))  # shuffled
+
+
+def test_the_subset_is_the_first_examples_in_the_datasets_order() -> None:
+    """Whatever the training loader shuffles (or how many workers it has), the subset is the
+    dataset's first examples, read in this process with the loader's batch size."""
+    data = TensorDataset(torch.arange(200.0).reshape(-1, 1), torch.arange(200))
+    loader = DataLoader(data, batch_size=16, shuffle=True, num_workers=2)
+    batches = fixed_batches(in_order(loader), examples=40)
+    assert torch.equal(torch.cat([b[1] for b in batches]), torch.arange(40))
+    assert [len(b[1]) for b in batches] == [16, 16, 8]
+    several = {"a": loader}
+    assert in_order(several) is several
 
 
 def test_module_loss_is_the_mean_over_every_example() -> None:

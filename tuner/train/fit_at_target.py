@@ -2,11 +2,14 @@
 (and, for the first seed of the best configuration, the loss-landscape slices) there, during the
 fit, and the module's test pass on the weights it had there, after the fit.
 
-- **Training loss on a fixed subset.** The first :data:`tuner.train.sharpness.EXAMPLES` training
-  examples of a fresh pass over the module's own ``train_dataloader`` with torch's RNG forked
-  and seeded (the same examples for every trial of a data set, whatever the loader shuffles or
-  augments), through the module's own ``training_step`` (its ``self.log`` silenced; the loss, or
-  the ``"loss"`` of the dict it returns), averaged over the batches by their sizes. The module
+- **Training loss on a fixed subset.** The first :data:`tuner.train.sharpness.EXAMPLES` examples
+  of the training set in its own order (as the tensor path takes its first examples): a loader
+  over the dataset of the module's ``train_dataloader``, with its batch size and collate
+  function, unshuffled and in this process (the fit's loader, its workers and its iterator are
+  left alone), drawn with torch's RNG forked and seeded (augmentation in the dataset draws the
+  same for every trial), through the module's own ``training_step`` (its ``self.log``
+  silenced; the loss, or the ``"loss"`` of the dict it returns), averaged over the batches by
+  their sizes. The module
   is in eval mode meanwhile (dropout off, batch norm on its running statistics), so the measured
   function is deterministic and no running statistic moves; the module is left as it was.
   A module with manual optimization (its ``training_step`` steps the optimizer itself) has no
@@ -31,12 +34,15 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning_utilities.core.apply_func import apply_to_collection
+from torch.utils.data import DataLoader
 
 from tuner.train.landscape import slices
 from tuner.train.sharpness import EXAMPLES, top_eigenvalue
 
 #: Why a module's sharpness is not measured.
 MANUAL = "manual optimization: training_step steps the optimizer itself"
+#: The subset's batch size where the training loader has none of its own (a batch sampler).
+SUBSET_BATCH = 256
 
 
 def fixed_batches(loader: Any, examples: int = EXAMPLES, seed: int = 0) -> list[Any]:
@@ -57,6 +63,15 @@ def fixed_batches(loader: Any, examples: int = EXAMPLES, seed: int = 0) -> list[
             if n >= examples:
                 break
     return out
+
+
+def in_order(loader: Any) -> Any:
+    """A loader over the same data as ``loader`` in the dataset's own order, in this process
+    (``loader`` itself where it is not a ``DataLoader``, e.g. several loaders)."""
+    if not isinstance(loader, DataLoader):
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size or SUBSET_BATCH,
+                      collate_fn=loader.collate_fn)
 
 
 def module_loss(module: LightningModule, batches: list[Any]) -> torch.Tensor:
@@ -82,7 +97,7 @@ def measure(trainer: Trainer, module: LightningModule, step: int, seed: int,
     if not module.automatic_optimization:
         return out | {"sharpness": None, "sharpness_examples": 0, "sharpness_iterations": 0,
                       "sharpness_not_measured": MANUAL}
-    batches = fixed_batches(trainer.train_dataloader)
+    batches = fixed_batches(in_order(trainer.train_dataloader))
     params = [p for p in module.parameters() if p.requires_grad]
     state = copy.deepcopy(module.state_dict())
     was_training = module.training
