@@ -1,10 +1,12 @@
 """A ResNet-8 with ghost batch norm on Fashion-MNIST or CIFAR-10, as plain Lightning code.
 
-``ImageDataModule`` reads the training images only: Fashion-MNIST from a folder of IDX files
-(``data_dir``; by default Debian's ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``)
-or torchvision's downloader (``download=True``); CIFAR-10 through torchvision's ``CIFAR10``
-(``data_dir`` holding ``cifar-10-batches-py/``, or ``download=True``). A seeded ``val_size``
-hold-out of the training images is the validation set; the test set is never read. Training
+``ImageDataModule`` reads Fashion-MNIST from a folder of IDX files (``data_dir``; by default
+Debian's ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``) or torchvision's
+downloader (``download=True``); CIFAR-10 through torchvision's ``CIFAR10`` (``data_dir`` holding
+``cifar-10-batches-py/``, or ``download=True``). A seeded ``val_size`` hold-out of the training
+images is the validation set. The test set (Fashion-MNIST's ``t10k`` files, CIFAR-10's
+``test_batch``) is read only for ``test_dataloader`` (``Trainer.test``; ``tuner confirm`` runs
+it on the weights at the target), never for a target or in ``fit``. Training
 images are augmented on the fly in ``__getitem__`` (a random crop of the image zero-padded by
 ``crop_padding`` pixels, then a random horizontal flip), so each epoch sees different crops;
 validation images are not augmented. Both are standardised per channel with the training split's
@@ -14,7 +16,8 @@ mean and standard deviation.
 stride 2 at the start of stages 2 and 3, a 1x1 projection shortcut where the shape changes),
 global average pooling and a linear layer: 1 + 2 x 3 + 1 = 8 weight layers. Every batch norm is a
 ``GhostBatchNorm2d``: in training it normalises each run of ``ghost_batch_size`` consecutive
-examples with their own statistics. It logs ``val_loss`` and ``val_acc``.
+examples with their own statistics. It logs ``val_loss`` and ``val_acc`` (and in ``test_step``
+``test_loss`` and ``test_acc``).
 
 Usage::
 
@@ -113,6 +116,7 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.train_set: AugmentedImages | None = None
         self.val_set: AugmentedImages | None = None
+        self.test_set: AugmentedImages | None = None
 
     @property
     def root(self) -> str:
@@ -138,29 +142,42 @@ class ImageDataModule(L.LightningDataModule):
         else:
             FashionMNIST(self.root, train=True, download=True)
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All training images (uint8, N x C x H x W) and labels (int64)."""
+    def load(self, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """All training (or, with ``train=False``, test) images (uint8, N x C x H x W) and
+        labels (int64)."""
         h = self.hparams
         if h.dataset == "cifar10":
-            ds = self.cifar_class(self.root, train=True, download=False)
+            ds = self.cifar_class(self.root, train=train, download=False)
             images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
             return images, torch.tensor(ds.targets, dtype=torch.long)
         if h.download:
-            ds = FashionMNIST(self.root, train=True, download=False)
+            if not train:  # the training files came in prepare_data
+                FashionMNIST(self.root, train=False, download=True)
+            ds = FashionMNIST(self.root, train=train, download=False)
             return ds.data.unsqueeze(1), ds.targets.long()
         folder = Path(h.data_dir or FASHION_MNIST_DIR)
-        paths = [find_idx(folder, stem) for stem in ("train-images-idx3-ubyte",
-                                                     "train-labels-idx1-ubyte")]
+        part = "train" if train else "t10k"
+        paths = [find_idx(folder, f"{part}-{stem}") for stem in ("images-idx3-ubyte",
+                                                                 "labels-idx1-ubyte")]
         if None in paths:
-            raise FileNotFoundError(f"no train-*-idx*-ubyte[.gz] in {folder}; install Debian's "
+            raise FileNotFoundError(f"no {part}-*-idx*-ubyte[.gz] in {folder}; install Debian's "
                                     "dataset-fashion-mnist, set data_dir, or set download=True")
         images, labels = (read_idx(p) for p in paths)
         return images.unsqueeze(1), labels.long()
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, split (seeded), compute the training split's per-channel mean and std."""
-        if self.train_set is not None:
-            return
+        """Load, split (seeded), compute the training split's per-channel mean and std; for
+        ``stage="test"`` also the test images (standardised with the same statistics)."""
+        if self.train_set is None:
+            self._split()
+        if stage == "test" and self.test_set is None:
+            assert self.train_set is not None
+            images, labels = self.load(train=False)
+            self.test_set = AugmentedImages(images, labels, self.train_set.mean,
+                                            self.train_set.std, augment=False)
+
+    def _split(self) -> None:
+        """The seeded training / validation split of the training images."""
         h = self.hparams
         images, labels = self.load()
         if len(images) != len(labels):
@@ -195,6 +212,11 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test images, unaugmented, in order (read by ``setup("test")``)."""
+        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers)
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
@@ -294,6 +316,8 @@ class ResNet8(L.LightningModule):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes,
                                                                       average="micro")
+        self.test_acc = torchmetrics.classification.MulticlassAccuracy(num_classes,
+                                                                       average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) of images (N, in_channels, H, W)."""
@@ -315,6 +339,14 @@ class ResNet8(L.LightningModule):
         self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
         self.val_acc(logits, y)
         self.log("val_acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Log ``test_loss`` and ``test_acc``, as :meth:`validation_step` logs its own."""
+        x, y = batch
+        logits = self(x)
+        self.log("test_loss", F.cross_entropy(logits, y))
+        self.test_acc(logits, y)
+        self.log("test_acc", self.test_acc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """SGD with momentum; weight decay on conv and linear weights, not BN or biases."""

@@ -79,7 +79,8 @@ def test_validation_is_a_fixed_unaugmented_holdout(fashion: ImageDataModule) -> 
 def write_cifar(root: Path, per_batch: int = 6) -> tuple[torch.Tensor, list[int]]:
     """CIFAR-10's python-pickle layout with random images, tarred as torchvision downloads it.
 
-    Returns the training images (N, 32, 32, 3) and labels in file order."""
+    Returns the training images (N, 32, 32, 3) and labels in file order, then the test
+    batch's."""
     g = torch.Generator().manual_seed(0)
     folder = root / "build" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -90,9 +91,8 @@ def write_cifar(root: Path, per_batch: int = 6) -> tuple[torch.Tensor, list[int]
         with open(folder / name, "wb") as f:
             pickle.dump({"batch_label": name, "data": data.numpy(), "labels": ys,
                          "filenames": [f"{name}_{j}.png" for j in range(per_batch)]}, f)
-        if name != "test_batch":
-            images.append(data.view(-1, 3, 32, 32).permute(0, 2, 3, 1))
-            labels += ys
+        images.append(data.view(-1, 3, 32, 32).permute(0, 2, 3, 1))
+        labels += ys
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)],
                      "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
@@ -123,6 +123,8 @@ def checksummed(root: Path) -> type[CIFAR10]:
 def test_cifar_files_load_through_torchvision(tmp_path: Path) -> None:
     images, labels = write_cifar(tmp_path)
     assert not (tmp_path / "cifar-10-batches-py").exists()  # only the archive is in data_dir
+    test_images, test_labels = images[30:], labels[30:]
+    images, labels = images[:30], labels[:30]
 
     class DM(ImageDataModule):
         cifar_class = checksummed(tmp_path)
@@ -149,6 +151,12 @@ def test_cifar_files_load_through_torchvision(tmp_path: Path) -> None:
     # A ResNet8 for 3 channels takes the batches.
     batch = next(iter(dm.train_dataloader()))
     assert ResNet8(in_channels=3, width=4)(batch[0]).shape == (4, 10)
+    # The test batch: read for testing only, standardised with the training split's statistics.
+    assert dm.test_set is None
+    dm.setup("test")
+    (x, y), raw = dm.test_set[2], test_images[2].permute(2, 0, 1).float() / 255.0
+    assert len(dm.test_set) == 6 and int(y) == test_labels[2]
+    assert torch.allclose(x, (raw - dm.train_set.mean) / dm.train_set.std, atol=1e-6)
 
 
 def bn_pair(ghost: int, c: int = 3) -> tuple[GhostBatchNorm2d, nn.BatchNorm2d]:
@@ -196,6 +204,26 @@ def test_resnet8_has_eight_weight_layers() -> None:
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(isinstance(m, GhostBatchNorm2d) and m.ghost_batch_size == 32 for m in bns)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@needs_debian
+def test_the_t10k_test_set_is_read_for_testing_only(fashion: ImageDataModule) -> None:
+    """Fitting reads no test file; ``setup("test")`` reads Fashion-MNIST's t10k images,
+    unaugmented, standardised like validation; ``Trainer.test`` logs test_loss and test_acc."""
+    assert fashion.test_set is None
+    dm = ImageDataModule(batch_size=16, val_size=64, train_size=128)
+    dm.setup("test")
+    test = dm.test_set
+    images, labels = dm.load(train=False)
+    assert len(test) == len(images) == 10_000 and torch.equal(test.labels, labels)
+    raw = images[7].float() / 255.0
+    assert torch.allclose(test[7][0], (raw - dm.train_set.mean) / dm.train_set.std)
+    assert torch.equal(test[7][0], test[7][0])  # no augmentation
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_test_batches=2)
+    [res] = trainer.test(ResNet8(width=4, ghost_batch_size=8), datamodule=dm, verbose=False)
+    assert set(res) == {"test_loss", "test_acc"} and 0.0 <= res["test_acc"] <= 1.0
 
 
 @needs_debian
