@@ -130,6 +130,37 @@ def test_a_fit_records_test_metrics_at_the_target_and_manual_optimization_says_w
     assert r.at_target["test"] is not None  # the test pass needs no training loss
 
 
+class BrokenTest(LitClassifier):
+    """A test_step that fails."""
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        raise ValueError("no test today")
+
+
+class TrainModeOnly(LitClassifier):
+    """A training_step that refuses to run in eval mode."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if not self.training:
+            raise RuntimeError("training_step in eval mode")
+        return super().training_step(batch, batch_idx)
+
+
+def test_what_fails_in_the_users_code_is_recorded_and_the_trial_stands() -> None:
+    torch.manual_seed(0)
+    r = fit_trial(BrokenTest(hidden=16), DigitsTestSplitDataModule(batch_size=32),
+                  request(True, 0.5), lambda s, m: False, per_device_batch=32)
+    assert r.reached and r.at_target is not None and r.at_target["sharpness"] > 0
+    assert r.at_target["test"] is None
+    assert r.at_target["test_not_measured"] == "ValueError: no test today"
+    torch.manual_seed(0)
+    r = fit_trial(TrainModeOnly(hidden=16), DigitsTestSplitDataModule(batch_size=32),
+                  request(True, 0.5), lambda s, m: False, per_device_batch=32)
+    assert r.reached and r.at_target is not None and r.at_target["sharpness"] is None
+    assert r.at_target["sharpness_not_measured"] == "RuntimeError: training_step in eval mode"
+    assert set(r.at_target["test"]) == {"val_acc", "val_loss"}
+
+
 def test_validation_names() -> None:
     assert [validation_name(n) for n in ("test_acc", "test/loss", "accuracy")] == [
         "val_acc", "val/loss", "accuracy"]

@@ -216,8 +216,11 @@ class TrialCallback(Callback):
             out.reached, out.steps_to_target = True, step
             if self.req.measure and not ddp:  # tuner confirm: sharpness, the test split after
                 t1 = time.perf_counter()
-                out.at_target = at_target.measure(trainer, pl_module, step, self.req.seed,
-                                                  self.req.landscape)
+                try:
+                    out.at_target = at_target.measure(trainer, pl_module, step, self.req.seed,
+                                                      self.req.landscape)
+                except Exception as exc:  # the user's training_step: the trial stands
+                    out.at_target = at_target.not_measured(step, one_line(exc))
                 if at_target.has_test(pl_module, trainer.datamodule):
                     out.test_state = at_target.weights(pl_module)
                 out.eval_seconds += time.perf_counter() - t1

@@ -13,13 +13,15 @@ fit, and the module's test pass on the weights it had there, after the fit.
   is in eval mode meanwhile (dropout off, batch norm on its running statistics), so the measured
   function is deterministic and no running statistic moves; the module is left as it was.
   A module with manual optimization (its ``training_step`` steps the optimizer itself) has no
-  such loss: its sharpness is not measured (``None``, and the reason).
+  such loss: its sharpness is not measured (``None``, and the reason); nor where the
+  ``training_step`` raises here (the reason is the exception's line; the trial goes on).
 - **Test split.** Where the module has a ``test_step`` and the DataModule (or the module) a
   ``test_dataloader``, the weights at the target are kept (a CPU copy of the state dict) and,
   once ``Trainer.fit`` has returned, ``Trainer.test`` runs on them: Lightning's own test loop,
   the metrics the module logs there. They are stored under their validation names (``test_acc``
   as ``val_acc``, ``test/loss`` as ``val/loss``), as analysis compares them with the target's
-  metric; a name that starts otherwise is kept as it is.
+  metric; a name that starts otherwise is kept as it is. A test pass that raises leaves
+  ``test`` ``None`` and its line in ``test_not_measured``; the trial stands.
 """
 
 from __future__ import annotations
@@ -93,10 +95,9 @@ def measure(trainer: Trainer, module: LightningModule, step: int, seed: int,
     """At the step the target was reached: ``{"step", "test": None (filled in after the fit by
     :func:`test_metrics`), "sharpness", "sharpness_examples", "sharpness_iterations"}``, and
     ``"landscape"`` with ``landscape``; the module left as it was."""
-    out: dict[str, Any] = {"step": step, "test": None}
     if not module.automatic_optimization:
-        return out | {"sharpness": None, "sharpness_examples": 0, "sharpness_iterations": 0,
-                      "sharpness_not_measured": MANUAL}
+        return not_measured(step, MANUAL)
+    out: dict[str, Any] = {"step": step, "test": None}
     batches = fixed_batches(in_order(trainer.train_dataloader))
     params = [p for p in module.parameters() if p.requires_grad]
     state = copy.deepcopy(module.state_dict())
@@ -117,6 +118,12 @@ def measure(trainer: Trainer, module: LightningModule, step: int, seed: int,
         module.train(was_training)
     n = sum(extract_batch_size(b) for b in batches)
     return out | {"sharpness": lam, "sharpness_examples": n, "sharpness_iterations": iters}
+
+
+def not_measured(step: int, why: str) -> dict[str, Any]:
+    """What :func:`measure` records where the sharpness cannot be measured, and why."""
+    return {"step": step, "test": None, "sharpness": None, "sharpness_examples": 0,
+            "sharpness_iterations": 0, "sharpness_not_measured": why}
 
 
 def has_test(module: LightningModule, datamodule: Any) -> bool:
