@@ -49,6 +49,11 @@ def test_the_subset_is_the_first_examples_in_the_datasets_order() -> None:
     assert [len(b[1]) for b in batches] == [16, 16, 8]
     several = {"a": loader}
     assert in_order(several) is several
+    # a batch sampler of the user's is kept; a dataset of whole batches is read as it comes
+    own = DataLoader(data, batch_sampler=[[5, 6, 7], [1, 2]])
+    assert [b[1].tolist() for b in in_order(own)] == [[5, 6, 7], [1, 2]]
+    whole = DataLoader(TensorDataset(torch.zeros(4, 8, 1), torch.zeros(4, 8)), batch_size=None)
+    assert [len(b[1]) for b in fixed_batches(in_order(whole), examples=20)] == [8, 8, 4]
 
 
 def test_module_loss_is_the_mean_over_every_example() -> None:

@@ -43,8 +43,6 @@ from tuner.train.sharpness import EXAMPLES, top_eigenvalue
 
 #: Why a module's sharpness is not measured.
 MANUAL = "manual optimization: training_step steps the optimizer itself"
-#: The subset's batch size where the training loader has none of its own (a batch sampler).
-SUBSET_BATCH = 256
 
 
 def fixed_batches(loader: Any, examples: int = EXAMPLES, seed: int = 0) -> list[Any]:
@@ -69,10 +67,15 @@ def fixed_batches(loader: Any, examples: int = EXAMPLES, seed: int = 0) -> list[
 
 def in_order(loader: Any) -> Any:
     """A loader over the same data as ``loader`` in the dataset's own order, in this process
-    (``loader`` itself where it is not a ``DataLoader``, e.g. several loaders)."""
+    (``loader`` itself where it is not a ``DataLoader``, e.g. several loaders). A loader that
+    batches by its own batch sampler keeps it; one over a dataset that yields whole batches
+    (``batch_size=None``) reads them as they come."""
     if not isinstance(loader, DataLoader):
         return loader
-    return DataLoader(loader.dataset, batch_size=loader.batch_size or SUBSET_BATCH,
+    if loader.batch_size is None and loader.batch_sampler is not None:  # the user's sampler
+        return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler,
+                          collate_fn=loader.collate_fn)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size,
                       collate_fn=loader.collate_fn)
 
 
