@@ -3,14 +3,16 @@
 ``CharDataModule`` reads a text (by default the King James Version from Debian's
 ``bible-kjv-text``, dumped by the ``bible`` program of Debian's ``bible-kjv``; or any UTF-8 file,
 ``text_path``), cuts it into blocks of ``block`` characters and sends a seeded ``val_fraction`` of
-the blocks to validation. Training examples are all windows of ``context + 1`` characters inside
-one training block (any start position); validation examples are the non-overlapping windows of
-the validation blocks, a fixed set. A batch is a dict ``{"input_ids": (B, T), "labels": (B, T)}``
+the blocks to validation (and, with ``test_fraction``, the next seeded share to a test split that
+only ``test_dataloader`` reads). Training examples are all windows of ``context + 1`` characters
+inside one training block (any start position); validation (and test) examples are the
+non-overlapping windows of their blocks, a fixed set. A batch is a dict ``{"input_ids": (B, T), "labels": (B, T)}``
 of character ids, the labels shifted by one.
 
 ``CharTransformer`` is a small nanoGPT-like causal Transformer (pre-LN blocks, learned position
 embeddings, ``scaled_dot_product_attention(is_causal=True)``, tied input/output embeddings by
-default). It logs ``val_loss`` (nats per character) and ``val_bpc`` (bits per character).
+default). It logs ``val_loss`` (nats per character) and ``val_bpc`` (bits per character), and
+``test_loss`` / ``test_bpc`` in ``test_step``.
 
 The vocabulary is the sorted set of characters of the whole text (before any ``max_chars`` cut),
 so ids do not depend on ``max_chars`` or the split. The KJV text has 63 distinct characters;
@@ -80,15 +82,22 @@ def encode(text: str, vocab: str) -> torch.Tensor:
     return torch.from_numpy(ids.astype(np.int64))
 
 
-def split_blocks(n_blocks: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Training and validation block indices (each sorted): a seeded random ``val_fraction``
-    of the blocks (at least one, leaving at least one for training) go to validation."""
-    if n_blocks < 2:
-        raise ValueError(f"{n_blocks} block(s): need at least 2 to split; use a smaller block "
-                         "or more text")
-    n_val = min(max(1, round(val_fraction * n_blocks)), n_blocks - 1)
+def split_blocks(n_blocks: int, val_fraction: float, seed: int, test_fraction: float = 0.0
+                 ) -> tuple[list[int], list[int], list[int]]:
+    """Training, validation and test block indices (each sorted): a seeded random permutation's
+    first ``val_fraction`` of the blocks (at least one) go to validation, the next
+    ``test_fraction`` (at least one where it is not 0) to test, and at least one block is left
+    for training. The validation blocks do not depend on ``test_fraction`` (unless they would
+    leave no block for training and test): the test blocks come out of the training blocks."""
+    n_test_min = 1 if test_fraction > 0 else 0
+    if n_blocks < 2 + n_test_min:
+        raise ValueError(f"{n_blocks} block(s): need at least {2 + n_test_min} to split; use a "
+                         "smaller block or more text")
+    n_val = min(max(1, round(val_fraction * n_blocks)), n_blocks - 1 - n_test_min)
+    n_test = min(max(n_test_min, round(test_fraction * n_blocks)), n_blocks - n_val - 1)
     perm = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(perm[n_val:]), sorted(perm[:n_val])
+    return (sorted(perm[n_val + n_test:]), sorted(perm[:n_val]),
+            sorted(perm[n_val:n_val + n_test]))
 
 
 class TrainWindows(Dataset):
@@ -134,6 +143,8 @@ class CharDataModule(L.LightningDataModule):
         batch_size: windows per batch.
         context: characters a window feeds the model (its labels are the next ``context``).
         val_fraction: share of the blocks held out for validation.
+        test_fraction: share of the blocks held out for a test split (0: none), taken from
+            the training blocks; the validation blocks stay the same.
         block: block length in characters; the text's last ``len % block`` characters are
             unused. Must exceed ``context``.
         split_seed: seed of which blocks are held out (the same for every trial).
@@ -147,19 +158,24 @@ class CharDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 64, context: int = 128, val_fraction: float = 0.1,
                  block: int = 4096, split_seed: int = 0, max_chars: int = 0,
                  text_path: str = "", num_workers: int = 0,
-                 eval_batch_size: int = 256) -> None:
+                 eval_batch_size: int = 256, test_fraction: float = 0.0) -> None:
         super().__init__()
         if block <= context:
             raise ValueError(f"block ({block}) must exceed context ({context})")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction {val_fraction}; allowed: between 0 and 1")
+        if not 0.0 <= test_fraction < 1.0 - val_fraction:
+            raise ValueError(f"test_fraction {test_fraction}; allowed: 0 (none) up to below "
+                             f"1 - val_fraction ({1.0 - val_fraction:g})")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.vocab: str | None = None
         self.train_set: TrainWindows | None = None
         self.val_set: ValWindows | None = None
+        self.test_set: ValWindows | None = None
         self.train_blocks: list[int] = []
         self.val_blocks: list[int] = []
+        self.test_blocks: list[int] = []
 
     def prepare_data(self) -> None:
         """Check that the text can be read (there is nothing to download)."""
@@ -170,7 +186,7 @@ class CharDataModule(L.LightningDataModule):
             read_kjv()  # raises the message naming the packages
 
     def setup(self, stage: str | None = None) -> None:
-        """Read and encode the text, split it into blocks, build both window sets."""
+        """Read and encode the text, split it into blocks, build the window sets."""
         if self.train_set is not None:
             return
         h = self.hparams
@@ -181,9 +197,12 @@ class CharDataModule(L.LightningDataModule):
         ids = encode(text, self.vocab)
         n_blocks = len(ids) // h.block
         blocks = ids[:n_blocks * h.block].view(n_blocks, h.block)
-        self.train_blocks, self.val_blocks = split_blocks(n_blocks, h.val_fraction, h.split_seed)
+        self.train_blocks, self.val_blocks, self.test_blocks = split_blocks(
+            n_blocks, h.val_fraction, h.split_seed, h.test_fraction)
         self.train_set = TrainWindows(blocks[self.train_blocks], h.context)
         self.val_set = ValWindows(blocks[self.val_blocks], h.context)
+        if self.test_blocks:
+            self.test_set = ValWindows(blocks[self.test_blocks], h.context)
 
     @property
     def vocab_size(self) -> int:
@@ -208,6 +227,13 @@ class CharDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
+
+    def test_dataloader(self) -> DataLoader:
+        """The fixed test windows, in order (``test_fraction`` > 0)."""
+        if self.test_set is None:
+            raise ValueError("no test split: set test_fraction (e.g. 0.1)")
+        return DataLoader(self.test_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers)
 
 
 class CausalSelfAttention(nn.Module):
@@ -334,6 +360,13 @@ class CharTransformer(L.LightningModule):
         n = batch["input_ids"].shape[0]
         self.log("val_loss", loss, batch_size=n, prog_bar=True)
         self.log("val_bpc", loss / math.log(2), batch_size=n, prog_bar=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Log ``test_loss`` and ``test_bpc``, as :meth:`validation_step` logs its own."""
+        loss = self._loss(batch)
+        n = batch["input_ids"].shape[0]
+        self.log("test_loss", loss, batch_size=n)
+        self.log("test_bpc", loss / math.log(2), batch_size=n)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW; weight decay on weight matrices and embeddings, not on biases or norms."""

@@ -101,6 +101,36 @@ def test_split_is_seeded_disjoint_contiguous_blocks(tmp_path: Path) -> None:
     assert got == [b.decode(b.val_set[i]["input_ids"]) for i in range(len(b.val_set))]
 
 
+def test_a_test_split_comes_out_of_the_training_blocks(tmp_path: Path) -> None:
+    """``test_fraction``: the next seeded blocks after validation's, which stays as it was;
+    read only through ``test_dataloader`` (``Trainer.test`` logs test_loss and test_bpc)."""
+    path = text_file(tmp_path)
+    kw = dict(batch_size=4, context=32, block=200, val_fraction=0.25, text_path=path,
+              eval_batch_size=8)
+    plain, dm = CharDataModule(**kw), CharDataModule(**kw, test_fraction=0.2)
+    plain.setup("fit")
+    dm.setup("fit")
+    n_blocks = len(TEXT) // 200
+    assert dm.val_blocks == plain.val_blocks and len(dm.test_blocks) == round(0.2 * n_blocks)
+    assert set(dm.test_blocks) <= set(plain.train_blocks)
+    assert sorted(dm.train_blocks + dm.test_blocks) == plain.train_blocks
+    per = (200 - 1) // 32
+    first = dm.test_set[0]["input_ids"]
+    assert len(dm.test_set) == len(dm.test_blocks) * per
+    assert dm.decode(first) == TEXT[dm.test_blocks[0] * 200:dm.test_blocks[0] * 200 + 32]
+    with pytest.raises(ValueError, match="no test split: set test_fraction"):
+        plain.test_dataloader()
+    with pytest.raises(ValueError, match="test_fraction 0.8; allowed"):
+        CharDataModule(**kw, test_fraction=0.8)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_test_batches=2)
+    model = CharTransformer(n_layer=1, n_head=2, n_embd=32, context=32)
+    [res] = trainer.test(model, datamodule=dm, verbose=False)
+    assert set(res) == {"test_loss", "test_bpc"}
+    assert math.isclose(res["test_bpc"], res["test_loss"] / math.log(2), rel_tol=1e-5)
+
+
 def test_batches_are_dicts(tmp_path: Path) -> None:
     dm = CharDataModule(batch_size=8, context=24, block=120, text_path=text_file(tmp_path),
                         eval_batch_size=8)
