@@ -9,9 +9,9 @@ fit, and the module's test pass on the weights it had there, after the fit.
   left alone), drawn with torch's RNG forked and seeded (augmentation in the dataset draws the
   same for every trial), through the module's own ``training_step`` (its ``self.log``
   silenced; the loss, or the ``"loss"`` of the dict it returns), averaged over the batches by
-  their sizes. The module
-  is in eval mode meanwhile (dropout off, batch norm on its running statistics), so the measured
-  function is deterministic and no running statistic moves; the module is left as it was.
+  their sizes. The module is in eval mode meanwhile (dropout off, batch norm on its running
+  statistics), so the measured function is deterministic and no running statistic moves; the
+  module is left as it was.
   A module with manual optimization (its ``training_step`` steps the optimizer itself) has no
   such loss: its sharpness is not measured (``None``, and the reason); nor where the
   ``training_step`` raises here (the reason is the exception's line; the trial goes on).
@@ -26,8 +26,6 @@ fit, and the module's test pass on the weights it had there, after the fit.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,6 +37,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
 from tuner.train.landscape import slices
+from tuner.train.module_step import logging_silenced, step_loss
 from tuner.train.sharpness import EXAMPLES, top_eigenvalue
 
 #: Why a module's sharpness is not measured.
@@ -84,8 +83,7 @@ def module_loss(module: LightningModule, batches: list[Any]) -> torch.Tensor:
     size), on the module's device."""
     total, n = None, 0
     for i, batch in enumerate(batches):
-        out = module.training_step(move_data_to_device(batch, module.device), i)
-        loss = out["loss"] if isinstance(out, dict) else out
+        loss = step_loss(module, move_data_to_device(batch, module.device), i)
         size = extract_batch_size(batch)
         total = loss * size if total is None else total + loss * size
         n += size
@@ -103,20 +101,21 @@ def measure(trainer: Trainer, module: LightningModule, step: int, seed: int,
     out: dict[str, Any] = {"step": step, "test": None}
     batches = fixed_batches(in_order(trainer.train_dataloader))
     params = [p for p in module.parameters() if p.requires_grad]
-    state = copy.deepcopy(module.state_dict())
+    state = weights(module)
     was_training = module.training
     module.eval()
-    module.log = module.log_dict = lambda *a, **kw: None  # measuring logs nothing
     try:
-        with torch.enable_grad():
-            lam, iters = top_eigenvalue(lambda: module_loss(module, batches), params, seed=seed)
-        for p in params:
-            p.grad = None
-        if landscape:
-            with torch.no_grad():
-                out["landscape"] = slices(lambda: module_loss(module, batches), params, seed=seed)
+        with logging_silenced(module):
+            with torch.enable_grad():
+                lam, iters = top_eigenvalue(lambda: module_loss(module, batches), params,
+                                            seed=seed)
+            for p in params:
+                p.grad = None
+            if landscape:
+                with torch.no_grad():
+                    out["landscape"] = slices(lambda: module_loss(module, batches), params,
+                                              seed=seed)
     finally:
-        del module.log, module.log_dict  # the class's own methods again
         module.load_state_dict(state)
         module.train(was_training)
     n = sum(extract_batch_size(b) for b in batches)
@@ -136,7 +135,8 @@ def has_test(module: LightningModule, datamodule: Any) -> bool:
 
 
 def weights(module: LightningModule) -> dict[str, torch.Tensor]:
-    """A CPU copy of the module's state dict (kept for :func:`test_metrics`)."""
+    """A CPU copy of the module's state dict (restored after measuring; kept for
+    :func:`test_metrics`)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
@@ -151,12 +151,4 @@ def test_metrics(trainer: Trainer, module: LightningModule, datamodule: Any,
     its validation name."""
     module.load_state_dict(state)
     results = trainer.test(module, datamodule=datamodule, verbose=False)
-    return {validation_name(k): float(v) for r in results for k, v in _items(r)}
-
-
-def _items(result: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """The scalar metrics of one dataloader's ``Trainer.test`` result."""
-    for k, v in result.items():
-        if isinstance(v, torch.Tensor) and v.numel() != 1:
-            continue
-        yield k, v
+    return {validation_name(k): float(v) for r in results for k, v in r.items()}

@@ -34,6 +34,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from tuner.core.predict import two_batch
 from tuner.core.trial import TrialRequest
 from tuner.train.loop import Batches, make_fabric, set_up
+from tuner.train.module_step import logging_silenced, step_loss
 
 if TYPE_CHECKING:
     from tuner.workload.trained import TrainedWorkload
@@ -206,15 +207,7 @@ class NoiseProbe(Callback):
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
 
-        def losses() -> Iterator[torch.Tensor]:
-            for micro in split(batch, self.k):
-                out = pl_module.training_step(micro, batch_idx)
-                yield out["loss"] if isinstance(out, dict) else out
-
-        pl_module.log = pl_module.log_dict = lambda *a, **kw: None  # the probe logs nothing
-        try:
-            with torch.enable_grad():
-                micro_sq, mean, _ = micro_gradients(losses(), params, self.k)
-        finally:  # the class's own methods again
-            del pl_module.log, pl_module.log_dict
+        losses = (step_loss(pl_module, micro, batch_idx) for micro in split(batch, self.k))
+        with logging_silenced(pl_module), torch.enable_grad():
+            micro_sq, mean, _ = micro_gradients(losses, params, self.k)
         self.points.append((step, *estimate(micro_sq, mean, self.batch_size, self.k)))
