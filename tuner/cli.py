@@ -1118,8 +1118,8 @@ def _before_teardown() -> None:
     again as modules are cleared: 0.20-0.25 s of a 1.2 s ``tuner curve`` over 10,000 trials
     (benchmarks/README.md). One collection here runs the finalizers of what is garbage now, as
     teardown would; the frozen survivors are then freed by reference counting without being
-    scanned again. Runs as an atexit handler, so only when the process ends: exit status, output and
-    the other handlers are unchanged.
+    scanned again. Runs as an atexit handler, so only when the process ends: exit status,
+    output and the other handlers are unchanged.
     """
     gc.collect()
     gc.freeze()

@@ -150,10 +150,8 @@ class ImageDataModule(L.LightningDataModule):
             ds = self.cifar_class(self.root, train=train, download=False)
             images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
             return images, torch.tensor(ds.targets, dtype=torch.long)
-        if h.download:
-            if not train:  # the training files came in prepare_data
-                FashionMNIST(self.root, train=False, download=True)
-            ds = FashionMNIST(self.root, train=train, download=False)
+        if h.download:  # the training files came in prepare_data, the test files come here
+            ds = FashionMNIST(self.root, train=train, download=not train)
             return ds.data.unsqueeze(1), ds.targets.long()
         folder = Path(h.data_dir or FASHION_MNIST_DIR)
         part = "train" if train else "t10k"
