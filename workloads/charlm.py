@@ -6,8 +6,8 @@
 the blocks to validation (and, with ``test_fraction``, the next seeded share to a test split that
 only ``test_dataloader`` reads). Training examples are all windows of ``context + 1`` characters
 inside one training block (any start position); validation (and test) examples are the
-non-overlapping windows of their blocks, a fixed set. A batch is a dict ``{"input_ids": (B, T), "labels": (B, T)}``
-of character ids, the labels shifted by one.
+non-overlapping windows of their blocks, a fixed set. A batch is a dict ``{"input_ids": (B,
+T), "labels": (B, T)}`` of character ids, the labels shifted by one.
 
 ``CharTransformer`` is a small nanoGPT-like causal Transformer (pre-LN blocks, learned position
 embeddings, ``scaled_dot_product_attention(is_causal=True)``, tied input/output embeddings by
