@@ -4,11 +4,12 @@ For each spec: the full grid (every batch size, the spec's trials: what ``tuner 
 the adaptive measurement (``tuner.run.adaptive.run_adaptive`` with the default plan, or the one
 given here) into fresh SQLite files; then B_crit of each (the McCandlish fit with its 95 %
 bootstrap interval), their ratio, and the trained examples of each (steps every finished trial
-ran, times its batch size) and their ratio. Goal (issue 14): B_crit within +-25 % of the full
-grid's at <= 0.2x the trained examples.
+ran, times its batch size) and their ratio, and per measured batch size the best steps of the
+adaptive study over the full grid's (below 1: the adaptive study found a better best). Goal
+(issue 14): B_crit within +-25 % of the full grid's at <= 0.2x the trained examples.
 
     .venv/bin/python benchmarks/adaptive.py [SPEC ...] [--round 8] [--plateau 0.05]
-        [--patience 2] [--first 4] [--ci-width 1.5] [--predict-within 0.25]
+        [--patience 2] [--first 4] [--ci-width 1.5] [--predict-within 0.25] [--no-warm-start]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from tuner.analysis.adaptive import Plan, trained_examples
 from tuner.analysis.fit import fit_with_bootstrap
+from tuner.analysis.records import best
 from tuner.run import runner
 from tuner.run import specs as spec_mod
 from tuner.run.adaptive import run_adaptive, stored_trials
@@ -48,9 +50,11 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=d.patience)
     ap.add_argument("--ci-width", type=float, default=d.width)
     ap.add_argument("--predict-within", type=float, default=d.predict_within)
+    ap.add_argument("--no-warm-start", action="store_true",
+                    help="the plan without warm starts and compass steps (as before 2026-12-08)")
     args = ap.parse_args()
     plan = Plan(args.first, args.round, args.plateau, args.patience, args.ci_width,
-                args.predict_within)
+                args.predict_within, warm_start=not args.no_warm_start)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; plan: {plan.text()}")
     rows = []
     for path in args.specs:
@@ -65,14 +69,19 @@ def main() -> None:
         full_x = sum(trained_examples(b, t) for b, t in full.items())
         full_n = sum(len(t) for t in full.values())
         ada_n = sum(len(t) for t in r.trials.values())
-        row = (spec.name, f, r, full_x, full_n, ada_n, full_s, ada_s)
+        ratios = sorted(best(r.trials[b]).steps_to_target / best(full[b]).steps_to_target
+                        for b in r.trials if best(r.trials[b]) and best(full[b]))
+        per_b = (f"{ratios[len(ratios) // 2]:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+                 if ratios else "-")
+        row = (spec.name, f, r, full_x, full_n, ada_n, full_s, ada_s, per_b)
         rows.append(row)
         print(f"{spec.name}: full {f.b_crit if f else None}, adaptive "
               f"{r.fit.b_crit if r.fit else None}; {r.reason}", flush=True)
     print()
     print("| spec | B_crit full grid [95 %] | B_crit adaptive [95 %] | ratio | batch sizes | "
-          "trials (full) | trained examples ratio | wall s adaptive / full | stopped because |")
-    print("|---|---|---|---:|---|---:|---:|---|---|")
+          "trials (full) | trained examples ratio | best steps adaptive / full, median (range) | "
+          "wall s adaptive / full | stopped because |")
+    print("|---|---|---|---:|---|---:|---:|---|---|---|")
 
     def bc(f: object) -> str:
         if f is None:
@@ -80,11 +89,12 @@ def main() -> None:
         lo, hi = f.ci95.get("b_crit", (float("nan"),) * 2)  # type: ignore[attr-defined]
         return f"{f.b_crit:.4g} [{lo:.4g}, {hi:.4g}]"  # type: ignore[attr-defined]
 
-    for name, f, r, full_x, full_n, ada_n, full_s, ada_s in rows:
+    for name, f, r, full_x, full_n, ada_n, full_s, ada_s, per_b in rows:
         ratio = r.fit.b_crit / f.b_crit if f and r.fit else float("nan")
         print(f"| {name} | {bc(f)} | {bc(r.fit)} | {ratio:.2f} | "
               f"{', '.join(map(str, sorted(r.progress.measured)))} | {ada_n} ({full_n}) | "
-              f"{r.progress.examples / full_x:.3f} | {ada_s:.1f} / {full_s:.1f} | {r.reason} |")
+              f"{r.progress.examples / full_x:.3f} | {per_b} | {ada_s:.1f} / {full_s:.1f} | "
+              f"{r.reason} |")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,14 @@ def cli() -> None:
               help="--adaptive: a batch size also stops once its last 2 rounds improved its "
               "best steps by less than this (relative); 0: only the adequacy rule or the "
               "trials cap stop it.")
+@click.option("--no-warm-start", is_flag=True,
+              help="--adaptive: neither start a batch size at the params predicted from the "
+              "measured ones' bests nor end it with compass steps around its best: the spec's "
+              "search alone.")
+@click.option("--step", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="--adaptive: octaves a log parameter moves (1/8 of the "
+              "range per octave for a linear one) in the first compass step around a best; "
+              "halved after a step that gains less than --plateau, down to a quarter.")
 @click.option("--no-summary", is_flag=True, hidden=True,
               help="No summary table (the workers --workers starts: it prints the table).")
 @click.option("--no-preflight", is_flag=True, hidden=True,
@@ -128,7 +136,7 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         seed: int | None, workers: int | None, gpus: str | None, heartbeat: int,
         storage_retry: float, quiet: bool, allow_large: bool, adaptive: bool, ci_width: float,
         predict_within: float, budget_examples: float | None, first: int, chunk: int,
-        plateau: float,
+        plateau: float, no_warm_start: bool, step: float,
         no_summary: bool, no_preflight: bool) -> None:
     """Create or resume SPEC's batch-size studies and top each up to N trials.
 
@@ -184,7 +192,8 @@ def run(spec_path: str, batch_sizes: tuple[int, ...], trials: int | None, storag
         from tuner.run.adaptive import run_adaptive
 
         plan = Plan(first=first, chunk=chunk, plateau=plateau, width=ci_width,
-                    predict_within=predict_within, max_examples=budget_examples)
+                    predict_within=predict_within, max_examples=budget_examples,
+                    warm_start=not no_warm_start, step=step)
         m = members[0]
         r = run_adaptive(m, url, plan, lambda s: click.echo(s, err=True), echo, trials, heartbeat)
         if not no_summary:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuner.analysis.adaptive import (Plan, Progress, Step, first_batch_sizes, knee, log2_spread,
-                                     next_batch_size, stop_reason, study_stop, trained_examples)
+import math
+
+import pytest
+
+from tuner.analysis.adaptive import (Plan, Progress, Step, around, first_batch_sizes, knee,
+                                     log2_spread, next_batch_size, stop_reason, study_stop,
+                                     trained_examples, warm_start)
 from tuner.analysis.adequacy import assess
 from tuner.analysis.fit import Fit, fit_with_bootstrap
 from tuner.analysis.records import TrialRecord
+from tuner.core.space import Param
 
 GRID = [4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576]
 
@@ -99,3 +105,45 @@ def test_plateau_zero_never_stops_a_study_and_a_spent_budget_does() -> None:
     assert study_stop(Plan(plateau=0.0), a, [100, 100], 24, 100, budget_left=1.0) is None
     assert study_stop(Plan(plateau=0.0), a, [100, 100], 24, 100, budget_left=0.0) == \
         "the budget is spent"
+
+
+SPACE = {"learning_rate": Param("learning_rate", 1e-4, 10.0, log=True),
+         "dropout": Param("dropout", 0.0, 0.5),
+         "width": Param("width", 16, 512, log=True, integer=True),
+         "act": Param("act", choices=("relu", "gelu"))}
+
+
+def test_warm_start_interpolates_each_parameter_in_log_b_on_its_own_scale() -> None:
+    bests = {64: {"learning_rate": 0.01, "dropout": 0.1, "width": 64, "act": "relu"},
+             1024: {"learning_rate": 1.0, "dropout": 0.3, "width": 256, "act": "gelu"}}
+    point, why = warm_start(bests, 256, SPACE)  # log B: 1/2 of the way from 64 to 1024
+    assert point["learning_rate"] == pytest.approx(0.1)  # geometric: a log parameter
+    assert point["dropout"] == pytest.approx(0.2)  # arithmetic: a linear one
+    assert point["width"] == 128 and isinstance(point["width"], int)
+    assert point["act"] == "relu"  # a categorical one: the nearer's (a tie goes below)
+    assert "B = 64" in why and "B = 1024" in why and "interpolated" in why
+    point, _ = warm_start(bests, 512, SPACE)  # 3/4 of the way
+    assert point["learning_rate"] == pytest.approx(10 ** -0.5)
+    assert point["act"] == "gelu"
+    # outside the measured range: the nearest one's best as it is; a measured one: its own
+    assert warm_start(bests, 8, SPACE)[0] == bests[64]
+    assert warm_start(bests, 4096, SPACE)[0] == bests[1024]
+    assert "nearest" in warm_start(bests, 4096, SPACE)[1]
+    assert warm_start({}, 256, SPACE) is None
+    # kept inside the range (an interpolation cannot leave it, a rounded integer stays in it)
+    far = {64: {**bests[64], "width": 16}, 1024: {**bests[1024], "width": 17}}
+    assert 16 <= warm_start(far, 256, SPACE)[0]["width"] <= 17
+
+
+def test_around_moves_each_numeric_parameter_alone_inside_its_range() -> None:
+    centre = {"learning_rate": 1.0, "dropout": 0.45, "width": 512, "act": "relu"}
+    pts = around(centre, SPACE, 1.0)
+    assert pts == [{**centre, "learning_rate": 0.5}, {**centre, "learning_rate": 2.0},
+                   {**centre, "dropout": 0.45 - 0.5 / 8},
+                   {**centre, "dropout": 0.5},  # 0.5125 kept inside the range
+                   {**centre, "width": 256}]  # 1024 is outside: 512 again, which is the centre
+    half = around(centre, SPACE, 0.5, tried=[{**centre, "learning_rate": 2 ** -0.5}])
+    # x 2^-0.5 was tried: x 2^0.5 comes first
+    assert half[0] == {**centre, "learning_rate": pytest.approx(math.sqrt(2))}
+    assert all(p["act"] == "relu" for p in pts + half)  # categorical ones stay
+    assert around({"act": "gelu"}, SPACE) == []

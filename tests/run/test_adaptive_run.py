@@ -80,3 +80,44 @@ def test_an_interrupted_adaptive_run_resumes_to_what_one_run_does(
     assert points[twice] == points[once]
     assert sum(stopped.values()) < sum(n for _, n, _ in points[once][0])
     assert err2.splitlines()[-1] == err1.splitlines()[-1]  # the same stop, for the same reason
+
+
+def _examples(url: str) -> float:
+    """Trained examples of every stored trial of SPEC's studies at ``url``."""
+    from tuner.analysis.adaptive import trained_examples
+    from tuner.run import specs
+    from tuner.run.adaptive import stored_trials
+
+    return sum(trained_examples(b, t) for b, t in stored_trials(specs.load(SPEC), url).items())
+
+
+def test_warm_starts_and_compass_steps_find_the_same_b_crit_for_less(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Later batch sizes start at the params predicted from the measured bests, and each ends
+    with compass steps around its best: on the exact NQM, B_crit as the spec's search alone
+    finds it (within 10 %), for at most 0.7x its trained examples; the chosen points are the
+    study's record of why each trial ran where it did."""
+    import optuna
+
+    warm, cold = f"sqlite:///{tmp_path / 'w.db'}", f"sqlite:///{tmp_path / 'c.db'}"
+    code, _, err = run_cli(["run", SPEC, "--adaptive", "--storage", warm, "-q"], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    firsts = [x for x in lines if "trials around" in x]
+    assert firsts and all("(predicted: B = " in x for x in firsts)
+    assert not any(x.startswith("  B = 4: first") for x in lines)  # nothing measured before it
+    assert any("compass step(s) around the best" in x for x in lines)
+    code, _, err = run_cli(["run", SPEC, "--adaptive", "--no-warm-start", "--storage", cold,
+                            "-q"], capsys)
+    assert code == 0 and "trials around" not in err and "compass" not in err
+    (b_warm, _), (b_cold, _) = _b_crit(warm, capsys), _b_crit(cold, capsys)
+    assert 0.9 <= b_warm / b_cold <= 1.1, (b_warm, b_cold)
+    assert _examples(warm) <= 0.7 * _examples(cold), (_examples(warm), _examples(cold))
+    stored = {s.study_name: s.user_attrs.get("chosen_points")
+              for s in optuna.get_all_study_summaries(warm)}
+    chosen = [a for a in stored.values() if a]
+    assert chosen and all(set(a["points"]) == set(a["why"]) for a in chosen)
+    assert any(w.startswith("predicted: ") for a in chosen for w in a["why"].values())
+    assert any(w.startswith("a compass step") for a in chosen for w in a["why"].values())
+    assert not any(s.user_attrs.get("chosen_points")
+                   for s in optuna.get_all_study_summaries(cold))

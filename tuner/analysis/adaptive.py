@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from tuner.analysis.adequacy import ADEQUATE, Adequacy, Rule
 from tuner.analysis.fit import MAXIMAL_ABOVE, PERFECT_BELOW, Fit
 from tuner.analysis.records import TrialRecord
+from tuner.core.space import Param
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,23 @@ class Plan:
     confirm: int = 2
     max_examples: float | None = None
     rule: Rule = Rule()
+    warm_start: bool = True
+    step: float = 1.0
 
     def text(self) -> str:
         """The plan in one line, for the run's first line of output."""
         budget = f"{self.max_examples:.3g} trained examples" if self.max_examples else "none"
-        return (f"{self.first} batch sizes first, log-spaced; trials in rounds of {self.chunk} "
+        warm = (f"each later batch size's first trials at the params predicted from the measured "
+                f"ones' bests and {self.step:g} octave(s) around them; " if self.warm_start
+                else "")
+        compass = (f", then compass steps around the best ({self.step:g} octave(s), halved "
+                   f"after a step that gains < {self.plateau:.0%}, down to "
+                   f"{self.step / 4:g})" if self.warm_start else "")
+        return (f"{self.first} batch sizes first, log-spaced; {warm}"
+                f"trials in rounds of {self.chunk} "
                 f"until adequate ({self.rule.text()}) or {self.patience} rounds improve the best "
-                f"by < {self.plateau:.0%}; then the batch size in the knee the fit is least sure "
+                f"by < {self.plateau:.0%}{compass}; then the batch size in the knee the fit is "
+                "least sure "
                 f"of, until B_crit's 95 % interval spans <= {self.width:g}x and the last one "
                 f"added was predicted within {self.predict_within:.0%}, or the last "
                 f"{self.confirm} added were; budget: {budget}")
@@ -174,6 +185,67 @@ def next_batch_size(fit: Fit | None, measured: Sequence[int], grid: Sequence[int
 
     b = max(left, key=gap)
     return b, f"no usable fit; farthest from the measured batch sizes ({gap(b):.1f} octaves)"
+
+
+def warm_start(bests: Mapping[int, Mapping[str, Any]], batch_size: int,
+               space: Mapping[str, Param]) -> tuple[dict[str, Any], str] | None:
+    """The metaparameters to try first at ``batch_size``, predicted from the best trials'
+    params of the batch sizes measured so far (``bests``), and how (one line); None when none
+    is measured.
+
+    Between two measured batch sizes, each numeric parameter is interpolated linearly in log B
+    between the nearest one below and the nearest one above, on its own scale (log for a log
+    parameter; an integer rounded; kept inside its range); a categorical one, and one that only
+    one of them has, is the nearer one's (in log B). Outside the measured range it is the
+    nearest one's best as it is. No scaling rule is assumed: only that the best moves smoothly
+    with B.
+    """
+    if not bests:
+        return None
+    below = [b for b in bests if b <= batch_size]
+    above = [b for b in bests if b >= batch_size]
+    lo = max(below) if below else None
+    hi = min(above) if above else None
+    if lo is None or hi is None or lo == hi:
+        near = lo if lo is not None else hi
+        assert near is not None
+        return dict(bests[near]), f"B = {near}'s best (the nearest measured batch size)"
+    t = math.log(batch_size / lo) / math.log(hi / lo)
+    centre = dict(bests[lo if t <= 0.5 else hi])
+    for name, p in space.items():
+        a, b = bests[lo].get(name), bests[hi].get(name)
+        if p.choices is None and a is not None and b is not None:
+            centre[name] = _inside(p, math.exp((1 - t) * math.log(a) + t * math.log(b))
+                                   if p.log else (1 - t) * float(a) + t * float(b))
+    return centre, f"B = {lo}'s and B = {hi}'s bests, interpolated in log B"
+
+
+def around(centre: Mapping[str, Any], space: Mapping[str, Param], step: float = 1.0,
+           tried: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """``centre`` with each numeric parameter alone moved ``step`` octave(s) down and up (a
+    log parameter x 2^-step and x 2^step; a linear one by ``step`` / 8 of its range), kept
+    inside its range: at most 2 points per numeric parameter, none equal to ``centre``, to
+    each other or to a point of ``tried``. One step of a compass (pattern) search."""
+    seen = [dict(centre), *map(dict, tried)]
+    out: list[dict[str, Any]] = []
+    for name, p in space.items():
+        if p.choices is None and name in centre:
+            assert p.low is not None and p.high is not None
+            for sign in (-1, 1):
+                v = centre[name] * 2.0 ** (sign * step) if p.log else \
+                    centre[name] + sign * step / 8 * (float(p.high) - float(p.low))
+                point = {**centre, name: _inside(p, v)}
+                if point not in seen:
+                    seen.append(point)
+                    out.append(point)
+    return out
+
+
+def _inside(p: Param, v: float) -> Any:
+    """``v`` kept inside ``p``'s range (rounded for an integer parameter)."""
+    assert p.low is not None and p.high is not None
+    v = min(max(v, float(p.low)), float(p.high))
+    return round(v) if p.integer else v
 
 
 def trained_examples(batch_size: int, trials: Sequence[TrialRecord]) -> float:

@@ -36,7 +36,7 @@ from tuner.store.locking import Liveness, LockLost, study_lock, worker_lock
 from tuner.run.objective import Objective
 from tuner.store.persist import store_trials
 from tuner.run.pruning import build_pruner
-from tuner.run.sampling import build_sampler
+from tuner.run.sampling import ChosenPoints, build_sampler
 from tuner.core.space import distributions
 from tuner.run.signals import deferred, stop_cleanly
 from tuner.spec import Spec
@@ -82,7 +82,8 @@ def prepare(spec: Spec, url: str, batch_sizes: tuple[int, ...], heartbeat: int =
     space = distributions(spec.space)
     studies = {}
     for b in batch_sizes:
-        sampler = build_sampler(spec.sampler.name, spec.sampler.seed, spec.sampler.options, space)
+        sampler = ChosenPoints(build_sampler(spec.sampler.name, spec.sampler.seed,
+                                          spec.sampler.options, space))
         p = spec.pruner
         with study_lock(url, study_name(spec, b)):
             studies[b] = create_or_load(storage, spec, b, sampler,

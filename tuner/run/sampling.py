@@ -246,9 +246,64 @@ def _tpe_maker(options: dict) -> Callable[[int], BaseSampler]:
     return make
 
 
+#: Study user attr of a study with chosen points (``tuner run --adaptive``): ``{"points":
+#: {"SLOT": {params}, ...}, "why": {"SLOT": "...", ...}}``, the params those slots run
+#: (:class:`ChosenPoints`).
+CHOSEN_ATTR = "chosen_points"
+
+
+class ChosenPoints(BaseSampler):
+    """``inner``, except that a slot named in the study's :data:`CHOSEN_ATTR` user attr runs
+    the point it names there, in place of the inner sampler's point for that slot (every other
+    slot is the inner sampler's, as in any study): points predicted from other batch sizes'
+    bests, or around the study's own best, among the spec's search."""
+
+    def __init__(self, inner: BaseSampler) -> None:
+        self.inner = inner
+
+    @staticmethod
+    def chosen(study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
+        """The chosen params ``trial`` runs (None: the inner sampler's)."""
+        attr = study.user_attrs.get(CHOSEN_ATTR)
+        points = attr.get("points") if isinstance(attr, dict) else None
+        point = points.get(str(slot_of(trial))) if isinstance(points, dict) else None
+        return dict(point) if isinstance(point, dict) else None
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial
+                                    ) -> dict[str, BaseDistribution]:
+        """The inner sampler's relative search space."""
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """The chosen point of a slot the study names; else the inner sampler's."""
+        warm = self.chosen(study, trial)
+        if warm is None:
+            return self.inner.sample_relative(study, trial, search_space)
+        return {k: warm[k] for k in search_space if k in warm}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        """The chosen value of ``param_name`` where there is one; else the inner sampler's."""
+        warm = self.chosen(study, trial)
+        if warm is not None and param_name in warm:
+            return warm[param_name]
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Pass the call on."""
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        """Pass the call on."""
+        self.inner.after_trial(study, trial, state, values)
+
+
 def build_sampler(name: str, seed: int, options: dict, space: dict[str, BaseDistribution]
                   ) -> BaseSampler:
-    """The sampler named in the spec, seeded."""
+    """The sampler named in the spec, seeded (the runner puts a :class:`ChosenPoints` around it,
+    which changes nothing in a study that is not warm-started)."""
     if name == "qmc":
         return SlotQMCSampler(space, qmc_type=options.get("qmc_type", "halton"),
                               scramble=options.get("scramble", True), seed=seed)
