@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import SMALL_NQM, run_cli, write
 
 SPEC = str(Path(__file__).parents[2] / "studies" / "nqm_precond_p050.toml")
 
@@ -121,3 +121,18 @@ def test_warm_starts_and_compass_steps_find_the_same_b_crit_for_less(
     assert any(w.startswith("a compass step") for a in chosen for w in a["why"].values())
     assert not any(s.user_attrs.get("chosen_points")
                    for s in optuna.get_all_study_summaries(cold))
+
+
+def test_a_batch_size_where_most_trials_diverge_is_judged_without_a_crash(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A learning rate range mostly past the NQM's stability edge: judging a round works out
+    which narrower range would do, reading the search space by name (given the spec's tuple
+    of parameters, it raised AttributeError)."""
+    text = SMALL_NQM.replace("learning_rate = { low = 1e-4, high = 10.0, log = true }",
+                             "learning_rate = { low = 0.1, high = 1000.0, log = true }")
+    spec = write(tmp_path, text.replace("batch_sizes = [16, 1024]",
+                                        "batch_sizes = [16, 64, 256, 1024]"))
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    code, _, err = run_cli(["run", str(spec), "--adaptive", "--storage", url, "-q"], capsys)
+    assert code == 0, err
+    assert err.splitlines()[-1].startswith("adaptive: stop: ")
