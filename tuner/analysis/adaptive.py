@@ -13,6 +13,12 @@ sizes. The rules, as plain functions a reader can check against the printed plan
   (:func:`study_stop`). The plateau rule is what makes it cheap, and what can leave a batch size
   under-tuned where its good region is a sliver of the search space: the printed plan says
   which rule stopped each batch size.
+- **Warm start and compass steps** (``warm_start``, on by default): a batch size measured after
+  others starts with the params :func:`warm_start` predicts from their bests and the points
+  :func:`around` them; once its rounds stop adequate or on a plateau, compass steps around its
+  best (:func:`around` at ``step`` octaves, halved after a step that gains less than
+  ``plateau``, down to ``step / 4``) find the sliver the quasi-random points straddle. These
+  trials are chosen, not drawn: the rounds' rules judge them with the rest.
 - **Next**: of the unmeasured batch sizes in the knee (the diminishing-returns regime, 1/4 to 4
   x B_crit, over B_crit's 95 % interval), the one where the fit's bootstrap resamples disagree
   most about the steps (the widest 95 % range of log2 S(B) over the resamples' fits); the
@@ -21,8 +27,9 @@ sizes. The rules, as plain functions a reader can check against the printed plan
 - **Stop** (:func:`stop_reason`, after each batch size is measured), at the first of: every
   batch size of the spec is measured; the trained examples reach the budget (checked after
   every round too, so a run passes it by at most one round's trials); (a) B_crit's 95 %
-  bootstrap interval spans at most ``width`` (high / low) and the last batch size added was predicted by the fit made before it
-  within ``predict_within`` (relative error of the steps); or (b) each of the last ``confirm``
+  bootstrap interval spans at most ``width`` (high / low) and the last batch size added was
+  predicted by the fit made before it within ``predict_within`` (relative error of the steps);
+  or (b) each of the last ``confirm``
   batch sizes added was so predicted. The interval alone is tuning noise only; a prediction
   checks the curve's form where it was not measured, so (a) and (b) need at least ``first + 1``
   batch sizes measured.

@@ -4,6 +4,9 @@ The rules are :mod:`tuner.analysis.adaptive`'s; this module runs them against th
 batch size's study is topped up round by round with :func:`tuner.run.runner.run` (so the slot
 queue's guarantees hold: exact trial counts, crash recovery, resuming a stopped run), and what
 is stored is read back after every round, so a resumed run re-plans from the stored trials.
+The warm starts and compass steps are points chosen for the study's next slots (:func:`choose`:
+the study attr ``chosen_points``, which :class:`tuner.run.sampling.ChosenPoints` reads), written
+before those slots run and never changed after, so they too replay on a resumed run.
 """
 
 from __future__ import annotations
