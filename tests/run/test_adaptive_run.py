@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import SMALL_NQM, run_cli, write
+from procs import slot_points
+
+from tuner.analysis.adaptive import trained_examples
+from tuner.run import specs
+from tuner.run.adaptive import stored_trials
 
 SPEC = str(Path(__file__).parents[2] / "studies" / "nqm_precond_p050.toml")
 
@@ -84,10 +90,6 @@ def test_an_interrupted_adaptive_run_resumes_to_what_one_run_does(
 
 def _examples(url: str) -> float:
     """Trained examples of every stored trial of SPEC's studies at ``url``."""
-    from tuner.analysis.adaptive import trained_examples
-    from tuner.run import specs
-    from tuner.run.adaptive import stored_trials
-
     return sum(trained_examples(b, t) for b, t in stored_trials(specs.load(SPEC), url).items())
 
 
@@ -97,8 +99,6 @@ def test_warm_starts_and_compass_steps_find_the_same_b_crit_for_less(
     with compass steps around its best: on the exact NQM, B_crit as the spec's search alone
     finds it (within 10 %), for at most 0.7x its trained examples; the chosen points are the
     study's record of why each trial ran where it did."""
-    import optuna
-
     warm, cold = f"sqlite:///{tmp_path / 'w.db'}", f"sqlite:///{tmp_path / 'c.db'}"
     code, _, err = run_cli(["run", SPEC, "--adaptive", "--storage", warm, "-q"], capsys)
     assert code == 0, err
@@ -136,3 +136,23 @@ def test_a_batch_size_where_most_trials_diverge_is_judged_without_a_crash(
     code, _, err = run_cli(["run", str(spec), "--adaptive", "--storage", url, "-q"], capsys)
     assert code == 0, err
     assert err.splitlines()[-1].startswith("adaptive: stop: ")
+
+
+def test_a_study_with_trials_before_the_adaptive_run_keeps_its_slots_points(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Slots that ran before `--adaptive` keep the sampler's points: no warm start is chosen
+    for them, and the later compass steps take only new slots."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    assert run_cli(["run", SPEC, "-b", "256", "--trials", "8", "--storage", url, "-q"],
+                   capsys)[0] == 0
+    code, _, err = run_cli(["run", SPEC, "--adaptive", "--storage", url, "-q"], capsys)
+    assert code == 0, err
+    assert "  B = 256: no warm start (the study had trials before this run)" in err
+    study = next(s for s in optuna.get_all_study_summaries(url)
+                 if s.user_attrs.get("batch_size") == 256)
+    chosen = study.user_attrs.get("chosen_points") or {"points": {}}
+    assert all(int(slot) >= 8 for slot in chosen["points"])
+    trials = optuna.load_study(study_name=study.study_name, storage=url).trials
+    first = sorted((t for t in trials if t.user_attrs["slot"] < 8),
+                   key=lambda t: t.user_attrs["slot"])
+    assert [t.params for t in first] == slot_points(SPEC, 8)

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.analysis.adaptive import (Plan, Progress, Step, around, first_batch_sizes,
-                                     interval_span,
-                                     next_batch_size, stop_reason, study_stop,
+                                     interval_span, next_batch_size, stop_reason, study_stop,
                                      trained_examples, warm_start)
 from tuner.analysis.adequacy import assess
 from tuner.analysis.fit import Fit, fit_with_bootstrap
@@ -106,9 +105,12 @@ def measure(spec: Spec, url: str, b: int, plan: Plan, cap: int, spent: float,
     if warm is not None:
         points = choose(spec, url, b, 0, [warm[0], *around(warm[0], space, plan.step)],
                         f"predicted: {warm[1]}")
-        say(f"  B = {b}: first {len(points)} trials around {_shown(points[0])} (predicted: "
-            f"{warm[1]}; then each numeric parameter alone {plan.step:g} octave(s) down and "
-            "up)")
+        if points[0]:
+            say(f"  B = {b}: first {len(points)} trials around {_shown(points[0])} (predicted: "
+                f"{warm[1]}; then each numeric parameter alone {plan.step:g} octave(s) down "
+                "and up)")
+        else:
+            say(f"  B = {b}: no warm start (the study had trials before this run)")
 
     def left(trials: list[TrialRecord]) -> float | None:
         return None if plan.max_examples is None else \
