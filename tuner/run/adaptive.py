@@ -97,7 +97,7 @@ def measure(spec: Spec, url: str, b: int, plan: Plan, cap: int, spent: float,
     (:func:`first_slots`), so a resumed run replays the rounds already stored and adds trials
     only where the run stopped. ``say`` prints the plan, ``echo`` the runner's progress."""
     n, bests = 0, []
-    space = {p.name: p for p in spec.space}
+    space = spec.space_by_name()
     try:
         trials = stored_trials(spec, url).get(b, [])
     except UsageError:  # nothing stored yet (the runner refuses a changed spec itself)
@@ -155,7 +155,7 @@ def compass(spec: Spec, url: str, b: int, n: int, trials: list[TrialRecord], pla
     point tried), until a step of ``plan.step / 4`` gains nothing, the next step would pass
     ``cap`` trials, or ``left`` (examples the budget has left, None: no budget) is spent.
     (stored trials, trials judged, steps taken). A resumed run replays the same steps."""
-    space = {p.name: p for p in spec.space}
+    space = spec.space_by_name()
     step, steps = plan.step, 0
     while True:
         judged = first_slots(trials, n)
@@ -222,7 +222,7 @@ def run_adaptive(spec: Spec, url: str, plan: Plan, say: Callable[[str], None],
     with ``echo``."""
     cap = trials or spec.trials
     grid = sorted(spec.batch_sizes)
-    space = {p.name: p for p in spec.space}
+    space = spec.space_by_name()
     progress = Progress()
     trials_by_b: dict[int, list[TrialRecord]] = {}
     fit: Fit | None = None

@@ -46,7 +46,7 @@ def parse_set(spec: Spec, items: tuple[str, ...]) -> dict[str, Any]:
     Raises:
         UsageError: a malformed item, an unknown name or a value out of place.
     """
-    space = {p.name: p for p in spec.space}
+    space = spec.space_by_name()
     allowed = sorted({*space, *spec.fixed})
     out: dict[str, Any] = {}
     for item in items:

@@ -186,6 +186,10 @@ class Spec:
                                "tuner.run.specs.load to run it")
         return self.workload
 
+    def space_by_name(self) -> dict[str, Param]:
+        """The searched parameters by name (``space`` is a tuple in the file's order)."""
+        return {p.name: p for p in self.space}
+
     def max_steps(self, batch_size: int) -> int:
         """Budget in steps at this batch size."""
         return self.budget.steps_for(batch_size, self.bound().num_train_examples())
